@@ -1,0 +1,616 @@
+// roomcast chat page: one WebSocket to the gateway that served this page (/ws),
+// several rooms, reconnect with jittered exponential backoff and resume with `since`
+// (docs/protocol.md, "Resuming after a reconnect").
+//
+// Rule: text that comes from the network or the user is only ever put into the page with
+// textContent / createTextNode, never innerHTML.
+'use strict';
+
+(() => {
+  const ROOM_RE = /^[A-Za-z0-9._:-]{1,64}$/;
+  const COLOR_RE = /^#[0-9a-fA-F]{6}$/;
+  const CONTROL_RE = /[\u0000-\u001f\u007f-\u009f]/;
+  const MAX_NAME_CHARS = 32;
+  const MAX_LINES_PER_ROOM = 1000; // DOM lines kept per room
+  const MAX_SEEN_IDS = 10000; // message ids remembered per room for de-duplication
+  const BACKOFF_MIN_MS = 500;
+  const BACKOFF_MAX_MS = 10000;
+  const JOIN_RETRY_MS = 3000; // retry a join refused with `unavailable`
+  const STORE_NAME = 'roomcast.name';
+  const STORE_ROOMS = 'roomcast.rooms';
+  const STORE_CURRENT = 'roomcast.current';
+  // Join errors after which re-sending the same join cannot succeed.
+  const FATAL_JOIN_ERRORS = new Set(['invalid_room', 'invalid_name', 'too_many_rooms', 'bad_request']);
+
+  const $ = (id) => document.getElementById(id);
+  const ui = {
+    status: $('status'),
+    node: $('node'),
+    joinForm: $('join-form'),
+    name: $('name'),
+    room: $('room'),
+    rooms: $('rooms'),
+    roomTitle: $('room-title'),
+    messages: $('messages'),
+    hint: $('hint'),
+    sendForm: $('send-form'),
+    text: $('text'),
+    send: $('send'),
+    members: $('members'),
+    memberCount: $('member-count'),
+  };
+
+  /**
+   * One joined (or joining) room.
+   * @typedef {{
+   *   name: string, user: string, state: 'offline'|'joining'|'joined'|'failed',
+   *   since: (string|null), cursor: (string|null), seen: Set<string>,
+   *   lines: HTMLElement[], members: {name: string, color: string}[], unread: number,
+   *   tab: HTMLElement, badge: HTMLElement, retry: (number|null), everJoined: boolean
+   * }} Room
+   */
+
+  const state = {
+    /** @type {WebSocket|null} */ ws: null,
+    ready: false, // `welcome` received on the current socket
+    attempt: 0, // reconnect attempts since the last welcome
+    timer: null,
+    /** @type {Map<string, Room>} */ rooms: new Map(),
+    /** @type {string|null} */ current: null,
+    refSeq: 0,
+    /** @type {Map<string, {kind: string, room: string, text?: string}>} */ refs: new Map(),
+  };
+
+  // ---------- storage ----------
+
+  function load(key) {
+    try {
+      return window.localStorage.getItem(key);
+    } catch (_) {
+      return null;
+    }
+  }
+
+  function store(key, value) {
+    try {
+      if (value === null) window.localStorage.removeItem(key);
+      else window.localStorage.setItem(key, value);
+    } catch (_) {
+      // storage disabled (private mode, file://): the page still works, it just forgets.
+    }
+  }
+
+  function saveRooms() {
+    const names = [...state.rooms.values()].filter((r) => r.state !== 'failed').map((r) => r.name);
+    store(STORE_ROOMS, JSON.stringify(names));
+    store(STORE_CURRENT, state.current);
+  }
+
+  // ---------- validation ----------
+
+  function validName(raw) {
+    const name = raw.trim();
+    if (name.length === 0) return { error: 'Choose a display name.' };
+    if ([...name].length > MAX_NAME_CHARS) return { error: `A display name has at most ${MAX_NAME_CHARS} characters.` };
+    if (CONTROL_RE.test(name)) return { error: 'A display name cannot contain control characters.' };
+    return { name };
+  }
+
+  function validRoom(raw) {
+    const room = raw.trim();
+    if (!ROOM_RE.test(room)) return { error: 'A room name is 1 to 64 letters, digits, or . _ : -' };
+    return { room };
+  }
+
+  function safeColor(c) {
+    return typeof c === 'string' && COLOR_RE.test(c) ? c : '#64748b';
+  }
+
+  // ---------- connection ----------
+
+  function wsUrl() {
+    const scheme = window.location.protocol === 'https:' ? 'wss:' : 'ws:';
+    return `${scheme}//${window.location.host}/ws`;
+  }
+
+  function setStatus(kind, text) {
+    ui.status.dataset.state = kind;
+    ui.status.textContent = text;
+  }
+
+  function connect() {
+    if (state.timer !== null) {
+      clearTimeout(state.timer);
+      state.timer = null;
+    }
+    setStatus('connecting', 'connecting…');
+    let ws;
+    try {
+      ws = new WebSocket(wsUrl());
+    } catch (_) {
+      scheduleReconnect('cannot open a WebSocket here');
+      return;
+    }
+    state.ws = ws;
+    state.ready = false;
+    ws.onmessage = (ev) => {
+      if (state.ws === ws && typeof ev.data === 'string') onFrame(ev.data);
+    };
+    ws.onclose = (ev) => {
+      if (state.ws === ws) onDisconnected(ev);
+    };
+    ws.onerror = () => {}; // a close event always follows
+  }
+
+  function sendFrame(frame) {
+    if (!state.ws || !state.ready || state.ws.readyState !== WebSocket.OPEN) return false;
+    state.ws.send(JSON.stringify(frame));
+    return true;
+  }
+
+  function nextRef(kind, room, extra) {
+    state.refSeq += 1;
+    const ref = `${kind[0]}${state.refSeq}`;
+    state.refs.set(ref, { kind, room, ...extra });
+    return ref;
+  }
+
+  function onDisconnected(ev) {
+    state.ws = null;
+    state.ready = false;
+    state.refs.clear();
+    ui.node.textContent = '–';
+    for (const room of state.rooms.values()) {
+      if (room.retry !== null) {
+        clearTimeout(room.retry);
+        room.retry = null;
+      }
+      if (room.state !== 'failed') setRoomState(room, 'offline');
+    }
+    renderMembers();
+    const why = ev.code === 1001 ? 'node draining' : ev.reason || (ev.code ? `closed ${ev.code}` : 'closed');
+    scheduleReconnect(why);
+  }
+
+  function scheduleReconnect(why) {
+    // 0.5 s doubling up to 10 s, each delay randomised by ±50%.
+    const base = Math.min(BACKOFF_MAX_MS, BACKOFF_MIN_MS * 2 ** Math.min(state.attempt, 16));
+    const delay = base * (0.5 + Math.random());
+    state.attempt += 1;
+    setStatus('reconnecting', `disconnected (${why}), reconnecting in ${(delay / 1000).toFixed(1)} s`);
+    state.timer = setTimeout(connect, delay);
+  }
+
+  // ---------- rooms ----------
+
+  function joinRoom(room) {
+    const frame = { type: 'join', room: room.name, name: room.user };
+    // Resume from the cursor when we have one: the server replays what we missed.
+    room.since = room.cursor;
+    if (room.since !== null) frame.since = room.since;
+    frame.ref = nextRef('join', room.name);
+    if (sendFrame(frame)) setRoomState(room, 'joining');
+  }
+
+  function addRoom(name, user, select) {
+    let room = state.rooms.get(name);
+    if (!room) {
+      room = {
+        name,
+        user,
+        state: 'offline',
+        since: null,
+        cursor: null,
+        seen: new Set(),
+        lines: [],
+        members: [],
+        unread: 0,
+        tab: null,
+        badge: null,
+        retry: null,
+        everJoined: false,
+      };
+      state.rooms.set(name, room);
+      buildTab(room);
+      if (state.ready) joinRoom(room);
+    } else if (room.state === 'failed') {
+      room.user = user;
+      if (state.ready) joinRoom(room);
+    }
+    if (select || state.current === null) selectRoom(name);
+    saveRooms();
+    return room;
+  }
+
+  function leaveRoom(name) {
+    const room = state.rooms.get(name);
+    if (!room) return;
+    if (room.state === 'joined' || room.state === 'joining') sendFrame({ type: 'leave', room: name });
+    if (room.retry !== null) clearTimeout(room.retry);
+    state.rooms.delete(name);
+    room.tab.parentElement.remove();
+    if (state.current === name) {
+      const next = state.rooms.keys().next();
+      state.current = null;
+      selectRoom(next.done ? null : next.value);
+    }
+    saveRooms();
+  }
+
+  function buildTab(room) {
+    const li = document.createElement('li');
+    const tab = document.createElement('button');
+    tab.type = 'button';
+    tab.className = 'room-tab';
+    tab.dataset.room = room.name;
+    tab.dataset.state = room.state;
+    const label = document.createElement('span');
+    label.className = 'room-name';
+    label.textContent = room.name;
+    const badge = document.createElement('span');
+    badge.className = 'badge';
+    badge.hidden = true;
+    tab.append(label, badge);
+    tab.addEventListener('click', () => selectRoom(room.name));
+
+    const close = document.createElement('button');
+    close.type = 'button';
+    close.className = 'room-leave';
+    close.dataset.room = room.name;
+    close.setAttribute('aria-label', `Leave ${room.name}`);
+    close.title = `Leave ${room.name}`;
+    close.textContent = '×';
+    close.addEventListener('click', () => leaveRoom(room.name));
+
+    li.append(tab, close);
+    ui.rooms.append(li);
+    room.tab = tab;
+    room.badge = badge;
+  }
+
+  function setRoomState(room, s) {
+    room.state = s;
+    room.tab.dataset.state = s;
+    room.tab.title = `${room.name}: ${s}`;
+    if (room.name === state.current) updateComposer();
+  }
+
+  function selectRoom(name) {
+    state.current = name;
+    const room = name === null ? null : state.rooms.get(name);
+    for (const r of state.rooms.values()) {
+      if (r === room) r.tab.setAttribute('aria-current', 'true');
+      else r.tab.removeAttribute('aria-current');
+    }
+    if (room) {
+      room.unread = 0;
+      updateBadge(room);
+      ui.roomTitle.textContent = `# ${room.name}`;
+      ui.messages.replaceChildren(...room.lines);
+      ui.messages.scrollTop = ui.messages.scrollHeight;
+      ui.hint.hidden = true;
+    } else {
+      ui.roomTitle.textContent = 'No room joined';
+      ui.messages.replaceChildren();
+      ui.hint.hidden = false;
+    }
+    renderMembers();
+    updateComposer();
+    store(STORE_CURRENT, name);
+  }
+
+  function updateComposer() {
+    const has = state.current !== null;
+    ui.text.disabled = !has;
+    ui.send.disabled = !has;
+  }
+
+  function updateBadge(room) {
+    room.badge.hidden = room.unread === 0;
+    room.badge.textContent = room.unread > 99 ? '99+' : String(room.unread);
+    room.badge.setAttribute('aria-label', `${room.unread} unread`);
+  }
+
+  // ---------- lines ----------
+
+  function appendLine(room, node) {
+    const isCurrent = room.name === state.current;
+    const box = ui.messages;
+    const atBottom = box.scrollHeight - box.scrollTop - box.clientHeight < 40;
+    room.lines.push(node);
+    if (room.lines.length > MAX_LINES_PER_ROOM) {
+      const old = room.lines.shift();
+      if (isCurrent) old.remove();
+    }
+    if (isCurrent) {
+      box.append(node);
+      if (atBottom) box.scrollTop = box.scrollHeight;
+    }
+  }
+
+  function timeEl(ts) {
+    const t = document.createElement('time');
+    t.className = 'ts';
+    const d = new Date(Number.isFinite(ts) ? ts : Date.now());
+    t.dateTime = d.toISOString();
+    t.textContent = d.toLocaleTimeString([], { hour: '2-digit', minute: '2-digit' });
+    t.title = d.toLocaleString();
+    return t;
+  }
+
+  /** A system line (joins, leaves, errors, missed messages); `kind` is a data attribute for styling and tests. */
+  function systemLine(room, kind, text) {
+    const line = document.createElement('div');
+    line.className = `sys sys-${kind}`;
+    line.dataset.kind = kind;
+    const body = document.createElement('span');
+    body.className = 'sys-text';
+    body.textContent = text;
+    line.append(timeEl(Date.now()), body);
+    if (room) {
+      appendLine(room, line);
+    } else {
+      const cur = state.current === null ? null : state.rooms.get(state.current);
+      if (cur) appendLine(cur, line);
+      else showHint(text);
+    }
+  }
+
+  function showHint(text) {
+    ui.hint.textContent = text;
+    ui.hint.hidden = false;
+  }
+
+  function messageLine(msg) {
+    const line = document.createElement('div');
+    line.className = 'msg';
+    line.dataset.id = msg.id;
+    const from = document.createElement('span');
+    from.className = 'from';
+    from.textContent = msg.name;
+    from.style.color = safeColor(msg.color);
+    const text = document.createElement('span');
+    text.className = 'text';
+    text.textContent = msg.text;
+    line.append(timeEl(msg.ts), from, text);
+    return line;
+  }
+
+  // ---------- members ----------
+
+  function renderMembers() {
+    const room = state.current === null ? null : state.rooms.get(state.current);
+    const byName = new Map();
+    if (room && room.state === 'joined') {
+      for (const m of room.members) {
+        const e = byName.get(m.name);
+        if (e) e.count += 1;
+        else byName.set(m.name, { color: m.color, count: 1 });
+      }
+    }
+    const items = [...byName.entries()].sort((a, b) => a[0].localeCompare(b[0]));
+    ui.members.replaceChildren(
+      ...items.map(([name, { color, count }]) => {
+        const li = document.createElement('li');
+        li.className = 'member';
+        li.dataset.name = name;
+        li.dataset.count = String(count);
+        const n = document.createElement('span');
+        n.className = 'member-name';
+        n.style.color = safeColor(color);
+        n.textContent = name;
+        li.append(n);
+        if (count > 1) {
+          const c = document.createElement('span');
+          c.className = 'member-count';
+          c.textContent = `×${count}`;
+          c.title = `${count} connections`;
+          li.append(c);
+        }
+        return li;
+      }),
+    );
+    ui.memberCount.textContent = room && room.state === 'joined' ? `(${items.length})` : '';
+  }
+
+  // ---------- frames from the server ----------
+
+  function user(u) {
+    const name = u && typeof u.name === 'string' ? u.name : '?';
+    const color = u && typeof u.color === 'string' ? u.color : '';
+    return { name, color };
+  }
+
+  function onFrame(data) {
+    let f;
+    try {
+      f = JSON.parse(data);
+    } catch (_) {
+      return;
+    }
+    if (!f || typeof f !== 'object') return;
+    const room = typeof f.room === 'string' ? state.rooms.get(f.room) : undefined;
+    switch (f.type) {
+      case 'welcome':
+        onWelcome(f);
+        break;
+      case 'joined':
+        if (room) onJoined(room, f);
+        break;
+      case 'message':
+        if (room) onMessage(room, f);
+        break;
+      case 'presence':
+        if (room) onPresence(room, f);
+        break;
+      case 'ack':
+        state.refs.delete(f.ref);
+        break;
+      case 'left':
+        break; // the room was already removed locally when leave was sent
+      case 'error':
+        onError(f);
+        break;
+      default:
+        break;
+    }
+  }
+
+  function onWelcome(f) {
+    state.ready = true;
+    state.attempt = 0;
+    ui.node.textContent = typeof f.node === 'string' ? f.node : '?';
+    setStatus('connected', 'connected');
+    for (const room of state.rooms.values()) {
+      if (room.state !== 'failed') joinRoom(room);
+    }
+  }
+
+  function onJoined(room, f) {
+    const first = !room.everJoined;
+    room.everJoined = true;
+    room.members = Array.isArray(f.members) ? f.members.map(user) : [];
+    const me = user(f.you);
+    if (room.since === null) {
+      // A join without `since`: messages after `offset` are the ones we will see.
+      room.cursor = typeof f.offset === 'string' ? f.offset : null;
+    } else if (f.recovered === false) {
+      systemLine(room, 'missed', 'some messages may have been missed');
+    }
+    setRoomState(room, 'joined');
+    if (first) systemLine(room, 'joined', `You joined ${room.name} as ${me.name}`);
+    if (room.name === state.current) renderMembers();
+  }
+
+  function onMessage(room, f) {
+    if (typeof f.id !== 'string') return;
+    if (room.seen.has(f.id)) return; // replays after a resume may repeat what we have
+    room.seen.add(f.id);
+    if (room.seen.size > MAX_SEEN_IDS) room.seen.delete(room.seen.values().next().value);
+    room.cursor = f.id;
+    const from = user(f.from);
+    appendLine(
+      room,
+      messageLine({ id: f.id, name: from.name, color: from.color, text: String(f.text ?? ''), ts: f.ts }),
+    );
+    if (room.name !== state.current) {
+      room.unread += 1;
+      updateBadge(room);
+    }
+  }
+
+  function onPresence(room, f) {
+    const u = user(f.user);
+    if (f.event === 'join') {
+      room.members.push(u);
+      systemLine(room, 'presence', `${u.name} joined`);
+    } else if (f.event === 'leave') {
+      const i = room.members.findIndex((m) => m.name === u.name);
+      if (i >= 0) room.members.splice(i, 1);
+      systemLine(room, 'presence', `${u.name} left`);
+    } else {
+      return;
+    }
+    if (room.name === state.current) renderMembers();
+  }
+
+  function onError(f) {
+    const code = typeof f.code === 'string' ? f.code : 'error';
+    const message = typeof f.message === 'string' ? f.message : '';
+    const info = typeof f.ref === 'string' ? state.refs.get(f.ref) : undefined;
+    if (info) state.refs.delete(f.ref);
+    const room = info ? state.rooms.get(info.room) : undefined;
+    if (info && info.kind === 'join' && room) {
+      if (code === 'already_joined') {
+        setRoomState(room, 'joined');
+        return;
+      }
+      systemLine(room, 'error', `could not join ${room.name}: ${message || code}`);
+      if (FATAL_JOIN_ERRORS.has(code)) {
+        setRoomState(room, 'failed');
+        saveRooms();
+      } else {
+        setRoomState(room, 'offline');
+        if (code !== 'draining') {
+          room.retry = setTimeout(() => {
+            room.retry = null;
+            if (state.ready && state.rooms.get(room.name) === room && room.state === 'offline') joinRoom(room);
+          }, JOIN_RETRY_MS);
+        }
+      }
+      return;
+    }
+    if (info && info.kind === 'send') {
+      systemLine(room || null, 'error', `message not sent (${code}): ${message}`);
+      return;
+    }
+    systemLine(null, 'error', `error (${code}): ${message}`);
+  }
+
+  // ---------- user actions ----------
+
+  ui.joinForm.addEventListener('submit', (ev) => {
+    ev.preventDefault();
+    const n = validName(ui.name.value);
+    if (n.error) {
+      showHint(n.error);
+      ui.name.focus();
+      return;
+    }
+    const r = validRoom(ui.room.value);
+    if (r.error) {
+      showHint(r.error);
+      ui.room.focus();
+      return;
+    }
+    store(STORE_NAME, n.name);
+    addRoom(r.room, n.name, true);
+    ui.room.value = '';
+    ui.text.focus();
+  });
+
+  ui.sendForm.addEventListener('submit', (ev) => {
+    ev.preventDefault();
+    const text = ui.text.value;
+    if (text.trim() === '' || state.current === null) return;
+    const room = state.rooms.get(state.current);
+    if (!room) return;
+    if (room.state !== 'joined') {
+      systemLine(room, 'error', 'not connected to this room yet; the message was not sent');
+      return;
+    }
+    const ref = nextRef('send', room.name, { text });
+    if (sendFrame({ type: 'send', room: room.name, text, ref })) {
+      ui.text.value = '';
+    } else {
+      state.refs.delete(ref);
+      systemLine(room, 'error', 'not connected; the message was not sent');
+    }
+  });
+
+  window.addEventListener('online', () => {
+    if (state.ws === null) connect();
+  });
+
+  // ---------- start ----------
+
+  const savedName = load(STORE_NAME);
+  if (savedName !== null) ui.name.value = savedName;
+  let savedRooms = [];
+  try {
+    const parsed = JSON.parse(load(STORE_ROOMS) || '[]');
+    if (Array.isArray(parsed)) savedRooms = parsed.filter((r) => typeof r === 'string' && ROOM_RE.test(r));
+  } catch (_) {
+    savedRooms = [];
+  }
+  const savedCurrent = load(STORE_CURRENT);
+  const who = validName(savedName || '');
+  if (who.name) {
+    for (const r of savedRooms) addRoom(r, who.name, false);
+    if (savedCurrent !== null && state.rooms.has(savedCurrent)) selectRoom(savedCurrent);
+  }
+  updateComposer();
+  if (!ui.name.value) ui.name.focus();
+  else ui.room.focus();
+  connect();
+})();
