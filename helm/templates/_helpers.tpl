@@ -1,0 +1,170 @@
+{{/*
+Base name of every object: the release name (helm install chat ./helm -> chat, chat-admin,
+chat-redis, ...), or fullnameOverride.
+*/}}
+{{- define "roomcast.fullname" -}}
+{{- default .Release.Name .Values.fullnameOverride | trunc 50 | trimSuffix "-" -}}
+{{- end -}}
+
+{{- define "roomcast.chart" -}}
+{{- printf "%s-%s" .Chart.Name .Chart.Version | replace "+" "_" | trunc 63 | trimSuffix "-" -}}
+{{- end -}}
+
+{{/* Labels on every object. */}}
+{{- define "roomcast.labels" -}}
+helm.sh/chart: {{ include "roomcast.chart" . }}
+app.kubernetes.io/name: {{ .Chart.Name }}
+app.kubernetes.io/instance: {{ .Release.Name }}
+app.kubernetes.io/version: {{ .Chart.AppVersion | quote }}
+app.kubernetes.io/managed-by: {{ .Release.Service }}
+app.kubernetes.io/part-of: roomcast
+{{- end -}}
+
+{{/* Selector of the gateway pods. */}}
+{{- define "roomcast.selectorLabels" -}}
+app.kubernetes.io/name: {{ .Chart.Name }}
+app.kubernetes.io/instance: {{ .Release.Name }}
+app.kubernetes.io/component: gateway
+{{- end -}}
+
+{{/* Selector of the bundled Redis pods. */}}
+{{- define "roomcast.redisSelectorLabels" -}}
+app.kubernetes.io/name: {{ .Chart.Name }}
+app.kubernetes.io/instance: {{ .Release.Name }}
+app.kubernetes.io/component: redis
+{{- end -}}
+
+{{- define "roomcast.serviceAccountName" -}}
+{{- if .Values.serviceAccount.create -}}
+{{- default (include "roomcast.fullname" .) .Values.serviceAccount.name -}}
+{{- else -}}
+{{- default "default" .Values.serviceAccount.name -}}
+{{- end -}}
+{{- end -}}
+
+{{- define "roomcast.image" -}}
+{{- if .Values.image.digest -}}
+{{- printf "%s@%s" .Values.image.repository .Values.image.digest -}}
+{{- else -}}
+{{- printf "%s:%s" .Values.image.repository (default .Chart.AppVersion .Values.image.tag) -}}
+{{- end -}}
+{{- end -}}
+
+{{- define "roomcast.secretName" -}}
+{{- default (printf "%s-secrets" (include "roomcast.fullname" .)) .Values.secrets.existingSecret -}}
+{{- end -}}
+
+{{- define "roomcast.redisHost" -}}
+{{- printf "%s-redis" (include "roomcast.fullname" .) -}}
+{{- end -}}
+
+{{/* The bus URL handed to the gateway as ROOMCAST_REDIS__URL (no password in it). */}}
+{{- define "roomcast.redisUrl" -}}
+{{- if .Values.redis.enabled -}}
+{{- printf "redis://%s:6379" (include "roomcast.redisHost" .) -}}
+{{- else -}}
+{{- required "redis.external.url is required when redis.enabled is false" .Values.redis.external.url -}}
+{{- end -}}
+{{- end -}}
+
+{{/*
+Duration string -> milliseconds. Accepts the single-unit forms the schema allows:
+"250ms", "5s", "1m", "2h" (and a bare "0"). Anything else fails the render.
+Usage: include "roomcast.durationMs" (list "drain.timeout" .Values.drain.timeout)
+*/}}
+{{- define "roomcast.durationMs" -}}
+{{- $key := index . 0 -}}
+{{- $d := index . 1 | toString | trim -}}
+{{- if regexMatch "^[0-9]+ms$" $d -}}
+{{- trimSuffix "ms" $d | atoi -}}
+{{- else if regexMatch "^[0-9]+s$" $d -}}
+{{- mul (trimSuffix "s" $d | atoi) 1000 -}}
+{{- else if regexMatch "^[0-9]+m$" $d -}}
+{{- mul (trimSuffix "m" $d | atoi) 60000 -}}
+{{- else if regexMatch "^[0-9]+h$" $d -}}
+{{- mul (trimSuffix "h" $d | atoi) 3600000 -}}
+{{- else if eq $d "0" -}}
+0
+{{- else -}}
+{{- fail (printf "%s: cannot parse duration %q (write e.g. 500ms, 5s, 1m)" $key $d) -}}
+{{- end -}}
+{{- end -}}
+
+{{/*
+terminationGracePeriodSeconds = ceil((drain.propagationDelay + drain.timeout +
+drain.gracePeriodMargin) / 1s). Computed here so it can never disagree with the drain
+settings in the config file: after SIGTERM the gateway keeps accepting for the propagation
+delay, then waits at most drain.timeout for sessions to close; the margin covers process
+exit and telemetry flush.
+*/}}
+{{- define "roomcast.terminationGracePeriodSeconds" -}}
+{{- $p := include "roomcast.durationMs" (list "drain.propagationDelay" .Values.drain.propagationDelay) | atoi -}}
+{{- $t := include "roomcast.durationMs" (list "drain.timeout" .Values.drain.timeout) | atoi -}}
+{{- $s := include "roomcast.durationMs" (list "drain.spread" .Values.drain.spread) | atoi -}}
+{{- $m := include "roomcast.durationMs" (list "drain.gracePeriodMargin" .Values.drain.gracePeriodMargin) | atoi -}}
+{{- if gt $s $t -}}
+{{- fail (printf "drain.spread (%s) must not be longer than drain.timeout (%s): sessions still open at the deadline are cut" .Values.drain.spread .Values.drain.timeout) -}}
+{{- end -}}
+{{- div (add $p $t $m 999) 1000 -}}
+{{- end -}}
+
+{{/* Whether a Redis password is expected in the Secret. */}}
+{{- define "roomcast.redisPasswordOptional" -}}
+{{- if .Values.redis.enabled -}}false{{- else -}}true{{- end -}}
+{{- end -}}
+
+{{/* The gateway's config file. Keys exactly as docs/configuration.md. */}}
+{{- define "roomcast.configToml" -}}
+# roomcast configuration rendered by the Helm chart (release {{ .Release.Name }}).
+# redis.url, redis.password and node.id come from the environment (ROOMCAST_REDIS__URL,
+# ROOMCAST_REDIS__PASSWORD from the Secret, ROOMCAST_NODE__ID = the pod name).
+
+[server]
+listen = {{ printf "%s:%d" .Values.server.bindAddress (int .Values.server.port) | toJson }}
+
+[admin]
+listen = {{ printf "%s:%d" .Values.admin.bindAddress (int .Values.admin.port) | toJson }}
+
+[redis]
+prefix = {{ .Values.redis.prefix | toJson }}
+
+[history]
+size = {{ int .Values.history.size }}
+ttl = {{ .Values.history.ttl | toJson }}
+
+[presence]
+ttl = {{ .Values.presence.ttl | toJson }}
+refresh = {{ .Values.presence.refresh | toJson }}
+
+[limits]
+max_text_bytes = {{ int .Values.limits.maxTextBytes }}
+max_frame_bytes = {{ int .Values.limits.maxFrameBytes }}
+max_rooms_per_connection = {{ int .Values.limits.maxRoomsPerConnection }}
+max_connections = {{ int .Values.limits.maxConnections }}
+messages_per_second = {{ int .Values.limits.messagesPerSecond }}
+burst = {{ int .Values.limits.burst }}
+rate_limit_strikes = {{ int .Values.limits.rateLimitStrikes }}
+outbound_queue = {{ int .Values.limits.outboundQueue }}
+
+[heartbeat]
+interval = {{ .Values.heartbeat.interval | toJson }}
+timeout = {{ .Values.heartbeat.timeout | toJson }}
+
+[drain]
+propagation_delay = {{ .Values.drain.propagationDelay | toJson }}
+spread = {{ .Values.drain.spread | toJson }}
+timeout = {{ .Values.drain.timeout | toJson }}
+
+[log]
+format = {{ .Values.log.format | toJson }}
+level = {{ .Values.log.level | toJson }}
+
+[otel]
+{{- if .Values.otel.endpoint }}
+endpoint = {{ .Values.otel.endpoint | toJson }}
+{{- end }}
+service_name = {{ .Values.otel.serviceName | toJson }}
+
+[metrics]
+room_label_cap = {{ int .Values.metrics.roomLabelCap }}
+{{- end -}}

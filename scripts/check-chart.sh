@@ -1,0 +1,348 @@
+#!/usr/bin/env bash
+# Checks the Helm chart in ./helm with the real helm binary and kubernetes-validate:
+#   - helm lint --strict, default values and every helm/ci/*-values.yaml set
+#   - helm template of each set, every manifest validated (strict) against Kubernetes 1.29
+#     and the newest version kubernetes-validate knows (ServiceMonitor is skipped: it is a
+#     Prometheus Operator CRD with no built-in schema)
+#   - wrong values (helm/ci/invalid/*.yaml) must make helm template fail
+#   - the rendered TOML config of each set passes `$ROOMCAST_BIN config --check FILE`
+#   - terminationGracePeriodSeconds == propagationDelay + timeout + margin (several sets)
+#   - the dashboard: helm/dashboards/roomcast.json is a symlink to grafana/roomcast.json,
+#     `helm template` and `helm package` carry exactly that file, and it only uses metric
+#     names listed in docs/operations.md
+# Exits non-zero on any failure and prints a summary.
+#
+# Env: ROOMCAST_BIN (default target/release/roomcast; must exist, or set
+#      CHECK_CHART_SKIP_BINARY=1 to skip the config --check step, reported as SKIPPED).
+set -uo pipefail
+
+ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
+cd "$ROOT"
+CHART="$ROOT/helm"
+OUT="$(mktemp -d /tmp/roomcast-check-chart.XXXXXX)"
+trap 'rm -rf "$OUT"' EXIT
+ROOMCAST_BIN="${ROOMCAST_BIN:-$ROOT/target/release/roomcast}"
+K8S_OLD="1.29.0"
+
+"$ROOT/scripts/install-chart-tools.sh" >/dev/null || { echo "FAIL: could not install chart tools" >&2; exit 1; }
+HELM="$ROOT/.tools/bin/helm"
+PY="$ROOT/.tools/venv/bin/python"
+K8S_NEW="$("$PY" -c 'import kubernetes_validate.utils as u; print(u.latest_version())')"
+
+PASSED=()
+FAILED=()
+SKIPPED=()
+pass() { PASSED+=("$1"); printf 'ok    %s\n' "$1"; }
+fail() { FAILED+=("$1"); printf 'FAIL  %s\n' "$1"; [ -n "${2:-}" ] && sed 's/^/      /' "$2" | head -n 40; }
+skip() { SKIPPED+=("$1"); printf 'skip  %s\n' "$1"; }
+
+# helm prints an INFO line each time it follows the dashboard symlink; keep stderr for errors.
+helm_q() { "$HELM" "$@" 2> >(grep -v 'found symbolic link in path' >&2); }
+
+echo "helm $("$HELM" version --short), kubernetes-validate against $K8S_OLD and $K8S_NEW"
+echo
+
+# --- value sets ------------------------------------------------------------------------
+SETS=(default)
+for f in "$CHART"/ci/*-values.yaml; do SETS+=("$(basename "$f" -values.yaml)"); done
+values_args() { [ "$1" = default ] || echo "-f $CHART/ci/$1-values.yaml"; }
+
+for set in "${SETS[@]}"; do
+    # shellcheck disable=SC2046
+    if helm_q lint --strict "$CHART" $(values_args "$set") >"$OUT/lint-$set.log" 2>&1; then
+        pass "helm lint --strict ($set)"
+    else
+        fail "helm lint --strict ($set)" "$OUT/lint-$set.log"
+    fi
+    # shellcheck disable=SC2046
+    if helm_q template chat "$CHART" --namespace chat $(values_args "$set") \
+        >"$OUT/render-$set.yaml" 2>"$OUT/render-$set.err"; then
+        pass "helm template ($set)"
+    else
+        fail "helm template ($set)" "$OUT/render-$set.err"
+        continue
+    fi
+    for version in "$K8S_OLD" "$K8S_NEW"; do
+        if "$PY" - "$OUT/render-$set.yaml" "$version" >"$OUT/validate-$set-$version.log" 2>&1 <<'EOF'
+import sys, yaml, kubernetes_validate
+path, version = sys.argv[1], sys.argv[2]
+bad = 0
+count = 0
+for doc in yaml.safe_load_all(open(path)):
+    if not doc:
+        continue
+    kind, name = doc.get("kind"), doc.get("metadata", {}).get("name")
+    if kind == "ServiceMonitor":
+        # A Prometheus Operator CRD: kubernetes-validate has no schema for it.
+        print(f"skipped {kind}/{name}: CRD (monitoring.coreos.com/v1), no built-in schema")
+        continue
+    count += 1
+    try:
+        kubernetes_validate.validate(doc, version, strict=True)
+        print(f"valid   {kind}/{name}")
+    except Exception as e:  # ValidationError, SchemaNotFoundError, ...
+        bad += 1
+        print(f"INVALID {kind}/{name}: {e}")
+if count == 0:
+    print("no manifests rendered")
+    sys.exit(1)
+sys.exit(1 if bad else 0)
+EOF
+        then
+            n="$(grep -c '^valid' "$OUT/validate-$set-$version.log")"
+            s="$(grep -c '^skipped' "$OUT/validate-$set-$version.log")"
+            extra=""
+            [ "$s" != 0 ] && extra=", $s ServiceMonitor skipped (CRD, no built-in schema)"
+            pass "kubernetes-validate $version ($set): $n manifests valid$extra"
+        else
+            fail "kubernetes-validate $version ($set)" "$OUT/validate-$set-$version.log"
+        fi
+    done
+done
+
+# --- wrong values must fail ------------------------------------------------------------
+for f in "$CHART"/ci/invalid/*.yaml; do
+    name="$(basename "$f" .yaml)"
+    if helm_q template chat "$CHART" -f "$f" >"$OUT/invalid-$name.out" 2>"$OUT/invalid-$name.err"; then
+        fail "wrong values rejected: $name (helm template succeeded)" "$f"
+    else
+        why="$(grep -m1 "at '" "$OUT/invalid-$name.err" || grep -m1 -E "execution error|Error" "$OUT/invalid-$name.err")"
+        pass "wrong values rejected: $name ($(echo "$why" | sed 's/^ *- //; s/^Error: execution error at ([^)]*): //' | cut -c1-100))"
+    fi
+done
+# The headline case of the brief, spelled out: a string where the schema wants an integer.
+if helm_q template chat "$CHART" --set-string replicaCount=three >/dev/null 2>"$OUT/three.err" ; then
+    fail "replicaCount=three rejected by the schema"
+elif grep -q "/replicaCount" "$OUT/three.err"; then
+    pass "replicaCount=three rejected by the schema"
+else
+    fail "replicaCount=three rejected by the schema (other error)" "$OUT/three.err"
+fi
+
+# --- rendered config passes the gateway's own check -------------------------------------
+extract_config() {
+    "$PY" - "$1" "$2" <<'EOF'
+import sys, yaml
+for doc in yaml.safe_load_all(open(sys.argv[1])):
+    if doc and doc.get("kind") == "ConfigMap" and "roomcast.toml" in (doc.get("data") or {}):
+        open(sys.argv[2], "w").write(doc["data"]["roomcast.toml"])
+        sys.exit(0)
+sys.exit("no ConfigMap with roomcast.toml")
+EOF
+}
+if [ ! -x "$ROOMCAST_BIN" ] && [ "${CHECK_CHART_SKIP_BINARY:-0}" = 1 ]; then
+    skip "roomcast config --check on the rendered config (no binary at $ROOMCAST_BIN)"
+else
+    for set in "${SETS[@]}"; do
+        [ -f "$OUT/render-$set.yaml" ] || continue
+        if ! extract_config "$OUT/render-$set.yaml" "$OUT/roomcast-$set.toml" 2>"$OUT/extract-$set.err"; then
+            fail "config extracted from the ConfigMap ($set)" "$OUT/extract-$set.err"
+            continue
+        fi
+        if [ ! -x "$ROOMCAST_BIN" ]; then
+            echo "no roomcast binary at $ROOMCAST_BIN (build it, or set ROOMCAST_BIN)" >"$OUT/config-$set.log"
+            fail "roomcast config --check ($set)" "$OUT/config-$set.log"
+            continue
+        fi
+        # Only the file is checked: keep ROOMCAST_* variables of this shell out of it.
+        if env $(env | sed -n 's/^\(ROOMCAST_[A-Z0-9_]*\)=.*/-u \1/p') \
+            "$ROOMCAST_BIN" config --check "$OUT/roomcast-$set.toml" >"$OUT/config-$set.log" 2>&1; then
+            pass "roomcast config --check ($set)"
+        else
+            { echo "exit status $?"; cat "$OUT/config-$set.log"; echo "--- file:"; cat "$OUT/roomcast-$set.toml"; } >"$OUT/config-$set.fail"
+            fail "roomcast config --check ($set)" "$OUT/config-$set.fail"
+        fi
+    done
+fi
+
+# --- terminationGracePeriodSeconds follows the drain settings ---------------------------
+check_grace() {
+    local label="$1" margin="$2"; shift 2
+    if ! helm_q template chat "$CHART" "$@" >"$OUT/grace.yaml" 2>"$OUT/grace.err"; then
+        fail "terminationGracePeriodSeconds ($label): render failed" "$OUT/grace.err"
+        return
+    fi
+    if "$PY" - "$OUT/grace.yaml" "$margin" >"$OUT/grace.log" 2>&1 <<'EOF'
+import math, re, sys, yaml
+def ms(s):
+    s = str(s).strip()
+    m = re.fullmatch(r"(\d+)(ms|s|m|h)", s)
+    if s == "0":
+        return 0
+    if not m:
+        raise SystemExit(f"cannot parse {s!r}")
+    return int(m.group(1)) * {"ms": 1, "s": 1000, "m": 60000, "h": 3600000}[m.group(2)]
+docs = [d for d in yaml.safe_load_all(open(sys.argv[1])) if d]
+cfg = next(d for d in docs if d["kind"] == "ConfigMap" and "roomcast.toml" in d.get("data", {}))
+toml = cfg["data"]["roomcast.toml"]
+section = re.search(r"^\[drain\]\n((?:[a-z_]+ = .*\n?)+)", toml, re.M).group(1)
+drain = dict(re.findall(r'^([a-z_]+) = "([^"]*)"', section, re.M))
+dep = next(d for d in docs if d["kind"] == "Deployment")
+got = dep["spec"]["template"]["spec"]["terminationGracePeriodSeconds"]
+# The margin is not in the config file: the caller passes the value it set (chart default 5s).
+margin = ms(sys.argv[2])
+want = math.ceil((ms(drain["propagation_delay"]) + ms(drain["timeout"]) + margin) / 1000)
+print(f"config drain: {drain}; margin {margin} ms; expected {want}, rendered {got}")
+sys.exit(0 if got == want else 1)
+EOF
+    then
+        pass "terminationGracePeriodSeconds ($label): $(tail -n1 "$OUT/grace.log" | sed 's/.*expected/expected/')"
+    else
+        fail "terminationGracePeriodSeconds ($label)" "$OUT/grace.log"
+    fi
+}
+check_grace "defaults: 5s + 25s + 5s" 5s
+check_grace "1500ms + 1m + 5s" 5s -f "$CHART/ci/everything-values.yaml"
+check_grace "0s + 90s + 2s" 2s --set drain.propagationDelay=0s --set drain.timeout=90s \
+    --set drain.gracePeriodMargin=2s
+check_grace "250ms + 3s + 500ms" 500ms --set drain.propagationDelay=250ms \
+    --set drain.timeout=3s --set drain.spread=2s --set drain.gracePeriodMargin=500ms
+
+# --- checksum/config rolls pods when the config changes ---------------------------------
+sum_of() { helm_q template chat "$CHART" "$@" --show-only templates/deployment.yaml | sed -n 's/.*checksum\/config: //p'; }
+a="$(sum_of)"; b="$(sum_of --set history.size=100)"; c="$(sum_of --set replicaCount=7)"
+if [ -n "$a" ] && [ "$a" != "$b" ] && [ "$a" = "$c" ]; then
+    pass "checksum/config changes with the config (history.size) and only then (not replicaCount)"
+else
+    echo "default=$a history.size=100 -> $b replicaCount=7 -> $c" >"$OUT/checksum.log"
+    fail "checksum/config changes with the config" "$OUT/checksum.log"
+fi
+
+# --- structure checks on the rendered sets ---------------------------------------------
+"$PY" - "$OUT" >"$OUT/structure.log" 2>&1 <<'EOF'
+import sys, yaml, os
+out = sys.argv[1]
+def load(name):
+    p = os.path.join(out, f"render-{name}.yaml")
+    return [d for d in yaml.safe_load_all(open(p)) if d] if os.path.exists(p) else None
+problems = []
+def kinds(docs): return [d["kind"] for d in docs]
+def one(docs, kind): return next((d for d in docs if d["kind"] == kind), None)
+d = load("default")
+dep = one(d, "Deployment")
+spec = dep["spec"]
+pod = spec["template"]["spec"]
+c = pod["containers"][0]
+env = {e["name"]: e for e in c["env"]}
+checks = {
+  "default: 3 replicas": spec.get("replicas") == 3,
+  "default: maxUnavailable 0 / maxSurge 1": spec["strategy"]["rollingUpdate"] == {"maxUnavailable": 0, "maxSurge": 1},
+  "default: args serve --config /etc/roomcast/roomcast.toml": c["args"] == ["serve", "--config", "/etc/roomcast/roomcast.toml"],
+  "default: ROOMCAST_NODE__ID from metadata.name": env["ROOMCAST_NODE__ID"]["valueFrom"]["fieldRef"]["fieldPath"] == "metadata.name",
+  "default: ROOMCAST_REDIS__URL is the bundled redis": env["ROOMCAST_REDIS__URL"]["value"] == "redis://chat-redis:6379",
+  "default: ROOMCAST_REDIS__PASSWORD from the chart's Secret": env["ROOMCAST_REDIS__PASSWORD"]["valueFrom"]["secretKeyRef"]["name"] == "chat-secrets",
+  "default: probes on the admin port (/healthz, /healthz, /readyz)":
+      (c["startupProbe"]["httpGet"], c["livenessProbe"]["httpGet"], c["readinessProbe"]["httpGet"]) ==
+      ({"path": "/healthz", "port": "admin"}, {"path": "/healthz", "port": "admin"}, {"path": "/readyz", "port": "admin"}),
+  "default: restricted securityContext": c["securityContext"]["readOnlyRootFilesystem"] and c["securityContext"]["runAsNonRoot"]
+      and c["securityContext"]["capabilities"]["drop"] == ["ALL"] and not c["securityContext"]["allowPrivilegeEscalation"]
+      and c["securityContext"]["seccompProfile"]["type"] == "RuntimeDefault",
+  "default: topologySpread ScheduleAnyway": pod["topologySpreadConstraints"][0]["whenUnsatisfiable"] == "ScheduleAnyway",
+  "default: client Service LoadBalancer 80 -> http": any(x["kind"] == "Service" and x["metadata"]["name"] == "chat" and x["spec"]["type"] == "LoadBalancer"
+      and x["spec"]["ports"][0]["port"] == 80 for x in d),
+  "default: admin Service ClusterIP 9090": any(x["kind"] == "Service" and x["metadata"]["name"] == "chat-admin" and x["spec"]["type"] == "ClusterIP"
+      and x["spec"]["ports"][0]["port"] == 9090 for x in d),
+  "default: bundled Redis StatefulSet redis:7": one(d, "StatefulSet")["spec"]["template"]["spec"]["containers"][0]["image"] == "redis:7",
+  "default: PodDisruptionBudget maxUnavailable 1": one(d, "PodDisruptionBudget")["spec"]["maxUnavailable"] == 1,
+  "default: no HPA, ServiceMonitor, NetworkPolicy, Ingress, dashboard": not set(kinds(d)) & {"HorizontalPodAutoscaler", "ServiceMonitor", "NetworkPolicy", "Ingress"}
+      and not any(x["kind"] == "ConfigMap" and x["metadata"]["name"].endswith("-dashboard") for x in d),
+  "default: helm test Pod runs probe --url ws://chat:80/ws": any(x["kind"] == "Pod" and x["metadata"]["annotations"].get("helm.sh/hook") == "test"
+      and x["spec"]["containers"][0]["args"][:3] == ["probe", "--url", "ws://chat:80/ws"] for x in d),
+}
+e = load("external-redis")
+if e:
+    edep = one(e, "Deployment"); eenv = {x["name"]: x for x in edep["spec"]["template"]["spec"]["containers"][0]["env"]}
+    checks["external-redis: no bundled Redis"] = one(e, "StatefulSet") is None
+    checks["external-redis: URL from redis.external.url"] = eenv["ROOMCAST_REDIS__URL"]["value"] == "redis://redis.data.svc.cluster.local:6379/2"
+    checks["external-redis: password from secrets.existingSecret"] = eenv["ROOMCAST_REDIS__PASSWORD"]["valueFrom"]["secretKeyRef"]["name"] == "roomcast-credentials"
+    checks["external-redis: chart creates no Secret"] = one(e, "Secret") is None
+h = load("hpa")
+if h:
+    checks["hpa: autoscaling/v2 HPA, Deployment without replicas"] = one(h, "HorizontalPodAutoscaler")["apiVersion"] == "autoscaling/v2" and "replicas" not in one(h, "Deployment")["spec"]
+s = load("servicemonitor")
+if s:
+    sm = one(s, "ServiceMonitor")
+    labels = {r["targetLabel"] for r in sm["spec"]["endpoints"][0]["relabelings"]}
+    checks["servicemonitor: admin port, pod and namespace relabelings"] = sm["spec"]["endpoints"][0]["port"] == "admin" and {"pod", "namespace"} <= labels
+g = load("dashboard")
+if g:
+    cm = next(x for x in g if x["kind"] == "ConfigMap" and x["metadata"]["name"].endswith("-dashboard"))
+    checks['dashboard: ConfigMap labelled grafana_dashboard: "1"'] = cm["metadata"]["labels"].get("grafana_dashboard") == "1"
+    checks["dashboard: ConfigMap holds grafana/roomcast.json exactly"] = cm["data"]["roomcast.json"] == open("grafana/roomcast.json").read().rstrip("\n")
+n = load("networkpolicy")
+if n:
+    checks["networkpolicy: gateway and redis policies"] = sorted(x["metadata"]["name"] for x in n if x["kind"] == "NetworkPolicy") == ["chat", "chat-redis"]
+i = load("ingress")
+if i:
+    ing = one(i, "Ingress")
+    a = ing["metadata"]["annotations"]
+    checks["ingress: nginx proxy-read/send-timeout 3600"] = a.get("nginx.ingress.kubernetes.io/proxy-read-timeout") == "3600" and a.get("nginx.ingress.kubernetes.io/proxy-send-timeout") == "3600"
+r = load("replicas5")
+if r:
+    checks["replicas5: 5 replicas and a PDB"] = one(r, "Deployment")["spec"]["replicas"] == 5 and one(r, "PodDisruptionBudget") is not None
+for name, ok in checks.items():
+    print(("ok    " if ok else "FAIL  ") + name)
+sys.exit(0 if all(checks.values()) else 1)
+EOF
+while read -r line; do
+    case "$line" in
+        "ok    "*) pass "${line#ok    }" ;;
+        "FAIL  "*) fail "${line#FAIL  }" ;;
+        *) fail "structure check crashed: $line" ;;
+    esac
+done <"$OUT/structure.log"
+
+# PDB only with more than one replica.
+if helm_q template chat "$CHART" --set replicaCount=1 --show-only templates/pdb.yaml >/dev/null 2>&1; then
+    fail "no PodDisruptionBudget with replicaCount 1"
+else
+    pass "no PodDisruptionBudget with replicaCount 1"
+fi
+
+# --- the dashboard: one source, carried into the chart and the package ------------------
+if [ -L "$CHART/dashboards/roomcast.json" ] \
+    && [ "$(readlink -f "$CHART/dashboards/roomcast.json")" = "$ROOT/grafana/roomcast.json" ]; then
+    pass "helm/dashboards/roomcast.json is a symlink to grafana/roomcast.json"
+else
+    fail "helm/dashboards/roomcast.json is a symlink to grafana/roomcast.json"
+fi
+if helm_q package "$CHART" -d "$OUT/pkg" >"$OUT/package.log" 2>&1 \
+    && tar -xzf "$OUT"/pkg/roomcast-*.tgz -C "$OUT/pkg" roomcast/dashboards/roomcast.json \
+    && cmp -s "$OUT/pkg/roomcast/dashboards/roomcast.json" "$ROOT/grafana/roomcast.json"; then
+    pass "helm package carries grafana/roomcast.json (symlink followed)"
+else
+    fail "helm package carries grafana/roomcast.json (symlink followed)" "$OUT/package.log"
+fi
+if tar -xzf "$OUT"/pkg/roomcast-*.tgz -C "$OUT/pkg" 2>/dev/null \
+    && helm_q template chat "$OUT/pkg/roomcast" --set monitoring.dashboard.enabled=true >/dev/null 2>"$OUT/pkg-render.err"; then
+    pass "the packaged chart renders (dashboard on)"
+else
+    fail "the packaged chart renders (dashboard on)" "$OUT/pkg-render.err"
+fi
+if "$PY" - >"$OUT/dash.log" 2>&1 <<'EOF'
+import json, re, sys
+dash = json.load(open("grafana/roomcast.json"))
+documented = set(re.findall(r"^\| `(roomcast_[a-z_]+)", open("docs/operations.md").read(), re.M))
+used = set(re.findall(r"roomcast_[a-z_]+", json.dumps(dash)))
+base = lambda m: re.sub(r"_(bucket|sum|count)$", "", m) if re.sub(r"_(bucket|sum|count)$", "", m) in documented else m
+unknown = sorted(m for m in used if base(m) not in documented)
+print("metrics used:", ", ".join(sorted(used)))
+if unknown:
+    print("NOT in docs/operations.md:", ", ".join(unknown))
+    sys.exit(1)
+assert dash.get("schemaVersion", 0) >= 36, "schemaVersion"
+names = [v["name"] for v in dash["templating"]["list"]]
+assert names[:3] == ["datasource", "namespace", "pod"], names
+EOF
+then
+    pass "dashboard uses only metric names from docs/operations.md"
+else
+    fail "dashboard uses only metric names from docs/operations.md" "$OUT/dash.log"
+fi
+
+# --- summary ---------------------------------------------------------------------------
+echo
+echo "check-chart: ${#PASSED[@]} passed, ${#FAILED[@]} failed, ${#SKIPPED[@]} skipped"
+for f in "${FAILED[@]}"; do echo "  failed: $f"; done
+for s in "${SKIPPED[@]}"; do echo "  skipped: $s"; done
+[ "${#FAILED[@]}" -eq 0 ]
