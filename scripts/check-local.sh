@@ -1,0 +1,357 @@
+#!/usr/bin/env bash
+# End-to-end check of the deployment topology without containers (deploy/local):
+#   1. starts Redis + 3 gateway replicas + haproxy + Prometheus (deploy/local/up.sh 3)
+#   2. sends a few refused frames through haproxy (so error and disconnect series exist),
+#      then drives a load through haproxy with the project's own client (roomcast bench)
+#   3. while the load runs, evaluates EVERY PromQL expression of grafana/roomcast.json (and
+#      the dashboard's variable queries) against Prometheus' HTTP API; an expression that
+#      returns no data fails the check (e.g. a metric the gateway does not export)
+#   4. rolling restart under load: bench --resume while each replica in turn gets SIGTERM
+#      (as Kubernetes sends), drains, exits and is started again; the bench report must
+#      show 0 lost and 0 duplicated messages
+# Everything is torn down at the end, also on failure (logs are kept on failure).
+#
+# Env: ROOMCAST_BIN (default target/release/roomcast)
+#      CHECK_LOCAL_CONNECTIONS / CHECK_LOCAL_ROOMS / CHECK_LOCAL_RATE  (60 / 6 / 60)
+set -uo pipefail
+
+ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
+cd "$ROOT"
+export ROOMCAST_BIN="${ROOMCAST_BIN:-$ROOT/target/release/roomcast}"
+case "$ROOMCAST_BIN" in /*) ;; *) ROOMCAST_BIN="$ROOT/$ROOMCAST_BIN" ;; esac
+OUT="$(mktemp -d /tmp/roomcast-check-local.XXXXXX)"
+export ROOMCAST_LOCAL_STATE="$OUT/state"
+CONNECTIONS="${CHECK_LOCAL_CONNECTIONS:-60}"
+ROOMS="${CHECK_LOCAL_ROOMS:-6}"
+RATE="${CHECK_LOCAL_RATE:-60}"
+REPLICAS=3
+
+PASSED=()
+FAILED=()
+pass() { PASSED+=("$1"); printf 'ok    %s\n' "$1"; }
+fail() { FAILED+=("$1"); printf 'FAIL  %s\n' "$1"; [ -n "${2:-}" ] && [ -f "$2" ] && sed 's/^/      /' "$2" | tail -n 40; }
+step() { printf '\n== %s\n' "$*"; }
+
+BENCH_PID=""
+cleanup() {
+    if [ -n "$BENCH_PID" ] && kill -0 "$BENCH_PID" 2>/dev/null; then
+        kill "$BENCH_PID" 2>/dev/null
+        wait "$BENCH_PID" 2>/dev/null
+    fi
+    if [ "${#FAILED[@]}" -eq 0 ] && [ "${KEEP:-0}" != 1 ]; then
+        "$ROOT/deploy/local/down.sh" >/dev/null 2>&1
+        rm -rf "$OUT"
+    else
+        "$ROOT/deploy/local/down.sh" --keep >/dev/null 2>&1
+        echo "logs and reports kept in $OUT"
+    fi
+}
+trap cleanup EXIT
+trap 'FAILED+=("interrupted"); exit 130' INT TERM
+
+summary() {
+    echo
+    echo "check-local: ${#PASSED[@]} passed, ${#FAILED[@]} failed"
+    for f in "${FAILED[@]}"; do echo "  failed: $f"; done
+    [ "${#FAILED[@]}" -eq 0 ]
+}
+
+[ -x "$ROOMCAST_BIN" ] || { echo "no gateway binary at $ROOMCAST_BIN (cargo build --release, or set ROOMCAST_BIN)" >&2; exit 1; }
+
+# Prometheus instant query; prints the JSON answer.
+prom() { curl -fsS --max-time 10 "http://127.0.0.1:$PROM_PORT/api/v1/query" --data-urlencode "query=$1"; }
+# Prints the first value of an instant query, or nothing.
+prom_value() {
+    prom "$1" 2>/dev/null | python3 -c '
+import json, sys
+r = json.load(sys.stdin)["data"]["result"]
+print(r[0]["value"][1] if r else "")' 2>/dev/null
+}
+# wait_prom EXPR MIN SECONDS: waits until EXPR's first value is >= MIN.
+wait_prom() {
+    local i v
+    for ((i = 0; i < $3; i++)); do
+        v="$(prom_value "$1")"
+        if [ -n "$v" ] && python3 -c "import sys; sys.exit(0 if float('$v') >= float('$2') else 1)" 2>/dev/null; then
+            return 0
+        fi
+        sleep 1
+    done
+    return 1
+}
+
+# bench_check NAME JSON: the bench report has 0 lost, 0 duplicated (and prints the totals).
+bench_check() {
+    python3 - "$2" "${3:-}" <<'EOF'
+import json, sys
+path, need_reconnects = sys.argv[1], sys.argv[2] == "reconnects"
+try:
+    report = json.load(open(path))
+except Exception as e:
+    sys.exit(f"no JSON report in {path}: {e}")
+totals = report.get("totals", report)
+missing = [k for k in ("lost", "duplicated") if k not in totals]
+if missing:
+    sys.exit(f"report has no {missing} (keys: {sorted(totals)})")
+keys = ("sent", "acked", "deliveries", "lost", "duplicated", "reordered", "unrecovered",
+        "members_not_joined", "disconnects", "reconnects", "connect_errors")
+print("  ".join(f"{k}={totals[k]}" for k in keys if k in totals))
+problems = [f"{k}={totals[k]}" for k in ("lost", "duplicated", "unrecovered", "members_not_joined")
+            if totals.get(k, 0)]
+if not totals.get("deliveries", 1):
+    problems.append("nothing delivered")
+if need_reconnects and not totals.get("reconnects", 0):
+    problems.append("no client reconnected: the restarts did not move anyone")
+if problems:
+    sys.exit("; ".join(problems))
+EOF
+}
+
+# ---------------------------------------------------------------------------------------
+step "start Redis + $REPLICAS replicas + haproxy + Prometheus (deploy/local/up.sh)"
+if "$ROOT/deploy/local/up.sh" "$REPLICAS" >"$OUT/up.log" 2>&1; then
+    pass "deploy/local/up.sh $REPLICAS"
+else
+    fail "deploy/local/up.sh $REPLICAS" "$OUT/up.log"
+    summary
+    exit 1
+fi
+# shellcheck disable=SC1091
+. "$ROOMCAST_LOCAL_STATE/env"
+LB="ws://127.0.0.1:$LB_PORT/ws"
+echo "load balancer $LB, prometheus http://127.0.0.1:$PROM_PORT/"
+
+if curl -fsS --max-time 5 "http://127.0.0.1:$LB_PORT/" -o "$OUT/page.html" && grep -qi '<html' "$OUT/page.html"; then
+    pass "chat page served through haproxy"
+else
+    fail "chat page served through haproxy"
+fi
+
+# ---------------------------------------------------------------------------------------
+step "refused frames through haproxy (error and disconnect series)"
+if python3 - "127.0.0.1" "$LB_PORT" >"$OUT/poke.log" 2>&1 <<'EOF'
+# A minimal RFC 6455 client (standard library only): sends frames the gateway must refuse
+# and checks the error codes, then closes normally.
+import base64, json, os, socket, struct, sys
+host, port = sys.argv[1], int(sys.argv[2])
+s = socket.create_connection((host, port), timeout=10)
+key = base64.b64encode(os.urandom(16)).decode()
+s.sendall((f"GET /ws HTTP/1.1\r\nHost: {host}:{port}\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"
+           f"Sec-WebSocket-Key: {key}\r\nSec-WebSocket-Version: 13\r\n\r\n").encode())
+buf = b""
+while b"\r\n\r\n" not in buf:
+    chunk = s.recv(4096)
+    if not chunk:
+        sys.exit("connection closed during the handshake")
+    buf += chunk
+head, buf = buf.split(b"\r\n\r\n", 1)
+if b" 101 " not in head.split(b"\r\n")[0]:
+    sys.exit(f"no upgrade: {head[:200]!r}")
+def send(opcode, payload):
+    mask = os.urandom(4)
+    n = len(payload)
+    hdr = bytes([0x80 | opcode]) + (bytes([0x80 | n]) if n < 126 else bytes([0x80 | 126]) + struct.pack("!H", n))
+    s.sendall(hdr + mask + bytes(b ^ mask[i % 4] for i, b in enumerate(payload)))
+def recv_exact(n):
+    global buf
+    while len(buf) < n:
+        chunk = s.recv(65536)
+        if not chunk:
+            raise EOFError
+        buf += chunk
+    out, buf = buf[:n], buf[n:]
+    return out
+def recv():
+    b0, b1 = recv_exact(2)
+    n = b1 & 0x7F
+    if n == 126:
+        n = struct.unpack("!H", recv_exact(2))[0]
+    elif n == 127:
+        n = struct.unpack("!Q", recv_exact(8))[0]
+    return b0 & 0x0F, recv_exact(n)
+def next_json():
+    while True:
+        op, data = recv()
+        if op == 0x1:
+            return json.loads(data)
+        if op == 0x9:
+            send(0xA, data)
+        elif op == 0x8:
+            raise EOFError("closed by the server")
+welcome = next_json()
+print("welcome:", welcome)
+want = {"p1": "unknown_type", "p2": "invalid_room", "p3": "not_joined"}
+send(0x1, json.dumps({"type": "shout", "ref": "p1"}).encode())
+send(0x1, json.dumps({"type": "join", "room": "no spaces allowed", "name": "poke", "ref": "p2"}).encode())
+send(0x1, json.dumps({"type": "send", "room": "never-joined", "text": "hi", "ref": "p3"}).encode())
+got = {}
+while len(got) < len(want):
+    f = next_json()
+    if f.get("type") == "error":
+        got[f.get("ref")] = f.get("code")
+print("errors:", got)
+send(0x8, struct.pack("!H", 1000))
+try:
+    while recv()[0] != 0x8:
+        pass
+except EOFError:
+    pass
+s.close()
+sys.exit(0 if got == want else f"expected {want}, got {got}")
+EOF
+then
+    pass "refused frames answered with unknown_type, invalid_room, not_joined"
+else
+    fail "refused frames answered with unknown_type, invalid_room, not_joined" "$OUT/poke.log"
+fi
+
+# ---------------------------------------------------------------------------------------
+step "load through haproxy: roomcast bench, $CONNECTIONS connections, $ROOMS rooms, $RATE msg/s"
+"$ROOMCAST_BIN" bench --url "$LB" --connections "$CONNECTIONS" --rooms "$ROOMS" --rate "$RATE" \
+    --duration 45s --json --quiet --fail-on-loss >"$OUT/bench-load.json" 2>"$OUT/bench-load.err" &
+BENCH_PID=$!
+if wait_prom "sum(roomcast_connections)" "$CONNECTIONS" 90 \
+    && wait_prom "sum(rate(roomcast_messages_delivered_total[15s]))" 1 60; then
+    pass "Prometheus sees $CONNECTIONS connections and deliveries on the replicas"
+else
+    echo "connections: $(prom_value 'sum(roomcast_connections)'), bench log:" >"$OUT/wait.log"
+    tail -n 20 "$OUT/bench-load.err" >>"$OUT/wait.log"
+    fail "Prometheus sees $CONNECTIONS connections and deliveries on the replicas" "$OUT/wait.log"
+fi
+# Let a full rate window of samples accumulate under load.
+sleep 16
+
+step "every PromQL expression of grafana/roomcast.json returns data"
+if python3 - "$ROOT/grafana/roomcast.json" "http://127.0.0.1:$PROM_PORT" >"$OUT/promql.log" 2>&1 <<'EOF'
+import json, re, sys, time, urllib.parse, urllib.request
+dash_path, prom = sys.argv[1], sys.argv[2]
+dash = json.load(open(dash_path))
+VARS = {"__rate_interval": "15s", "__interval": "15s", "__range": "5m", "pod": ".*", "namespace": ".*"}
+def subst(expr):
+    def var(m):
+        name = m.group(1) or m.group(2)
+        if name not in VARS:
+            raise SystemExit(f"unknown dashboard variable ${name} in: {expr}")
+        return VARS[name]
+    return re.sub(r"\$\{(\w+)(?::\w+)?\}|\$(\w+)", var, expr)
+exprs = []  # (where, promql, required label or None)
+def walk(panels):
+    for p in panels:
+        for t in p.get("targets", []):
+            if t.get("expr"):
+                exprs.append((f'panel "{p.get("title")}" {t.get("refId")}', t["expr"], None))
+        walk(p.get("panels", []))
+walk(dash.get("panels", []))
+for v in dash.get("templating", {}).get("list", []):
+    if v.get("type") != "query":
+        continue
+    q = v["query"]["query"] if isinstance(v.get("query"), dict) else v.get("query", "")
+    m = re.fullmatch(r"\s*label_values\((?:(.*),\s*)?(\w+)\)\s*", q)
+    if not m:
+        raise SystemExit(f"variable {v['name']}: unsupported query {q!r}")
+    selector, label = m.group(1) or f'{{{m.group(2)}!=""}}', m.group(2)
+    exprs.append((f'variable ${v["name"]}', f"count by ({label}) ({selector})", label))
+# Each metric named anywhere in the dashboard must exist on its own as well.
+for name in sorted(set(re.findall(r"\broomcast_[a-z_]+", json.dumps(dash)))):
+    exprs.append((f"metric {name}", f"count({name})", None))
+def query(q):
+    url = f"{prom}/api/v1/query?" + urllib.parse.urlencode({"query": q})
+    with urllib.request.urlopen(url, timeout=10) as r:
+        body = json.load(r)
+    if body.get("status") != "success":
+        raise RuntimeError(body)
+    return body["data"]["result"]
+bad = 0
+for where, expr, label in exprs:
+    q = subst(expr)
+    result, err = [], None
+    for _ in range(15):  # a series can take a scrape or two to appear
+        try:
+            result = query(q)
+            err = None
+        except Exception as e:
+            err = e
+        if result and (label is None or all(r["metric"].get(label) for r in result)):
+            break
+        time.sleep(1)
+    if err or not result:
+        bad += 1
+        print(f"NO DATA  {where}\n         {q}\n         {err or 'empty result'}")
+        continue
+    sample = ", ".join(f'{r["metric"]}={r["value"][1]}' for r in result[:3])
+    print(f"data     {where}: {len(result)} series  ({sample[:160]})")
+print(f"{len(exprs) - bad} of {len(exprs)} expressions returned data")
+sys.exit(1 if bad else 0)
+EOF
+then
+    pass "$(tail -n1 "$OUT/promql.log")"
+else
+    fail "dashboard PromQL: $(tail -n1 "$OUT/promql.log")" "$OUT/promql.log"
+fi
+grep -E '^(data|NO DATA)' "$OUT/promql.log" | cut -c1-150 | sed 's/^/      /'
+
+step "the load run completes with no loss"
+wait "$BENCH_PID"
+rc=$?
+BENCH_PID=""
+if [ $rc -eq 0 ] && bench_check load "$OUT/bench-load.json" >"$OUT/bench-load.check" 2>&1; then
+    pass "bench through haproxy: $(tail -n1 "$OUT/bench-load.check")"
+else
+    { echo "bench exit status $rc"; cat "$OUT/bench-load.check" 2>/dev/null; tail -n 20 "$OUT/bench-load.err"; } >"$OUT/bench-load.fail"
+    fail "bench through haproxy" "$OUT/bench-load.fail"
+fi
+
+# ---------------------------------------------------------------------------------------
+step "rolling restart under load: SIGTERM each replica in turn, bench --resume"
+"$ROOMCAST_BIN" bench --url "$LB" --connections "$CONNECTIONS" --rooms "$ROOMS" --rate "$RATE" \
+    --duration 60s --resume --json --quiet --fail-on-loss \
+    >"$OUT/bench-rolling.json" 2>"$OUT/bench-rolling.err" &
+BENCH_PID=$!
+# Wait until the bench's clients are connected and publishing before the first restart.
+if ! wait_prom "sum(roomcast_connections)" "$CONNECTIONS" 90 \
+    || ! wait_prom "sum(rate(roomcast_messages_delivered_total[5s]))" 1 60; then
+    fail "bench connected before the rolling restart" "$OUT/bench-rolling.err"
+fi
+restarted=0
+for ((i = 1; i <= REPLICAS; i++)); do
+    before="$(prom_value "sum(roomcast_connections{pod=\"local-$i\"})")"
+    if "$ROOT/deploy/local/replica.sh" restart "$i" >>"$OUT/rolling.log" 2>&1; then
+        restarted=$((restarted + 1))
+        echo "      replica local-$i: had ${before:-?} connections, drained, exited, restarted, ready"
+    else
+        fail "restart replica local-$i" "$OUT/rolling.log"
+    fi
+    # Like maxUnavailable 0 / maxSurge 1: the next pod goes only once this one is back and
+    # the load balancer sends it traffic again.
+    wait_http_ok=0
+    for ((t = 0; t < 30; t++)); do
+        curl -fsS --max-time 1 "http://127.0.0.1:$LB_PORT/readyz" >/dev/null 2>&1 && { wait_http_ok=1; break; }
+        sleep 1
+    done
+    [ "$wait_http_ok" = 1 ] || fail "load balancer ready after restarting local-$i"
+    sleep 3
+done
+if kill -0 "$BENCH_PID" 2>/dev/null; then
+    pass "rolling restart of $restarted/$REPLICAS replicas finished while the bench was still publishing"
+else
+    fail "rolling restart finished while the bench was still publishing (the bench ended first: raise --duration)"
+fi
+wait "$BENCH_PID"
+rc=$?
+BENCH_PID=""
+if [ $rc -eq 0 ] && bench_check rolling "$OUT/bench-rolling.json" reconnects >"$OUT/bench-rolling.check" 2>&1; then
+    pass "rolling restart: 0 lost, 0 duplicated ($(tail -n1 "$OUT/bench-rolling.check"))"
+else
+    { echo "bench exit status $rc"; cat "$OUT/bench-rolling.check" 2>/dev/null; tail -n 20 "$OUT/bench-rolling.err"; } >"$OUT/bench-rolling.fail"
+    fail "rolling restart: 0 lost, 0 duplicated" "$OUT/bench-rolling.fail"
+fi
+# A drained replica exits and its counters go with it: look back over the whole run.
+drains="$(prom_value 'sum(max_over_time(roomcast_disconnects_total{reason="drain"}[15m]))')"
+draining="$(prom_value 'max(max_over_time(roomcast_draining[15m]))')"
+if [ -n "$drains" ] && python3 -c "import sys; sys.exit(0 if float('$drains') > 0 and float('${draining:-0}') == 1 else 1)"; then
+    pass "Prometheus saw the drains (roomcast_draining reached 1; drain disconnects >= $drains)"
+else
+    fail "Prometheus saw the drains (roomcast_draining=${draining:-none}, drain disconnects=${drains:-none})"
+fi
+
+summary
