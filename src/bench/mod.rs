@@ -1,0 +1,715 @@
+//! The load generator (`roomcast bench`) and the health probe (`roomcast probe`).
+//!
+//! `bench` drives one or more gateways like a crowd: N connections spread round-robin over
+//! the URLs, R rooms of M members, publishers at a total (optionally stepped) rate. Every
+//! message text carries its send time and step, so each delivery gives a latency sample;
+//! every member keeps a ledger of the room offsets it received, so the report counts lost
+//! and duplicated messages per room. It can also speak Socket.IO v4 to the comparison peer
+//! in `benches/peers/socketio`, and sample the CPU time and RSS of the server processes
+//! from `/proc`. See BENCHMARKS.md.
+//!
+//! This module depends only on external crates (no `crate::` imports), so it builds on its
+//! own.
+//!
+//! Layout:
+//! - [`wire`]: the two wire protocols and the payload header;
+//! - [`net`]: URLs, source addresses, the WebSocket handshake;
+//! - [`conn`]: one simulated user (a task per connection), reconnect and resume;
+//! - [`ledger`]: loss / duplicate accounting;
+//! - [`stats`]: histograms, counters, `/proc` sampling;
+//! - [`report`]: the printed and JSON report.
+
+pub mod conn;
+pub mod ledger;
+pub mod net;
+pub mod report;
+pub mod stats;
+pub mod wire;
+
+use std::io::IsTerminal;
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
+use std::time::Duration;
+
+use anyhow::{Context, bail};
+use futures_util::{SinkExt, StreamExt};
+use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
+use rand::Rng;
+use tokio::sync::{Semaphore, mpsc, watch};
+use tokio::time::Instant;
+use tokio_tungstenite::tungstenite::Message;
+
+use conn::{ConnSpec, SendCmd, Shared};
+use ledger::MemberLedger;
+use net::Target;
+use report::{Report, RoomReport, ServerReport, StepReport, Totals};
+use stats::{Recorder, ServerProbe};
+pub use wire::Protocol;
+
+/// How many members of each room publish.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Publishers {
+    /// Every member.
+    All,
+    /// The first N members of each room.
+    PerRoom(usize),
+}
+
+fn parse_publishers(s: &str) -> Result<Publishers, String> {
+    if s.eq_ignore_ascii_case("all") {
+        return Ok(Publishers::All);
+    }
+    match s.parse::<usize>() {
+        Ok(0) => Err("must be at least 1 (use --rate 0 for an idle run)".into()),
+        Ok(n) => Ok(Publishers::PerRoom(n)),
+        Err(_) => Err(format!("{s:?} is neither `all` nor a number")),
+    }
+}
+
+fn parse_duration(s: &str) -> Result<Duration, String> {
+    humantime::parse_duration(s).map_err(|e| e.to_string())
+}
+
+/// `roomcast bench`: a load generator that measures delivery latency, throughput and loss.
+///
+/// Example: 2,000 users in 20 rooms over two replicas, publishers at stepped rates:
+///   roomcast bench --url ws://127.0.0.1:8080/ws --url ws://127.0.0.1:8081/ws
+///     --connections 2000 --rooms 20 --publishers 5 --rate-steps 100,200,400 --duration 15s
+#[derive(clap::Args, Debug)]
+pub struct BenchArgs {
+    /// Gateway WebSocket URL; repeat (or comma-separate) to spread connections round-robin
+    /// over several replicas. roomcast: `ws://HOST:PORT/ws` (`/ws` is added when there is no
+    /// path); socketio: `ws://HOST:PORT` (the Engine.IO path is added).
+    #[arg(long = "url", required = true, value_delimiter = ',')]
+    pub urls: Vec<String>,
+
+    /// Wire protocol: roomcast v1, or Socket.IO v4 for the comparison peer.
+    #[arg(long, value_enum, default_value_t = Protocol::Roomcast)]
+    pub protocol: Protocol,
+
+    /// Number of WebSocket connections (simulated users).
+    #[arg(long, short = 'c', default_value_t = 100)]
+    pub connections: usize,
+
+    /// Number of rooms.
+    #[arg(long, short = 'r', default_value_t = 10)]
+    pub rooms: usize,
+
+    /// Members per room [default: connections / rooms, rounded up]. Member slots are dealt
+    /// round-robin to connections, so a connection joins rooms*members/connections rooms
+    /// (at most the gateway's `limits.max_rooms_per_connection`, 16 by default).
+    #[arg(long, short = 'm')]
+    pub members: Option<usize>,
+
+    /// Publishers per room: `all` members, or the first N members of each room. The total
+    /// rate is shared evenly by all publishers (mind the gateway's per-connection limit,
+    /// `limits.messages_per_second`, 20 by default).
+    #[arg(long, default_value = "all", value_parser = parse_publishers)]
+    pub publishers: Publishers,
+
+    /// Total publish rate over all rooms, messages per second. 0 = idle (connect, join,
+    /// hold for --duration).
+    #[arg(long, default_value_t = 100.0)]
+    pub rate: f64,
+
+    /// Stepped rates, e.g. `100,200,400`: each step runs for --duration (overrides --rate).
+    /// The report has one row per step.
+    #[arg(long, value_delimiter = ',')]
+    pub rate_steps: Vec<f64>,
+
+    /// How long each rate step publishes.
+    #[arg(long, short = 'd', default_value = "10s", value_parser = parse_duration)]
+    pub duration: Duration,
+
+    /// Publish this many messages per step instead of running for --duration.
+    #[arg(long)]
+    pub messages: Option<u64>,
+
+    /// Size of each message text in bytes (the header needs about 40; the rest is padding).
+    #[arg(long, default_value_t = 64)]
+    pub size: usize,
+
+    /// Spread the initial connects evenly over this time.
+    #[arg(long, default_value = "0s", value_parser = parse_duration)]
+    pub ramp_up: Duration,
+
+    /// Most connection attempts in progress at once.
+    #[arg(long, default_value_t = 200)]
+    pub connect_concurrency: usize,
+
+    /// Timeout of one connect (TCP + WebSocket handshake).
+    #[arg(long, default_value = "10s", value_parser = parse_duration)]
+    pub connect_timeout: Duration,
+
+    /// How long to wait for every connection to have joined its rooms before publishing.
+    #[arg(long, default_value = "180s", value_parser = parse_duration)]
+    pub join_timeout: Duration,
+
+    /// After the last step, wait at most this long for in-flight acks and deliveries (the
+    /// wait ends earlier once every send is acked and nothing arrived for 500 ms).
+    #[arg(long, default_value = "10s", value_parser = parse_duration)]
+    pub settle: Duration,
+
+    /// Keep clients alive across gateway restarts: on close or error, reconnect with
+    /// jittered backoff to the next URL and re-join each room with `since` = cursor.
+    /// Gaps, duplicates and `recovered: false` are counted.
+    #[arg(long)]
+    pub resume: bool,
+
+    /// First reconnect delay (doubles per attempt, ±50% jitter).
+    #[arg(long, default_value = "500ms", value_parser = parse_duration)]
+    pub backoff: Duration,
+
+    /// Longest reconnect delay.
+    #[arg(long, default_value = "10s", value_parser = parse_duration)]
+    pub backoff_max: Duration,
+
+    /// Local source addresses to connect from, e.g. `127.0.0.1-127.0.0.20` or
+    /// `127.0.0.1,127.0.0.2`; `auto` uses one 127.0.0.x per 16,000 connections per loopback
+    /// target; `none` lets the kernel choose.
+    #[arg(long, default_value = "auto")]
+    pub source_ips: String,
+
+    /// PIDs of the server processes (repeat or comma-separate): their CPU time and RSS are
+    /// read from /proc before and after each step and reported (CPU seconds per million
+    /// deliveries, RSS growth per connection).
+    #[arg(long = "server-pid", value_delimiter = ',')]
+    pub server_pids: Vec<u32>,
+
+    /// Prefix of room names (a random run id and the room number follow).
+    #[arg(long, default_value = "bench")]
+    pub room_prefix: String,
+
+    /// Print one JSON report on stdout instead of the table.
+    #[arg(long)]
+    pub json: bool,
+
+    /// Exit non-zero when a message was lost or duplicated, a resume was not recovered, a
+    /// member never joined, or (with a non-zero rate) nothing was delivered.
+    #[arg(long)]
+    pub fail_on_loss: bool,
+
+    /// No progress bar (it is also hidden when stdout is not a terminal).
+    #[arg(long)]
+    pub quiet: bool,
+}
+
+/// `roomcast probe`: join a room, send a message, wait for it to come back.
+#[derive(clap::Args, Debug)]
+pub struct ProbeArgs {
+    /// Gateway WebSocket URL, e.g. `ws://roomcast:8080/ws` (`/ws` is added when there is no path).
+    #[arg(long)]
+    pub url: String,
+
+    /// Room to join.
+    #[arg(long, default_value = "probe")]
+    pub room: String,
+
+    /// Give up after this long.
+    #[arg(long, default_value = "10s", value_parser = parse_duration)]
+    pub timeout: Duration,
+}
+
+/// The workload: who is in which room and who publishes.
+struct Plan {
+    members: usize,
+    publishers_per_room: usize,
+    /// Per connection, its member slots.
+    conns: Vec<Vec<MemberLedger>>,
+    /// (connection, slot) of every publisher, interleaved across rooms.
+    publishers: Vec<(usize, usize)>,
+}
+
+fn plan(args: &BenchArgs) -> anyhow::Result<Plan> {
+    let n = args.connections;
+    let r = args.rooms;
+    if n == 0 || r == 0 {
+        bail!("--connections and --rooms must be at least 1");
+    }
+    let members = args.members.unwrap_or_else(|| n.div_ceil(r));
+    if members == 0 || members > n {
+        bail!("--members must be between 1 and --connections ({n})");
+    }
+    let p = match args.publishers {
+        Publishers::All => members,
+        Publishers::PerRoom(p) => p.min(members),
+    };
+    let dense = args.protocol == Protocol::Socketio;
+    let mut conns: Vec<Vec<MemberLedger>> = vec![Vec::new(); n];
+    let mut slot_of = vec![vec![0usize; members]; r];
+    for (room, slots) in slot_of.iter_mut().enumerate() {
+        for (m, slot) in slots.iter_mut().enumerate() {
+            let c = (room * members + m) % n;
+            *slot = conns[c].len();
+            conns[c].push(MemberLedger::new(room, m < p, dense));
+        }
+    }
+    let mut publishers = Vec::with_capacity(r * p);
+    for m in 0..p {
+        for (room, slots) in slot_of.iter().enumerate() {
+            publishers.push(((room * members + m) % n, slots[m]));
+        }
+    }
+    Ok(Plan {
+        members,
+        publishers_per_room: p,
+        conns,
+        publishers,
+    })
+}
+
+/// Hands publish orders to the publishers, round-robin (interleaved across rooms).
+struct Pacer {
+    publishers: Vec<(usize, usize)>,
+    senders: Vec<Option<mpsc::UnboundedSender<SendCmd>>>,
+    next: usize,
+    rec: Arc<Recorder>,
+}
+
+impl Pacer {
+    fn order(&mut self, step: usize, scheduled: Instant) {
+        let (c, slot) = self.publishers[self.next % self.publishers.len()];
+        self.next += 1;
+        let cmd = SendCmd {
+            slot,
+            step: step as u32,
+            scheduled,
+        };
+        if self.senders[c]
+            .as_ref()
+            .is_none_or(|tx| tx.send(cmd).is_err())
+        {
+            self.rec.skipped_sends.fetch_add(1, Ordering::Relaxed);
+        }
+    }
+}
+
+fn valid_room_name(s: &str) -> bool {
+    (1..=64).contains(&s.len())
+        && s.chars()
+            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | ':' | '-'))
+}
+
+fn progress(args: &BenchArgs, len: u64) -> ProgressBar {
+    let pb = ProgressBar::new(len);
+    if args.json || args.quiet || !std::io::stdout().is_terminal() {
+        pb.set_draw_target(ProgressDrawTarget::hidden());
+    } else {
+        pb.set_draw_target(ProgressDrawTarget::stderr());
+    }
+    if let Ok(style) = ProgressStyle::with_template(
+        "{prefix:>10} [{elapsed_precise}] {wide_bar} {pos}/{len} {msg}",
+    ) {
+        pb.set_style(style);
+    }
+    pb
+}
+
+/// Runs the bench and prints the report. With `--fail-on-loss`, returns an error when the
+/// run lost or duplicated messages (see [`BenchArgs::fail_on_loss`]).
+pub async fn run(args: BenchArgs) -> anyhow::Result<()> {
+    let plan = plan(&args)?;
+    let steps: Vec<f64> = if args.rate_steps.is_empty() {
+        vec![args.rate]
+    } else {
+        args.rate_steps.clone()
+    };
+    if steps.iter().any(|r| !r.is_finite() || *r < 0.0) {
+        bail!("rates must be finite and not negative");
+    }
+    let run_id: u16 = rand::rng().random();
+    let room_names: Vec<String> = (0..args.rooms)
+        .map(|i| format!("{}-{run_id:04x}-{i}", args.room_prefix))
+        .collect();
+    if !room_names.iter().all(|n| valid_room_name(n)) {
+        bail!("--room-prefix gives invalid room names (allowed: A-Z a-z 0-9 . _ : -, at most 64)");
+    }
+    let mut targets = Vec::new();
+    for u in &args.urls {
+        targets.push(Target::resolve(u, args.protocol).await?);
+    }
+    let sources = match args.source_ips.as_str() {
+        "auto" => net::auto_source_ips(&targets, args.connections),
+        "none" => Vec::new(),
+        s => net::parse_source_ips(s)?,
+    };
+    let rooms_per_conn = plan.conns.iter().map(Vec::len).max().unwrap_or(0);
+    let rec = Arc::new(Recorder::new(steps.len(), args.rooms));
+    let probe = ServerProbe::new(args.server_pids.clone());
+    let before_connect = probe.sample();
+
+    let shared = Arc::new(Shared {
+        protocol: args.protocol,
+        targets: targets.clone(),
+        room_names: room_names.clone(),
+        rec: rec.clone(),
+        resume: args.resume,
+        size: args.size,
+        name_prefix: "bench-".into(),
+        connect_timeout: args.connect_timeout,
+        backoff_min: args.backoff,
+        backoff_max: args.backoff_max,
+        connect_permits: Arc::new(Semaphore::new(args.connect_concurrency.max(1))),
+    });
+    let (stop_tx, stop_rx) = watch::channel(false);
+    let n = args.connections;
+    let mut senders: Vec<Option<mpsc::UnboundedSender<SendCmd>>> = Vec::with_capacity(n);
+    let mut handles = Vec::with_capacity(n);
+    for (index, rooms) in plan.conns.into_iter().enumerate() {
+        let (tx, rx) = if rooms.iter().any(|m| m.publisher) {
+            let (tx, rx) = mpsc::unbounded_channel();
+            (Some(tx), Some(rx))
+        } else {
+            (None, None)
+        };
+        senders.push(tx);
+        let spec = ConnSpec {
+            index,
+            rooms,
+            first_url: index % targets.len(),
+            source: (!sources.is_empty()).then(|| sources[(index / targets.len()) % sources.len()]),
+            start_delay: args.ramp_up.mul_f64(index as f64 / n as f64),
+        };
+        handles.push(tokio::spawn(conn::run(
+            spec,
+            shared.clone(),
+            rx,
+            stop_rx.clone(),
+        )));
+    }
+
+    // Connect and join.
+    let pb = progress(&args, n as u64);
+    pb.set_prefix("connect");
+    let t_connect = Instant::now();
+    loop {
+        let ready = rec.ready.load(Ordering::Relaxed);
+        let failed = rec.failed.load(Ordering::Relaxed);
+        pb.set_position(ready as u64);
+        pb.set_message(format!(
+            "errors {} failed {failed}",
+            rec.connect_errors.load(Ordering::Relaxed)
+        ));
+        if ready + failed >= n || t_connect.elapsed() >= args.join_timeout {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let connect_seconds = t_connect.elapsed().as_secs_f64();
+    let ready = rec.ready.load(Ordering::Relaxed);
+
+    // Publish, step by step.
+    let mut step_reports = Vec::new();
+    let mut pacer = Pacer {
+        publishers: plan.publishers,
+        senders,
+        next: 0,
+        rec: rec.clone(),
+    };
+    pb.set_prefix("publish");
+    for (si, &rate) in steps.iter().enumerate() {
+        let s0 = probe.sample();
+        let t0 = Instant::now();
+        let mut sent: u64 = 0;
+        let target_count = args.messages;
+        pb.set_length(target_count.unwrap_or(args.duration.as_millis() as u64));
+        pb.set_position(0);
+        // Nobody to publish (or nobody connected): hold for the duration only.
+        let idle = rate <= 0.0 || pacer.publishers.is_empty() || ready == 0;
+        loop {
+            let el = t0.elapsed();
+            let done = match target_count {
+                Some(c) if !idle => sent >= c,
+                _ => el >= args.duration,
+            };
+            if done {
+                break;
+            }
+            if !idle {
+                let mut due = (rate * el.as_secs_f64()) as u64;
+                if let Some(c) = target_count {
+                    due = due.min(c);
+                }
+                while sent < due {
+                    pacer.order(si, t0 + Duration::from_secs_f64(sent as f64 / rate));
+                    sent += 1;
+                }
+            }
+            pb.set_position(target_count.map_or(el.as_millis() as u64, |_| sent));
+            pb.set_message(format!(
+                "step {}/{} rate {rate}/s, delivered {}",
+                si + 1,
+                steps.len(),
+                rec.steps[si].deliveries.load(Ordering::Relaxed)
+            ));
+            tokio::time::sleep(if idle {
+                Duration::from_millis(50)
+            } else {
+                Duration::from_millis(1)
+            })
+            .await;
+        }
+        if !idle && target_count.is_none() {
+            // The loop polls: send what the last instant of the step was due.
+            let due = (rate * args.duration.as_secs_f64()).round() as u64;
+            while sent < due {
+                pacer.order(si, t0 + Duration::from_secs_f64(sent as f64 / rate));
+                sent += 1;
+            }
+        }
+        let elapsed = t0.elapsed().as_secs_f64();
+        let s1 = probe.sample();
+        step_reports.push((rate, elapsed, probe.cpu_seconds(s0, s1), s1));
+    }
+    let after_steps = probe.sample();
+
+    // Settle: every send acked and nothing arriving for a while.
+    drop(pacer);
+    pb.set_prefix("settle");
+    let t_settle = Instant::now();
+    let quiet_us = 500_000;
+    let settled = loop {
+        let in_flight = rec.in_flight.load(Ordering::Relaxed);
+        let last = rec.last_delivery_us.load(Ordering::Relaxed);
+        if in_flight == 0 && wire::now_us().saturating_sub(last) >= quiet_us {
+            break true;
+        }
+        if t_settle.elapsed() >= args.settle {
+            break false;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    let _ = stop_tx.send(true);
+    let mut ledgers = Vec::new();
+    for h in handles {
+        match h.await {
+            Ok(l) => ledgers.push(l),
+            Err(e) => bail!("a connection task failed: {e}"),
+        }
+    }
+    pb.finish_and_clear();
+
+    // Loss per room.
+    let mut rooms: Vec<RoomReport> = room_names
+        .iter()
+        .enumerate()
+        .map(|(i, name)| RoomReport {
+            room: name.clone(),
+            messages: rec.room(i).ids.len() as u64,
+            ..RoomReport::default()
+        })
+        .collect();
+    for m in ledgers.iter().flatten() {
+        let r = &mut rooms[m.room];
+        if m.join_offset.is_none() {
+            r.members_not_joined += 1;
+            continue;
+        }
+        r.members_joined += 1;
+        let lost = m.lost(&rec.room(m.room));
+        r.lost += lost;
+        r.duplicated += m.duplicated;
+        r.reordered += m.reordered;
+        r.unrecovered += m.unrecovered;
+        if lost > 0 || m.duplicated > 0 {
+            r.members_with_gaps += 1;
+        }
+    }
+
+    let step_reports: Vec<StepReport> = step_reports
+        .into_iter()
+        .enumerate()
+        .map(|(i, (rate, elapsed, cpu, _))| {
+            let s = &rec.steps[i];
+            let (latency, cross) = rec.step_latency(i);
+            let deliveries = s.deliveries.load(Ordering::Relaxed);
+            StepReport::new(
+                rate,
+                elapsed,
+                s.sent.load(Ordering::Relaxed),
+                deliveries,
+                s.cross_deliveries.load(Ordering::Relaxed),
+                latency,
+                cross,
+                (!probe.is_empty()).then_some(cpu),
+            )
+        })
+        .collect();
+    let server = (!probe.is_empty()).then(|| {
+        ServerReport::new(
+            probe.pids().to_vec(),
+            before_connect.rss_kib,
+            after_steps.rss_kib,
+            ready,
+        )
+    });
+    let totals = Totals::collect(&rec, &rooms, settled);
+    let report = Report {
+        protocol: args.protocol,
+        urls: targets.iter().map(|t| t.url.clone()).collect(),
+        connections: n,
+        rooms: args.rooms,
+        members_per_room: plan.members,
+        publishers_per_room: plan.publishers_per_room,
+        rooms_per_connection: rooms_per_conn,
+        message_bytes: args.size,
+        source_ips: sources.len(),
+        resume: args.resume,
+        connected: ready,
+        connect_seconds: (connect_seconds * 100.0).round() / 100.0,
+        first_connect_error: rec.first_connect_error(),
+        steps: step_reports,
+        latency_all_us: rec.all_latency(),
+        send_lag_us: rec.send_lag_summary(),
+        totals,
+        server,
+        rooms_detail: rooms,
+    };
+    let failures = report.failures(steps.iter().any(|r| *r > 0.0));
+    if args.json {
+        println!("{}", serde_json::to_string_pretty(&report)?);
+    } else {
+        report.print();
+    }
+    if args.fail_on_loss && !failures.is_empty() {
+        bail!("bench failed: {}", failures.join("; "));
+    }
+    Ok(())
+}
+
+/// Joins `--room`, sends a message and waits for it to come back. Ok means the gateway
+/// accepted the WebSocket, the join, and delivered the message through its bus.
+pub async fn probe(args: ProbeArgs) -> anyhow::Result<()> {
+    if !valid_room_name(&args.room) {
+        bail!("invalid room name {:?}", args.room);
+    }
+    let started = Instant::now();
+    let fut = async {
+        let target = Target::resolve(&args.url, Protocol::Roomcast).await?;
+        let mut ws = net::connect(&target, None, args.timeout).await?;
+        let nonce: u64 = rand::rng().random();
+        let name = format!("probe-{:04x}", nonce & 0xffff);
+        let text = format!("probe {nonce:016x}");
+        ws.send(Message::text(wire::join(
+            Protocol::Roomcast,
+            &args.room,
+            &name,
+            None,
+            "probe-join",
+        )))
+        .await?;
+        let mut sent = false;
+        let mut acked = false;
+        let mut echoed = false;
+        while let Some(msg) = ws.next().await {
+            let msg = msg.context("connection failed")?;
+            let frame = match msg {
+                Message::Text(t) => t,
+                Message::Close(f) => bail!("gateway closed the connection: {f:?}"),
+                _ => continue,
+            };
+            match wire::decode(Protocol::Roomcast, &frame).map_err(anyhow::Error::msg)? {
+                wire::Event::Joined { room, .. } if room == args.room && !sent => {
+                    ws.send(Message::text(wire::send(
+                        Protocol::Roomcast,
+                        &args.room,
+                        &text,
+                        "probe-send",
+                    )))
+                    .await?;
+                    sent = true;
+                }
+                wire::Event::Error { code, reference } => {
+                    bail!(
+                        "gateway refused {}: {code}",
+                        reference.as_deref().unwrap_or("a frame")
+                    )
+                }
+                wire::Event::Ack { reference, .. }
+                    if reference.as_deref() == Some("probe-send") =>
+                {
+                    acked = true;
+                }
+                wire::Event::Message { room, text: t, .. } if room == args.room && t == text => {
+                    echoed = true;
+                }
+                _ => {}
+            }
+            if acked && echoed {
+                let _ = ws.close(None).await;
+                return anyhow::Ok(());
+            }
+        }
+        bail!("connection closed before the message came back")
+    };
+    match tokio::time::timeout(args.timeout, fut).await {
+        Ok(Ok(())) => {
+            println!(
+                "probe ok: {} room {} round trip {} ms",
+                args.url,
+                args.room,
+                started.elapsed().as_millis()
+            );
+            Ok(())
+        }
+        Ok(Err(e)) => Err(e.context(format!("probe {} failed", args.url))),
+        Err(_) => bail!(
+            "probe {} failed: no echo within {:?}",
+            args.url,
+            args.timeout
+        ),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use clap::Parser;
+
+    #[derive(Parser)]
+    struct Cli {
+        #[command(flatten)]
+        bench: BenchArgs,
+    }
+
+    fn args(extra: &[&str]) -> BenchArgs {
+        let mut argv = vec!["bench", "--url", "ws://127.0.0.1:1/ws"];
+        argv.extend_from_slice(extra);
+        Cli::parse_from(argv).bench
+    }
+
+    #[test]
+    fn plan_spreads_members_and_publishers() {
+        let p = plan(&args(&[
+            "-c",
+            "10",
+            "-r",
+            "4",
+            "-m",
+            "5",
+            "--publishers",
+            "2",
+        ]))
+        .unwrap();
+        let slots: usize = p.conns.iter().map(Vec::len).sum();
+        assert_eq!(slots, 20);
+        assert!(p.conns.iter().all(|c| c.len() == 2));
+        for c in &p.conns {
+            assert_ne!(c[0].room, c[1].room, "a connection is in a room once");
+        }
+        assert_eq!(p.publishers.len(), 8);
+        assert_eq!(p.publishers[0].0, 0);
+        assert_eq!(
+            p.publishers[1].0, 5,
+            "consecutive sends go to different rooms"
+        );
+    }
+
+    #[test]
+    fn members_default_to_connections_over_rooms() {
+        let p = plan(&args(&["-c", "2000", "-r", "20"])).unwrap();
+        assert_eq!(p.members, 100);
+        assert_eq!(p.publishers_per_room, 100);
+        assert!(plan(&args(&["-c", "10", "-m", "11"])).is_err());
+    }
+}

@@ -1,0 +1,367 @@
+//! The bench report: one JSON document (`--json`, for scripts) or a table for people.
+
+use std::collections::BTreeMap;
+use std::sync::atomic::Ordering;
+
+use serde::Serialize;
+
+use super::stats::{Recorder, Summary};
+use super::wire::Protocol;
+
+/// One rate step.
+#[derive(Serialize, Debug)]
+pub struct StepReport {
+    /// Requested total publish rate, messages/s.
+    pub rate: f64,
+    pub seconds: f64,
+    /// Messages written by the publishers in this step.
+    pub sent: u64,
+    pub sent_per_s: f64,
+    /// Deliveries of this step's messages (counted even when they arrive after the step).
+    pub deliveries: u64,
+    pub deliveries_per_s: f64,
+    /// Send to receive, microseconds, all deliveries.
+    pub latency_us: Summary,
+    /// Deliveries whose publisher was connected to another URL (replica) than the receiver.
+    pub cross_deliveries: u64,
+    pub cross_latency_us: Summary,
+    /// utime + stime of the --server-pid processes during the step.
+    pub server_cpu_s: Option<f64>,
+    pub server_cpu_s_per_million_deliveries: Option<f64>,
+    pub deliveries_per_server_cpu_s: Option<f64>,
+    /// Server CPU as a percentage of one core.
+    pub server_cpu_pct: Option<f64>,
+}
+
+fn round(x: f64, digits: i32) -> f64 {
+    let f = 10f64.powi(digits);
+    (x * f).round() / f
+}
+
+impl StepReport {
+    #[allow(clippy::too_many_arguments)]
+    pub fn new(
+        rate: f64,
+        seconds: f64,
+        sent: u64,
+        deliveries: u64,
+        cross_deliveries: u64,
+        latency_us: Summary,
+        cross_latency_us: Summary,
+        server_cpu_s: Option<f64>,
+    ) -> Self {
+        let per_s = |x: u64| {
+            if seconds > 0.0 {
+                round(x as f64 / seconds, 1)
+            } else {
+                0.0
+            }
+        };
+        StepReport {
+            rate,
+            seconds: round(seconds, 2),
+            sent,
+            sent_per_s: per_s(sent),
+            deliveries,
+            deliveries_per_s: per_s(deliveries),
+            latency_us,
+            cross_deliveries,
+            cross_latency_us,
+            server_cpu_s: server_cpu_s.map(|c| round(c, 2)),
+            server_cpu_s_per_million_deliveries: server_cpu_s
+                .filter(|_| deliveries > 0)
+                .map(|c| round(c * 1e6 / deliveries as f64, 2)),
+            deliveries_per_server_cpu_s: server_cpu_s
+                .filter(|c| *c > 0.0)
+                .map(|c| round(deliveries as f64 / c, 0)),
+            server_cpu_pct: server_cpu_s
+                .filter(|_| seconds > 0.0)
+                .map(|c| round(c * 100.0 / seconds, 1)),
+        }
+    }
+}
+
+/// Loss accounting of one room, summed over its members.
+#[derive(Serialize, Debug, Default, Clone)]
+pub struct RoomReport {
+    pub room: String,
+    /// Distinct message ids published to the room (from acks and deliveries).
+    pub messages: u64,
+    pub members_joined: u64,
+    pub members_not_joined: u64,
+    pub members_with_gaps: u64,
+    pub lost: u64,
+    pub duplicated: u64,
+    pub reordered: u64,
+    pub unrecovered: u64,
+}
+
+/// Run-wide counters.
+#[derive(Serialize, Debug)]
+pub struct Totals {
+    pub sent: u64,
+    pub acked: u64,
+    /// Sends whose connection closed before the ack (with --resume, these may or may not
+    /// have been published; either way members' ledgers stay exact).
+    pub unacked: u64,
+    /// Sends not made because the connection was down or still joining.
+    pub skipped_sends: u64,
+    pub deliveries: u64,
+    /// Missing deliveries over all members (a member expects every message published to its
+    /// room after it joined).
+    pub lost: u64,
+    pub duplicated: u64,
+    pub reordered: u64,
+    /// Resumes answered `recovered: false` (counted as a failure).
+    pub unrecovered: u64,
+    pub members_not_joined: u64,
+    pub connects: u64,
+    pub connect_errors: u64,
+    pub join_errors: u64,
+    pub disconnects: u64,
+    pub reconnects: u64,
+    pub foreign_messages: u64,
+    pub errors_by_code: BTreeMap<String, u64>,
+    pub closes_by_reason: BTreeMap<String, u64>,
+    /// Whether the settle wait ended with every send acked and deliveries quiet.
+    pub settled: bool,
+}
+
+impl Totals {
+    pub fn collect(rec: &Recorder, rooms: &[RoomReport], settled: bool) -> Self {
+        let sum = |f: fn(&RoomReport) -> u64| rooms.iter().map(f).sum::<u64>();
+        Totals {
+            sent: rec
+                .steps
+                .iter()
+                .map(|s| s.sent.load(Ordering::Relaxed))
+                .sum(),
+            acked: rec.acked.load(Ordering::Relaxed),
+            unacked: rec.unacked.load(Ordering::Relaxed),
+            skipped_sends: rec.skipped_sends.load(Ordering::Relaxed),
+            deliveries: rec
+                .steps
+                .iter()
+                .map(|s| s.deliveries.load(Ordering::Relaxed))
+                .sum(),
+            lost: sum(|r| r.lost),
+            duplicated: sum(|r| r.duplicated),
+            reordered: sum(|r| r.reordered),
+            unrecovered: sum(|r| r.unrecovered),
+            members_not_joined: sum(|r| r.members_not_joined),
+            connects: rec.connects.load(Ordering::Relaxed),
+            connect_errors: rec.connect_errors.load(Ordering::Relaxed),
+            join_errors: rec.join_errors.load(Ordering::Relaxed),
+            disconnects: rec.disconnects.load(Ordering::Relaxed),
+            reconnects: rec.reconnects.load(Ordering::Relaxed),
+            foreign_messages: rec.foreign.load(Ordering::Relaxed),
+            errors_by_code: rec.errors(),
+            closes_by_reason: rec.closes(),
+            settled,
+        }
+    }
+}
+
+/// Server-side memory figures (from /proc of --server-pid).
+#[derive(Serialize, Debug)]
+pub struct ServerReport {
+    pub pids: Vec<u32>,
+    /// Sum of VmRSS before the first connect, KiB.
+    pub rss_before_kib: u64,
+    /// Sum of VmRSS at the end of the last step (connections still open), KiB.
+    pub rss_after_kib: u64,
+    /// (after - before) / connected connections, bytes.
+    pub rss_per_connection_bytes: Option<f64>,
+}
+
+impl ServerReport {
+    pub fn new(pids: Vec<u32>, before: u64, after: u64, connections: usize) -> Self {
+        ServerReport {
+            pids,
+            rss_before_kib: before,
+            rss_after_kib: after,
+            rss_per_connection_bytes: (connections > 0).then(|| {
+                round(
+                    after.saturating_sub(before) as f64 * 1024.0 / connections as f64,
+                    0,
+                )
+            }),
+        }
+    }
+}
+
+/// The whole report.
+#[derive(Serialize, Debug)]
+pub struct Report {
+    pub protocol: Protocol,
+    pub urls: Vec<String>,
+    pub connections: usize,
+    pub rooms: usize,
+    pub members_per_room: usize,
+    pub publishers_per_room: usize,
+    pub rooms_per_connection: usize,
+    pub message_bytes: usize,
+    pub source_ips: usize,
+    pub resume: bool,
+    /// Connections that joined all their rooms.
+    pub connected: usize,
+    /// Time until every connection joined (or gave up).
+    pub connect_seconds: f64,
+    pub first_connect_error: Option<String>,
+    pub steps: Vec<StepReport>,
+    pub latency_all_us: Summary,
+    /// How late publishers wrote their messages compared to the schedule (bench overload).
+    pub send_lag_us: Summary,
+    pub totals: Totals,
+    pub server: Option<ServerReport>,
+    pub rooms_detail: Vec<RoomReport>,
+}
+
+fn ms(us: u64) -> String {
+    format!("{:.2}", us as f64 / 1000.0)
+}
+
+fn opt(x: Option<f64>, digits: usize) -> String {
+    x.map_or("-".into(), |v| format!("{v:.digits$}"))
+}
+
+impl Report {
+    /// Reasons the run counts as failed for `--fail-on-loss` (empty when healthy).
+    pub fn failures(&self, publishing: bool) -> Vec<String> {
+        let t = &self.totals;
+        let mut f = Vec::new();
+        if t.lost > 0 {
+            f.push(format!("{} messages lost", t.lost));
+        }
+        if t.duplicated > 0 {
+            f.push(format!("{} messages duplicated", t.duplicated));
+        }
+        if t.unrecovered > 0 {
+            f.push(format!("{} resumes not recovered", t.unrecovered));
+        }
+        if t.members_not_joined > 0 || self.connected < self.connections {
+            f.push(format!(
+                "{} of {} connections never joined their rooms{}",
+                self.connections - self.connected,
+                self.connections,
+                self.first_connect_error
+                    .as_ref()
+                    .map(|e| format!(" (first error: {e})"))
+                    .unwrap_or_default()
+            ));
+        }
+        if publishing && t.deliveries == 0 {
+            f.push("nothing was delivered".into());
+        }
+        f
+    }
+
+    /// Prints the human-readable report.
+    pub fn print(&self) {
+        println!(
+            "roomcast bench ({:?}): {} connections over {} URL(s), {} rooms x {} members, {} publishers/room, {} B messages{}",
+            self.protocol,
+            self.connections,
+            self.urls.len(),
+            self.rooms,
+            self.members_per_room,
+            self.publishers_per_room,
+            self.message_bytes,
+            if self.resume { ", resume on" } else { "" }
+        );
+        println!(
+            "connected: {}/{} in {:.2} s ({} connect errors){}",
+            self.connected,
+            self.connections,
+            self.connect_seconds,
+            self.totals.connect_errors,
+            self.first_connect_error
+                .as_ref()
+                .map(|e| format!("; first error: {e}"))
+                .unwrap_or_default()
+        );
+        println!(
+            "{:>8} {:>9} {:>12} {:>8} {:>8} {:>8} {:>8} {:>8} {:>10} {:>8} {:>12}",
+            "rate/s",
+            "sent/s",
+            "deliv/s",
+            "p50 ms",
+            "p90 ms",
+            "p99 ms",
+            "p99.9 ms",
+            "max ms",
+            "x-p99 ms",
+            "cpu s",
+            "cpu s/Mdeliv"
+        );
+        for s in &self.steps {
+            println!(
+                "{:>8} {:>9.1} {:>12.1} {:>8} {:>8} {:>8} {:>8} {:>8} {:>10} {:>8} {:>12}",
+                s.rate,
+                s.sent_per_s,
+                s.deliveries_per_s,
+                ms(s.latency_us.p50),
+                ms(s.latency_us.p90),
+                ms(s.latency_us.p99),
+                ms(s.latency_us.p999),
+                ms(s.latency_us.max),
+                if s.cross_deliveries > 0 {
+                    ms(s.cross_latency_us.p99)
+                } else {
+                    "-".into()
+                },
+                opt(s.server_cpu_s, 2),
+                opt(s.server_cpu_s_per_million_deliveries, 2),
+            );
+        }
+        let t = &self.totals;
+        println!(
+            "messages: sent {}, acked {}, unacked {}, skipped {}, deliveries {}",
+            t.sent, t.acked, t.unacked, t.skipped_sends, t.deliveries
+        );
+        println!(
+            "loss: lost {}, duplicated {}, reordered {}, unrecovered {}, members not joined {}{}",
+            t.lost,
+            t.duplicated,
+            t.reordered,
+            t.unrecovered,
+            t.members_not_joined,
+            if t.settled { "" } else { " (settle timed out)" }
+        );
+        for r in self
+            .rooms_detail
+            .iter()
+            .filter(|r| r.lost > 0 || r.duplicated > 0)
+            .take(10)
+        {
+            println!(
+                "  room {}: {} messages, lost {}, duplicated {}, {} of {} members with gaps",
+                r.room, r.messages, r.lost, r.duplicated, r.members_with_gaps, r.members_joined
+            );
+        }
+        println!(
+            "connections: {} connects, {} disconnects, {} reconnects, errors {:?}, closes {:?}",
+            t.connects, t.disconnects, t.reconnects, t.errors_by_code, t.closes_by_reason
+        );
+        println!(
+            "publisher lag behind schedule: p99 {} ms, max {} ms",
+            ms(self.send_lag_us.p99),
+            ms(self.send_lag_us.max)
+        );
+        if let Some(s) = &self.server {
+            println!(
+                "server {:?}: RSS {} KiB -> {} KiB, {} B per connection",
+                s.pids,
+                s.rss_before_kib,
+                s.rss_after_kib,
+                opt(s.rss_per_connection_bytes, 0)
+            );
+        }
+        let failures = self.failures(self.steps.iter().any(|s| s.rate > 0.0));
+        if failures.is_empty() {
+            println!("result: ok");
+        } else {
+            println!("result: FAILED: {}", failures.join("; "));
+        }
+    }
+}

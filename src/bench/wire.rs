@@ -1,0 +1,352 @@
+//! Wire formats the load generator speaks: roomcast protocol v1 (JSON text frames, see
+//! `docs/protocol.md`) and Socket.IO v4 over Engine.IO v4 WebSocket framing (for the peer in
+//! `benches/peers/socketio`). Both are decoded into one [`Event`] so the rest of the bench is
+//! protocol-agnostic. Also the payload header the bench embeds in every message text.
+
+use std::borrow::Cow;
+use std::fmt;
+
+use serde::Deserialize;
+use serde_json::json;
+
+/// Which server the bench talks to.
+#[derive(clap::ValueEnum, Clone, Copy, Debug, PartialEq, Eq, serde::Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Protocol {
+    /// roomcast protocol v1 (`ws://HOST/ws`).
+    Roomcast,
+    /// Socket.IO v4 / Engine.IO v4 WebSocket transport (`ws://HOST/socket.io/?EIO=4&transport=websocket`).
+    Socketio,
+}
+
+/// A message id, i.e. the room offset: roomcast writes `"<ms>-<seq>"`, the Socket.IO peer a
+/// per-room counter `"<n>"` (stored as `ms = n, seq = 0`). Ordered like the protocol says:
+/// `ms` first, then `seq`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, Default)]
+pub struct Id {
+    pub ms: u64,
+    pub seq: u64,
+}
+
+impl Id {
+    /// Parses `"<ms>-<seq>"` or `"<n>"`.
+    pub fn parse(s: &str) -> Option<Id> {
+        match s.split_once('-') {
+            Some((ms, seq)) => Some(Id {
+                ms: ms.parse().ok()?,
+                seq: seq.parse().ok()?,
+            }),
+            None => Some(Id {
+                ms: s.parse().ok()?,
+                seq: 0,
+            }),
+        }
+    }
+}
+
+impl fmt::Display for Id {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}-{}", self.ms, self.seq)
+    }
+}
+
+/// A decoded server frame, for either protocol.
+#[derive(Debug)]
+pub enum Event<'a> {
+    /// roomcast `welcome`.
+    Welcome,
+    /// Engine.IO open packet (`0{...}`): the client must answer `40`.
+    EioOpen,
+    /// Socket.IO namespace connect confirmation (`40{...}`).
+    SioConnected,
+    /// Engine.IO ping (`2`): the client must answer `3`.
+    EioPing,
+    /// Answer to a join.
+    Joined {
+        room: Cow<'a, str>,
+        offset: Option<Id>,
+        recovered: Option<bool>,
+    },
+    /// A chat message in a joined room.
+    Message {
+        room: Cow<'a, str>,
+        id: Option<Id>,
+        text: Cow<'a, str>,
+    },
+    /// Answer to a send.
+    Ack {
+        reference: Option<Cow<'a, str>>,
+        id: Option<Id>,
+    },
+    /// A refused frame.
+    Error {
+        code: Cow<'a, str>,
+        reference: Option<Cow<'a, str>>,
+    },
+    /// Presence, left, and anything else the bench only counts.
+    Other,
+}
+
+/// The union of fields the bench reads from any server frame (both protocols use the same
+/// field names for the payload).
+#[derive(Deserialize)]
+struct Fields<'a> {
+    #[serde(rename = "type", borrow, default)]
+    ty: Option<Cow<'a, str>>,
+    #[serde(borrow, default)]
+    room: Option<Cow<'a, str>>,
+    #[serde(borrow, default)]
+    id: Option<Cow<'a, str>>,
+    #[serde(borrow, default)]
+    text: Option<Cow<'a, str>>,
+    #[serde(borrow, default)]
+    offset: Option<Cow<'a, str>>,
+    #[serde(default)]
+    recovered: Option<bool>,
+    #[serde(rename = "ref", borrow, default)]
+    reference: Option<Cow<'a, str>>,
+    #[serde(borrow, default)]
+    code: Option<Cow<'a, str>>,
+}
+
+fn parse_id(s: &Option<Cow<'_, str>>) -> Option<Id> {
+    s.as_deref().and_then(Id::parse)
+}
+
+fn event_from<'a>(kind: &str, f: Fields<'a>) -> Event<'a> {
+    match kind {
+        "welcome" => Event::Welcome,
+        "joined" => Event::Joined {
+            room: f.room.unwrap_or_default(),
+            offset: parse_id(&f.offset),
+            recovered: f.recovered,
+        },
+        "message" => Event::Message {
+            id: parse_id(&f.id),
+            room: f.room.unwrap_or_default(),
+            text: f.text.unwrap_or_default(),
+        },
+        "ack" => Event::Ack {
+            id: parse_id(&f.id),
+            reference: f.reference,
+        },
+        "error" => Event::Error {
+            code: f.code.unwrap_or(Cow::Borrowed("unknown")),
+            reference: f.reference,
+        },
+        _ => Event::Other,
+    }
+}
+
+/// Decodes one text frame from the server.
+pub fn decode(protocol: Protocol, frame: &str) -> Result<Event<'_>, String> {
+    match protocol {
+        Protocol::Roomcast => {
+            let f: Fields<'_> =
+                serde_json::from_str(frame).map_err(|e| format!("bad frame: {e}"))?;
+            let kind = f.ty.clone().unwrap_or_default();
+            Ok(event_from(&kind, f))
+        }
+        Protocol::Socketio => decode_socketio(frame),
+    }
+}
+
+fn decode_socketio(frame: &str) -> Result<Event<'_>, String> {
+    // Engine.IO packet type is the first character; Socket.IO packet type the second.
+    let mut chars = frame.chars();
+    match (chars.next(), chars.next()) {
+        (Some('0'), _) => Ok(Event::EioOpen),
+        (Some('2'), _) => Ok(Event::EioPing),
+        (Some('3'), _) | (Some('6'), _) => Ok(Event::Other),
+        (Some('4'), Some('0')) => Ok(Event::SioConnected),
+        (Some('4'), Some('2')) => {
+            let body = &frame[2..];
+            // Skip an optional ack id (digits) before the JSON array.
+            let body = body.trim_start_matches(|c: char| c.is_ascii_digit());
+            let (name, f): (Cow<'_, str>, Fields<'_>) =
+                serde_json::from_str(body).map_err(|e| format!("bad socket.io event: {e}"))?;
+            Ok(event_from(&name, f))
+        }
+        (Some('4'), Some('4')) => Ok(Event::Error {
+            code: Cow::Borrowed("connect_error"),
+            reference: None,
+        }),
+        (Some('1'), _) | (Some('4'), Some('1')) => Err("server closed the session".into()),
+        _ => Ok(Event::Other),
+    }
+}
+
+/// Encodes a join frame.
+pub fn join(
+    protocol: Protocol,
+    room: &str,
+    name: &str,
+    since: Option<Id>,
+    reference: &str,
+) -> String {
+    let mut v = json!({"room": room, "name": name, "ref": reference});
+    if let Some(since) = since {
+        v["since"] = json!(since_string(protocol, since));
+    }
+    match protocol {
+        Protocol::Roomcast => {
+            v["type"] = json!("join");
+            v.to_string()
+        }
+        Protocol::Socketio => format!("42{}", json!(["join", v])),
+    }
+}
+
+fn since_string(protocol: Protocol, id: Id) -> String {
+    match protocol {
+        Protocol::Roomcast => id.to_string(),
+        Protocol::Socketio => id.ms.to_string(),
+    }
+}
+
+/// Encodes a send frame.
+pub fn send(protocol: Protocol, room: &str, text: &str, reference: &str) -> String {
+    match protocol {
+        Protocol::Roomcast => {
+            json!({"type": "send", "room": room, "text": text, "ref": reference}).to_string()
+        }
+        Protocol::Socketio => format!(
+            "42{}",
+            json!(["send", {"room": room, "text": text, "ref": reference}])
+        ),
+    }
+}
+
+/// Socket.IO: the namespace connect packet the client sends after the Engine.IO open.
+pub const SIO_CONNECT: &str = "40";
+/// Engine.IO pong.
+pub const EIO_PONG: &str = "3";
+
+/// The header the bench writes at the start of every message text, so a receiver can
+/// compute the latency and attribute the delivery to a rate step without any shared state.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Payload {
+    /// Unix time in microseconds when the publisher wrote the frame.
+    pub sent_us: u64,
+    /// Index of the rate step the message belongs to.
+    pub step: u32,
+    /// Index of the URL the publisher was connected to (to tell cross-replica deliveries).
+    pub url: u32,
+    /// Publisher connection index and its sequence number (unique per run).
+    pub conn: u32,
+    pub seq: u64,
+}
+
+const TAG: &str = "rcb1";
+
+impl Payload {
+    /// Renders the header and pads the text with `x` up to `size` bytes.
+    pub fn render(&self, size: usize) -> String {
+        let mut s = format!(
+            "{TAG} {} {} {} {} {} ",
+            self.sent_us, self.step, self.url, self.conn, self.seq
+        );
+        if s.len() < size {
+            s.extend(std::iter::repeat_n('x', size - s.len()));
+        }
+        s
+    }
+
+    /// Parses a header written by [`Payload::render`]; `None` for foreign texts.
+    pub fn parse(text: &str) -> Option<Payload> {
+        let mut it = text.split(' ');
+        if it.next()? != TAG {
+            return None;
+        }
+        Some(Payload {
+            sent_us: it.next()?.parse().ok()?,
+            step: it.next()?.parse().ok()?,
+            url: it.next()?.parse().ok()?,
+            conn: it.next()?.parse().ok()?,
+            seq: it.next()?.parse().ok()?,
+        })
+    }
+}
+
+/// Current Unix time in microseconds.
+pub fn now_us() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_micros() as u64)
+        .unwrap_or(0)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn ids_order_ms_first() {
+        let a = Id::parse("1732258000000-5").unwrap();
+        let b = Id::parse("1732258000001-0").unwrap();
+        assert!(a < b);
+        assert_eq!(Id::parse("17").unwrap(), Id { ms: 17, seq: 0 });
+        assert_eq!(Id::parse("x-1"), None);
+    }
+
+    #[test]
+    fn payload_round_trips_and_pads() {
+        let p = Payload {
+            sent_us: 123,
+            step: 2,
+            url: 1,
+            conn: 7,
+            seq: 9,
+        };
+        let s = p.render(64);
+        assert_eq!(s.len(), 64);
+        assert_eq!(Payload::parse(&s), Some(p));
+        assert_eq!(Payload::parse("hello"), None);
+    }
+
+    #[test]
+    fn decodes_roomcast_message() {
+        let f = r##"{"type":"message","room":"r","id":"5-1","from":{"name":"a","color":"#000000"},"text":"hi","ts":1}"##;
+        match decode(Protocol::Roomcast, f).unwrap() {
+            Event::Message { room, id, text } => {
+                assert_eq!(room, "r");
+                assert_eq!(id, Some(Id { ms: 5, seq: 1 }));
+                assert_eq!(text, "hi");
+            }
+            e => panic!("unexpected {e:?}"),
+        }
+    }
+
+    #[test]
+    fn decodes_socketio_frames() {
+        assert!(matches!(
+            decode(Protocol::Socketio, r#"0{"sid":"x"}"#).unwrap(),
+            Event::EioOpen
+        ));
+        assert!(matches!(
+            decode(Protocol::Socketio, "2").unwrap(),
+            Event::EioPing
+        ));
+        assert!(matches!(
+            decode(Protocol::Socketio, r#"40{"sid":"y"}"#).unwrap(),
+            Event::SioConnected
+        ));
+        match decode(Protocol::Socketio, r#"42["ack",{"ref":"3","id":"12"}]"#).unwrap() {
+            Event::Ack { reference, id } => {
+                assert_eq!(reference.as_deref(), Some("3"));
+                assert_eq!(id, Some(Id { ms: 12, seq: 0 }));
+            }
+            e => panic!("unexpected {e:?}"),
+        }
+        assert_eq!(
+            join(
+                Protocol::Socketio,
+                "r",
+                "n",
+                Some(Id { ms: 4, seq: 0 }),
+                "j0"
+            ),
+            r#"42["join",{"name":"n","ref":"j0","room":"r","since":"4"}]"#
+        );
+    }
+}
