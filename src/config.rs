@@ -1,0 +1,469 @@
+//! Configuration: one typed [`Config`], loaded with the `config` crate in the order
+//! defaults < TOML file < environment (`ROOMCAST_` prefix, `__` between nested keys),
+//! and validated before any port is bound. Every key is documented in
+//! `docs/configuration.md`.
+
+use std::net::SocketAddr;
+use std::path::Path;
+use std::time::Duration;
+
+use serde::{Deserialize, Serialize};
+
+/// Exit status for a configuration error (`EX_USAGE` from sysexits.h).
+pub const EXIT_CONFIG: i32 = 64;
+
+/// A configuration problem, naming the key at fault.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    /// A value failed validation.
+    #[error("invalid configuration: {key}: {reason}")]
+    Invalid { key: &'static str, reason: String },
+    /// The file or environment could not be read or parsed into the typed config.
+    #[error("invalid configuration: {0}")]
+    Load(#[from] config::ConfigError),
+}
+
+/// The whole configuration of one replica.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct Config {
+    pub server: ServerConfig,
+    pub admin: AdminConfig,
+    pub node: NodeConfig,
+    pub redis: RedisConfig,
+    pub history: HistoryConfig,
+    pub presence: PresenceConfig,
+    pub limits: Limits,
+    pub heartbeat: HeartbeatConfig,
+    pub drain: DrainConfig,
+    pub log: LogConfig,
+    pub otel: OtelConfig,
+    pub metrics: MetricsConfig,
+}
+
+/// The client listener: chat page, WebSocket, health.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct ServerConfig {
+    pub listen: SocketAddr,
+}
+
+impl Default for ServerConfig {
+    fn default() -> Self {
+        Self {
+            listen: SocketAddr::from(([0, 0, 0, 0], 8080)),
+        }
+    }
+}
+
+/// The admin listener: metrics and health, apart from client traffic.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct AdminConfig {
+    pub listen: SocketAddr,
+}
+
+impl Default for AdminConfig {
+    fn default() -> Self {
+        Self {
+            listen: SocketAddr::from(([0, 0, 0, 0], 9090)),
+        }
+    }
+}
+
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct NodeConfig {
+    /// This replica's id; `None` means hostname plus a short random suffix.
+    pub id: Option<String>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct RedisConfig {
+    /// `None` selects the in-process bus (single node).
+    pub url: Option<String>,
+    /// Secret: overrides the password in `url`.
+    pub password: Option<String>,
+    /// Prefix of every key and channel, so deployments can share one Redis.
+    pub prefix: String,
+}
+
+impl Default for RedisConfig {
+    fn default() -> Self {
+        Self {
+            url: None,
+            password: None,
+            prefix: "roomcast".into(),
+        }
+    }
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct HistoryConfig {
+    /// Messages kept per room for resume.
+    pub size: usize,
+    /// A room's history expires this long after its last message.
+    #[serde(with = "humantime_serde")]
+    pub ttl: Duration,
+}
+
+impl Default for HistoryConfig {
+    fn default() -> Self {
+        Self {
+            size: 200,
+            ttl: Duration::from_secs(24 * 3600),
+        }
+    }
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct PresenceConfig {
+    /// A replica silent for this long is considered dead and its members are removed.
+    #[serde(with = "humantime_serde")]
+    pub ttl: Duration,
+    /// How often a replica refreshes its liveness and reaps dead replicas.
+    #[serde(with = "humantime_serde")]
+    pub refresh: Duration,
+}
+
+impl Default for PresenceConfig {
+    fn default() -> Self {
+        Self {
+            ttl: Duration::from_secs(20),
+            refresh: Duration::from_secs(5),
+        }
+    }
+}
+
+/// Per-connection and per-replica limits.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct Limits {
+    pub max_text_bytes: usize,
+    pub max_frame_bytes: usize,
+    pub max_rooms_per_connection: usize,
+    pub max_connections: usize,
+    /// Sustained frames per second per connection.
+    pub messages_per_second: u32,
+    /// Token-bucket size: frames allowed in a burst.
+    pub burst: u32,
+    /// `rate_limited` refusals within 10 s after which the connection is closed.
+    pub rate_limit_strikes: u32,
+    /// Frames queued for one connection before it counts as a slow consumer.
+    pub outbound_queue: usize,
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        Self {
+            max_text_bytes: 4096,
+            max_frame_bytes: 16 * 1024,
+            max_rooms_per_connection: 16,
+            max_connections: 50_000,
+            messages_per_second: 20,
+            burst: 40,
+            rate_limit_strikes: 20,
+            outbound_queue: 1024,
+        }
+    }
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct HeartbeatConfig {
+    #[serde(with = "humantime_serde")]
+    pub interval: Duration,
+    #[serde(with = "humantime_serde")]
+    pub timeout: Duration,
+}
+
+impl Default for HeartbeatConfig {
+    fn default() -> Self {
+        Self {
+            interval: Duration::from_secs(20),
+            timeout: Duration::from_secs(60),
+        }
+    }
+}
+
+/// Graceful drain timings; see `docs/operations.md` for how they relate to Kubernetes'
+/// `terminationGracePeriodSeconds`.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct DrainConfig {
+    #[serde(with = "humantime_serde")]
+    pub propagation_delay: Duration,
+    #[serde(with = "humantime_serde")]
+    pub spread: Duration,
+    #[serde(with = "humantime_serde")]
+    pub timeout: Duration,
+}
+
+impl Default for DrainConfig {
+    fn default() -> Self {
+        Self {
+            propagation_delay: Duration::ZERO,
+            spread: Duration::from_secs(10),
+            timeout: Duration::from_secs(25),
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum LogFormat {
+    #[default]
+    Text,
+    Json,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct LogConfig {
+    pub format: LogFormat,
+    /// A `tracing` filter; `RUST_LOG` overrides it.
+    pub level: String,
+}
+
+impl Default for LogConfig {
+    fn default() -> Self {
+        Self {
+            format: LogFormat::Text,
+            level: "info".into(),
+        }
+    }
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct OtelConfig {
+    /// OTLP/HTTP endpoint; `None` (and no `OTEL_EXPORTER_OTLP_ENDPOINT`) runs no exporter.
+    pub endpoint: Option<String>,
+    pub service_name: String,
+}
+
+impl Default for OtelConfig {
+    fn default() -> Self {
+        Self {
+            endpoint: None,
+            service_name: "roomcast".into(),
+        }
+    }
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct MetricsConfig {
+    /// Rooms that get their own label in `roomcast_room_messages_total`.
+    pub room_label_cap: usize,
+}
+
+impl Default for MetricsConfig {
+    fn default() -> Self {
+        Self { room_label_cap: 50 }
+    }
+}
+
+impl Config {
+    /// Loads defaults, then `file` (if any), then `ROOMCAST_*` environment variables,
+    /// and validates the result.
+    pub fn load(file: Option<&Path>) -> Result<Self, ConfigError> {
+        let mut builder = config::Config::builder();
+        if let Some(path) = file {
+            builder = builder.add_source(config::File::from(path).format(config::FileFormat::Toml));
+        }
+        builder = builder.add_source(
+            config::Environment::with_prefix("ROOMCAST")
+                .prefix_separator("_")
+                .separator("__")
+                .try_parsing(true),
+        );
+        let mut cfg: Config = builder.build()?.try_deserialize()?;
+        if cfg.otel.endpoint.is_none() {
+            cfg.otel.endpoint = std::env::var("OTEL_EXPORTER_OTLP_ENDPOINT")
+                .ok()
+                .filter(|v| !v.is_empty());
+        }
+        cfg.validate()?;
+        Ok(cfg)
+    }
+
+    /// Checks the values that types alone cannot, naming the first key at fault.
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        fn invalid(key: &'static str, reason: impl Into<String>) -> ConfigError {
+            ConfigError::Invalid {
+                key,
+                reason: reason.into(),
+            }
+        }
+        let l = &self.limits;
+        let positive: [(&'static str, usize); 5] = [
+            ("limits.max_text_bytes", l.max_text_bytes),
+            (
+                "limits.max_rooms_per_connection",
+                l.max_rooms_per_connection,
+            ),
+            ("limits.max_connections", l.max_connections),
+            ("limits.outbound_queue", l.outbound_queue),
+            ("history.size", self.history.size),
+        ];
+        for (key, value) in positive {
+            if value == 0 {
+                return Err(invalid(key, "must be at least 1"));
+            }
+        }
+        if l.max_frame_bytes < 256 {
+            return Err(invalid("limits.max_frame_bytes", "must be at least 256"));
+        }
+        if l.max_frame_bytes < l.max_text_bytes {
+            return Err(invalid(
+                "limits.max_frame_bytes",
+                "must be at least limits.max_text_bytes",
+            ));
+        }
+        if l.messages_per_second == 0 {
+            return Err(invalid("limits.messages_per_second", "must be at least 1"));
+        }
+        if l.burst == 0 {
+            return Err(invalid("limits.burst", "must be at least 1"));
+        }
+        if l.rate_limit_strikes == 0 {
+            return Err(invalid("limits.rate_limit_strikes", "must be at least 1"));
+        }
+        if self.heartbeat.interval.is_zero() {
+            return Err(invalid("heartbeat.interval", "must be more than 0"));
+        }
+        if self.heartbeat.timeout <= self.heartbeat.interval {
+            return Err(invalid(
+                "heartbeat.timeout",
+                "must be longer than heartbeat.interval",
+            ));
+        }
+        if self.presence.refresh.is_zero() {
+            return Err(invalid("presence.refresh", "must be more than 0"));
+        }
+        if self.presence.ttl <= self.presence.refresh * 2 {
+            return Err(invalid(
+                "presence.ttl",
+                "must be more than twice presence.refresh",
+            ));
+        }
+        if self.history.ttl < Duration::from_secs(1) {
+            return Err(invalid("history.ttl", "must be at least 1s"));
+        }
+        if let Some(url) = &self.redis.url {
+            if !(url.starts_with("redis://") || url.starts_with("rediss://")) {
+                return Err(invalid(
+                    "redis.url",
+                    "must start with redis:// or rediss://",
+                ));
+            }
+            fred::prelude::Config::from_url(url)
+                .map_err(|e| invalid("redis.url", e.details().to_string()))?;
+        }
+        if self.redis.prefix.is_empty()
+            || self.redis.prefix.contains(['{', '}', ' '])
+            || self.redis.prefix.len() > 64
+        {
+            return Err(invalid(
+                "redis.prefix",
+                "must be 1-64 characters without braces or spaces",
+            ));
+        }
+        if let Some(id) = &self.node.id
+            && (id.is_empty() || id.len() > 64 || id.contains(['|', ' ', '{', '}', '"', '\\']))
+        {
+            return Err(invalid(
+                "node.id",
+                "must be 1-64 characters without '|', braces, quotes, backslashes or spaces",
+            ));
+        }
+        if self.metrics.room_label_cap == 0 {
+            return Err(invalid("metrics.room_label_cap", "must be at least 1"));
+        }
+        if self.otel.service_name.is_empty() {
+            return Err(invalid("otel.service_name", "must not be empty"));
+        }
+        Ok(())
+    }
+
+    /// This node's id: configured, or hostname plus a short random suffix.
+    pub fn node_id(&self) -> String {
+        match &self.node.id {
+            Some(id) => id.clone(),
+            None => {
+                let host = gethostname::gethostname().to_string_lossy().into_owned();
+                let host: String = host
+                    .chars()
+                    .filter(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '.' | '_'))
+                    .take(48)
+                    .collect();
+                format!("{host}-{:04x}", rand::random::<u16>())
+            }
+        }
+    }
+
+    /// The configuration as TOML with secrets redacted (for `roomcast config`).
+    pub fn to_redacted_toml(&self) -> String {
+        let mut shown = self.clone();
+        if shown.redis.password.is_some() {
+            shown.redis.password = Some("<redacted>".into());
+        }
+        if let Some(url) = &shown.redis.url {
+            shown.redis.url = Some(redact_url_password(url));
+        }
+        toml::to_string_pretty(&shown).unwrap_or_else(|e| format!("# cannot render: {e}\n"))
+    }
+}
+
+/// Replaces the password part of `scheme://user:password@host` with `<redacted>`.
+fn redact_url_password(url: &str) -> String {
+    let Some((scheme, rest)) = url.split_once("://") else {
+        return url.to_string();
+    };
+    let Some((userinfo, host)) = rest.rsplit_once('@') else {
+        return url.to_string();
+    };
+    match userinfo.split_once(':') {
+        Some((user, _)) => format!("{scheme}://{user}:<redacted>@{host}"),
+        None => url.to_string(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn defaults_are_valid() {
+        Config::default().validate().expect("defaults validate");
+    }
+
+    #[test]
+    fn invalid_value_names_its_key() {
+        let mut cfg = Config::default();
+        cfg.limits.max_text_bytes = 0;
+        let err = cfg.validate().unwrap_err().to_string();
+        assert!(err.contains("limits.max_text_bytes"), "{err}");
+    }
+
+    #[test]
+    fn redacts_password_in_url() {
+        assert_eq!(
+            redact_url_password("redis://:s3cret@redis:6379/0"),
+            "redis://:<redacted>@redis:6379/0"
+        );
+        assert_eq!(
+            redact_url_password("redis://redis:6379"),
+            "redis://redis:6379"
+        );
+        let mut cfg = Config::default();
+        cfg.redis.url = Some("redis://u:pw@h:1".into());
+        cfg.redis.password = Some("pw2".into());
+        let text = cfg.to_redacted_toml();
+        assert!(!text.contains("pw"), "{text}");
+    }
+}

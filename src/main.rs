@@ -1,0 +1,133 @@
+//! The `roomcast` binary: parse the command line, load the configuration, start
+//! telemetry, bind the listeners and hand over to the library. Subcommands: `serve`
+//! (default), `config`, `probe`, `bench`.
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand};
+use roomcast::config::{Config, EXIT_CONFIG};
+use tokio_util::sync::CancellationToken;
+
+#[derive(Parser)]
+#[command(
+    name = "roomcast",
+    version,
+    about = "A horizontally scalable WebSocket chat gateway"
+)]
+struct Cli {
+    /// TOML configuration file (also `ROOMCAST_CONFIG`); environment variables override it.
+    #[arg(long, global = true, env = "ROOMCAST_CONFIG")]
+    config: Option<PathBuf>,
+    #[command(subcommand)]
+    command: Option<Command>,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Run the gateway (the default).
+    Serve,
+    /// Print the effective configuration with secrets redacted, or validate a file.
+    Config {
+        /// Validate this file (plus the environment) and exit 0, or 64 naming the key.
+        #[arg(long, value_name = "FILE")]
+        check: Option<PathBuf>,
+    },
+    /// Join a room, send a message and wait for it to come back (exit 0 on success).
+    Probe(roomcast::bench::ProbeArgs),
+    /// Drive gateways like a crowd of users and report throughput, latency and loss.
+    Bench(Box<roomcast::bench::BenchArgs>),
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let runtime = match tokio::runtime::Runtime::new() {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("roomcast: cannot start the runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    match cli.command.unwrap_or(Command::Serve) {
+        Command::Serve => runtime.block_on(serve(cli.config)),
+        Command::Config { check } => config_command(cli.config, check),
+        Command::Probe(args) => report(runtime.block_on(roomcast::bench::probe(args))),
+        Command::Bench(args) => report(runtime.block_on(roomcast::bench::run(*args))),
+    }
+}
+
+fn report(result: anyhow::Result<()>) -> ExitCode {
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("roomcast: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn load(file: Option<&std::path::Path>) -> Result<Config, ExitCode> {
+    Config::load(file).map_err(|e| {
+        eprintln!("roomcast: {e}");
+        ExitCode::from(EXIT_CONFIG as u8)
+    })
+}
+
+fn config_command(file: Option<PathBuf>, check: Option<PathBuf>) -> ExitCode {
+    match check {
+        Some(path) => match load(Some(&path)) {
+            Ok(_) => {
+                println!("{}: ok", path.display());
+                ExitCode::SUCCESS
+            }
+            Err(code) => code,
+        },
+        None => match load(file.as_deref()) {
+            Ok(cfg) => {
+                print!("{}", cfg.to_redacted_toml());
+                ExitCode::SUCCESS
+            }
+            Err(code) => code,
+        },
+    }
+}
+
+async fn serve(file: Option<PathBuf>) -> ExitCode {
+    let config = match load(file.as_deref()) {
+        Ok(c) => c,
+        Err(code) => return code,
+    };
+    let telemetry = match roomcast::telemetry::init(&config) {
+        Ok(t) => t,
+        Err(e) => {
+            eprintln!("roomcast: invalid configuration: {e}");
+            return ExitCode::from(EXIT_CONFIG as u8);
+        }
+    };
+    let bind = |addr| async move {
+        tokio::net::TcpListener::bind(addr)
+            .await
+            .map_err(|e| anyhow::anyhow!("cannot listen on {addr}: {e}"))
+    };
+    let listeners = match (
+        bind(config.server.listen).await,
+        bind(config.admin.listen).await,
+    ) {
+        (Ok(client), Ok(admin)) => roomcast::Listeners { client, admin },
+        (Err(e), _) | (_, Err(e)) => {
+            tracing::error!("{e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    let shutdown = CancellationToken::new();
+    roomcast::shutdown::spawn_handler(shutdown.clone());
+    let result = roomcast::run(listeners, config, shutdown).await;
+    telemetry.shutdown();
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("roomcast: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}

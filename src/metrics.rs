@@ -1,0 +1,227 @@
+//! Prometheus metrics (the `prometheus` crate, one registry per gateway so tests can run
+//! several in one process). The names are an interface; see `docs/operations.md`.
+
+use std::collections::HashSet;
+use std::sync::Mutex;
+
+use prometheus::{
+    Encoder, Histogram, HistogramOpts, IntCounter, IntCounterVec, IntGauge, IntGaugeVec, Opts,
+    Registry, TextEncoder,
+};
+
+use crate::protocol::ErrorCode;
+
+/// Why a session ended, as the `reason` label of `roomcast_disconnects_total`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum DisconnectReason {
+    Client,
+    Drain,
+    SlowConsumer,
+    TooLarge,
+    Policy,
+    Heartbeat,
+    Error,
+}
+
+impl DisconnectReason {
+    pub const ALL: [DisconnectReason; 7] = [
+        DisconnectReason::Client,
+        DisconnectReason::Drain,
+        DisconnectReason::SlowConsumer,
+        DisconnectReason::TooLarge,
+        DisconnectReason::Policy,
+        DisconnectReason::Heartbeat,
+        DisconnectReason::Error,
+    ];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            DisconnectReason::Client => "client",
+            DisconnectReason::Drain => "drain",
+            DisconnectReason::SlowConsumer => "slow_consumer",
+            DisconnectReason::TooLarge => "too_large",
+            DisconnectReason::Policy => "policy",
+            DisconnectReason::Heartbeat => "heartbeat",
+            DisconnectReason::Error => "error",
+        }
+    }
+}
+
+pub struct Metrics {
+    registry: Registry,
+    pub connections: IntGauge,
+    pub connections_total: IntCounterVec,
+    pub rooms: IntGauge,
+    pub joins: IntCounter,
+    pub leaves: IntCounter,
+    pub messages_received: IntCounter,
+    pub messages_published: IntCounter,
+    pub bus_messages_received: IntCounter,
+    pub bus_decode_errors: IntCounter,
+    pub messages_delivered: IntCounter,
+    pub delivery_latency: Histogram,
+    pub errors: IntCounterVec,
+    pub disconnects: IntCounterVec,
+    pub bus_up: IntGauge,
+    pub bus_reconnects: IntCounter,
+    pub draining: IntGauge,
+    room_messages: IntCounterVec,
+    /// Rooms that have their own label; bounded by `metrics.room_label_cap`.
+    labelled_rooms: Mutex<HashSet<String>>,
+    room_label_cap: usize,
+}
+
+impl Metrics {
+    pub fn new(room_label_cap: usize) -> Self {
+        let registry = Registry::new();
+        let counter = |name: &str, help: &str| {
+            let c = IntCounter::new(name, help).expect("valid metric");
+            registry
+                .register(Box::new(c.clone()))
+                .expect("unique metric");
+            c
+        };
+        let gauge = |name: &str, help: &str| {
+            let g = IntGauge::new(name, help).expect("valid metric");
+            registry
+                .register(Box::new(g.clone()))
+                .expect("unique metric");
+            g
+        };
+        let counter_vec = |name: &str, help: &str, label: &str| {
+            let c = IntCounterVec::new(Opts::new(name, help), &[label]).expect("valid metric");
+            registry
+                .register(Box::new(c.clone()))
+                .expect("unique metric");
+            c
+        };
+        let delivery_latency = Histogram::with_opts(
+            HistogramOpts::new(
+                "roomcast_delivery_latency_seconds",
+                "Publish time to frame handed to the client's socket, across replicas.",
+            )
+            .buckets(vec![
+                0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5,
+                1.0, 2.5,
+            ]),
+        )
+        .expect("valid metric");
+        registry
+            .register(Box::new(delivery_latency.clone()))
+            .expect("unique metric");
+        let build_info = IntGaugeVec::new(
+            Opts::new(
+                "roomcast_build_info",
+                "Always 1; the version label tells the build.",
+            ),
+            &["version"],
+        )
+        .expect("valid metric");
+        registry
+            .register(Box::new(build_info.clone()))
+            .expect("unique metric");
+        build_info
+            .with_label_values(&[env!("CARGO_PKG_VERSION")])
+            .set(1);
+
+        let m = Metrics {
+            connections: gauge("roomcast_connections", "Open WebSocket connections."),
+            connections_total: counter_vec(
+                "roomcast_connections_total",
+                "WebSocket upgrades by result (accepted, rejected).",
+                "result",
+            ),
+            rooms: gauge("roomcast_rooms", "Rooms with at least one local member."),
+            joins: counter("roomcast_joins_total", "Successful joins."),
+            leaves: counter("roomcast_leaves_total", "Leaves, including by disconnect."),
+            messages_received: counter(
+                "roomcast_messages_received_total",
+                "Client messages accepted for publishing.",
+            ),
+            messages_published: counter(
+                "roomcast_messages_published_total",
+                "Messages this node published to the bus.",
+            ),
+            bus_messages_received: counter(
+                "roomcast_bus_messages_received_total",
+                "Messages this node received from the bus.",
+            ),
+            bus_decode_errors: counter(
+                "roomcast_bus_decode_errors_total",
+                "Payloads from the bus that could not be decoded and were skipped.",
+            ),
+            messages_delivered: counter(
+                "roomcast_messages_delivered_total",
+                "Message frames written to local clients.",
+            ),
+            delivery_latency,
+            errors: counter_vec(
+                "roomcast_errors_total",
+                "Error frames sent, by protocol error code.",
+                "code",
+            ),
+            disconnects: counter_vec(
+                "roomcast_disconnects_total",
+                "Closed connections by reason.",
+                "reason",
+            ),
+            bus_up: gauge("roomcast_bus_up", "1 while the bus is connected."),
+            bus_reconnects: counter("roomcast_bus_reconnects_total", "Bus reconnections."),
+            draining: gauge("roomcast_draining", "1 while this node drains."),
+            room_messages: counter_vec(
+                "roomcast_room_messages_total",
+                "Messages received from the bus per room (bounded label set; the rest under _other).",
+                "room",
+            ),
+            labelled_rooms: Mutex::new(HashSet::new()),
+            room_label_cap,
+            registry,
+        };
+        // Export every label value from the start so rates and dashboards see zeros.
+        for code in ErrorCode::ALL {
+            m.errors.with_label_values(&[code.as_str()]);
+        }
+        for reason in DisconnectReason::ALL {
+            m.disconnects.with_label_values(&[reason.as_str()]);
+        }
+        for result in ["accepted", "rejected"] {
+            m.connections_total.with_label_values(&[result]);
+        }
+        m
+    }
+
+    pub fn error(&self, code: ErrorCode) {
+        self.errors.with_label_values(&[code.as_str()]).inc();
+    }
+
+    pub fn disconnect(&self, reason: DisconnectReason) {
+        self.disconnects.with_label_values(&[reason.as_str()]).inc();
+    }
+
+    /// The per-room message counter: the room's own label while under the cap, else `_other`.
+    pub fn room_counter(&self, room: &str) -> IntCounter {
+        let label = {
+            let mut rooms = self
+                .labelled_rooms
+                .lock()
+                .unwrap_or_else(|poisoned| poisoned.into_inner());
+            if rooms.contains(room) || rooms.len() < self.room_label_cap {
+                rooms.insert(room.to_string());
+                room
+            } else {
+                "_other"
+            }
+        };
+        self.room_messages.with_label_values(&[label])
+    }
+
+    /// The registry in Prometheus text format.
+    pub fn render(&self) -> String {
+        let mut buf = Vec::new();
+        let encoder = TextEncoder::new();
+        if let Err(e) = encoder.encode(&self.registry.gather(), &mut buf) {
+            tracing::error!(error = %e, "encoding metrics failed");
+        }
+        String::from_utf8(buf).unwrap_or_default()
+    }
+}

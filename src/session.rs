@@ -1,0 +1,707 @@
+//! One task per WebSocket connection: the read loop (parse, validate, rate-limit, act)
+//! runs in the connection's task; a writer task drains the bounded outbound queue in
+//! batches (feed several frames, flush once). Memberships live in a Drop guard that
+//! leaves every room, so a disconnect, an early return or a panic cleans up presence
+//! and subscriptions alike.
+
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::sync::{Arc, OnceLock};
+use std::time::{Duration, Instant};
+
+use axum::extract::ws::{CloseFrame, Message, Utf8Bytes, WebSocket};
+use futures_util::stream::{SplitSink, SplitStream};
+use futures_util::{SinkExt, StreamExt};
+use tokio::sync::{OwnedSemaphorePermit, mpsc};
+use tokio_util::sync::CancellationToken;
+use tracing::{Instrument, debug, info_span, warn};
+
+use crate::bus::{Envelope, MemberRef, now_micros};
+use crate::hub::{Member, Out};
+use crate::metrics::DisconnectReason;
+use crate::protocol::{
+    ClientFrame, ErrorCode, FrameError, MsgId, ServerFrame, User, normalize_name,
+    parse_client_frame, validate_room,
+};
+use crate::server::AppState;
+use crate::telemetry;
+
+/// Frames the writer feeds before one flush.
+const WRITE_BATCH: usize = 64;
+/// How long a close frame may take to go out before the socket is just dropped.
+const CLOSE_GRACE: Duration = Duration::from_secs(1);
+/// Window in which `rate_limited` refusals are counted towards a close.
+const STRIKE_WINDOW: Duration = Duration::from_secs(10);
+
+/// The control handle of one session: who else (hub, drain) can close it, and why.
+#[derive(Debug, Default)]
+pub struct SessionCtl {
+    reason: OnceLock<DisconnectReason>,
+    token: CancellationToken,
+}
+
+impl SessionCtl {
+    /// Closes the session; the first reason given wins.
+    pub fn close(&self, reason: DisconnectReason) {
+        let _ = self.reason.set(reason);
+        self.token.cancel();
+    }
+
+    pub fn reason(&self) -> DisconnectReason {
+        self.reason
+            .get()
+            .copied()
+            .unwrap_or(DisconnectReason::Client)
+    }
+
+    pub fn is_closed(&self) -> bool {
+        self.token.is_cancelled()
+    }
+}
+
+/// Runs one session to its end. `permit` holds the connection's slot in
+/// `limits.max_connections` until the session is gone.
+pub async fn run(
+    socket: WebSocket,
+    state: AppState,
+    peer: SocketAddr,
+    permit: OwnedSemaphorePermit,
+) {
+    let key = state.next_key();
+    let conn: Arc<str> = Arc::from(format!("{:012x}", rand::random::<u64>() >> 16));
+    let span = info_span!("connection", node = %state.node(), conn = %conn, %peer);
+    async move {
+        debug!("connected");
+        let ctl = Arc::new(SessionCtl::default());
+        let metrics = state.metrics().clone();
+        metrics.connections.inc();
+        state.register(key, ctl.clone());
+        let limits = &state.config().limits;
+        let (tx, rx) = mpsc::channel(limits.outbound_queue);
+        let (sink, stream) = socket.split();
+        let writer = tokio::spawn(
+            write_loop(sink, rx, ctl.clone(), state.clone(), limits.outbound_queue)
+                .instrument(tracing::Span::current()),
+        );
+        let mut session = Session {
+            state: state.clone(),
+            key,
+            conn: conn.clone(),
+            tx,
+            ctl: ctl.clone(),
+            memberships: Memberships {
+                rooms: HashMap::new(),
+                state: state.clone(),
+                key,
+            },
+            bucket: TokenBucket::new(limits.messages_per_second, limits.burst),
+            strikes: Strikes::default(),
+        };
+        let welcome = ServerFrame::Welcome {
+            node: state.node(),
+            conn: &conn,
+        }
+        .encode();
+        session.queue(Out::Frame(welcome));
+        session.read_loop(stream).await;
+        // Leave every room (announcing it) before the socket goes away.
+        session.memberships.leave_all().await;
+        drop(session);
+        let _ = writer.await;
+        let reason = ctl.reason();
+        metrics.disconnect(reason);
+        metrics.connections.dec();
+        state.unregister(key);
+        drop(permit);
+        debug!(reason = reason.as_str(), "disconnected");
+    }
+    .instrument(span)
+    .await
+}
+
+struct Session {
+    state: AppState,
+    key: u64,
+    conn: Arc<str>,
+    tx: mpsc::Sender<Out>,
+    ctl: Arc<SessionCtl>,
+    memberships: Memberships,
+    bucket: TokenBucket,
+    strikes: Strikes,
+}
+
+impl Session {
+    async fn read_loop(&mut self, mut stream: SplitStream<WebSocket>) {
+        let heartbeat = self.state.config().heartbeat.clone();
+        let mut tick = tokio::time::interval(heartbeat.interval);
+        tick.tick().await;
+        let mut last_seen = Instant::now();
+        loop {
+            let msg = tokio::select! {
+                _ = self.ctl.token.cancelled() => return,
+                _ = tick.tick() => {
+                    if last_seen.elapsed() > heartbeat.timeout {
+                        self.ctl.close(DisconnectReason::Heartbeat);
+                        return;
+                    }
+                    self.queue(Out::Frame(Utf8Bytes::from_static("")));
+                    continue;
+                }
+                msg = stream.next() => msg,
+            };
+            last_seen = Instant::now();
+            match msg {
+                Some(Ok(Message::Text(text))) => {
+                    if self.admit() {
+                        self.handle_text(&text).await;
+                    }
+                }
+                Some(Ok(Message::Binary(_))) => {
+                    if self.admit() {
+                        self.send_error(FrameError::new(
+                            ErrorCode::BadRequest,
+                            "binary frames are not supported; send JSON text frames",
+                        ));
+                    }
+                }
+                Some(Ok(Message::Ping(_) | Message::Pong(_))) => {}
+                Some(Ok(Message::Close(_))) | None => {
+                    self.ctl.close(DisconnectReason::Client);
+                    return;
+                }
+                Some(Err(e)) => {
+                    let reason = if is_capacity_error(&e) {
+                        DisconnectReason::TooLarge
+                    } else {
+                        DisconnectReason::Client
+                    };
+                    debug!(error = %e, "read failed");
+                    self.ctl.close(reason);
+                    return;
+                }
+            }
+        }
+    }
+
+    /// Applies the rate limit: refuses the frame with `rate_limited`, and closes the
+    /// connection when refusals keep coming.
+    fn admit(&mut self) -> bool {
+        if self.bucket.take() {
+            return true;
+        }
+        let limits = &self.state.config().limits;
+        if self.strikes.add() >= limits.rate_limit_strikes {
+            debug!("rate limit exceeded repeatedly; closing");
+            self.ctl.close(DisconnectReason::Policy);
+            return false;
+        }
+        self.send_error(FrameError::new(
+            ErrorCode::RateLimited,
+            format!(
+                "more than {} frames per second; frame dropped",
+                limits.messages_per_second
+            ),
+        ));
+        false
+    }
+
+    async fn handle_text(&mut self, text: &str) {
+        let frame = match parse_client_frame(text) {
+            Ok(f) => f,
+            Err(e) => return self.send_error(e),
+        };
+        let reference = frame.reference().map(str::to_owned);
+        let result = match frame {
+            ClientFrame::Join {
+                room, name, since, ..
+            } => self.join(room, &name, since.as_deref()).await,
+            ClientFrame::Leave { room, .. } => self.leave(&room).await,
+            ClientFrame::Send { room, text, .. } => {
+                self.send(&room, text, reference.as_deref()).await
+            }
+        };
+        if let Err(e) = result {
+            self.send_error(e.with_ref(reference.as_deref()));
+        }
+    }
+
+    async fn join(
+        &mut self,
+        room: String,
+        name: &str,
+        since: Option<&str>,
+    ) -> Result<(), FrameError> {
+        if self.state.is_draining() {
+            return Err(FrameError::new(
+                ErrorCode::Draining,
+                "this node is draining; reconnect to another",
+            ));
+        }
+        validate_room(&room)?;
+        let name = normalize_name(name)?;
+        let since = since.map(|s| s.parse::<MsgId>()).transpose().map_err(|_| {
+            FrameError::new(
+                ErrorCode::BadRequest,
+                "`since` must be a message id like \"1732258000000-0\"",
+            )
+        })?;
+        if self.memberships.rooms.contains_key(room.as_str()) {
+            return Err(FrameError::new(
+                ErrorCode::AlreadyJoined,
+                format!("already joined {room}"),
+            ));
+        }
+        let max = self.state.config().limits.max_rooms_per_connection;
+        if self.memberships.rooms.len() >= max {
+            return Err(FrameError::new(
+                ErrorCode::TooManyRooms,
+                format!("at most {max} rooms per connection"),
+            ));
+        }
+        let room: Arc<str> = Arc::from(room);
+        let span = info_span!("join", room = %room);
+        let member = MemberRef {
+            node: self.state.node_arc(),
+            conn: self.conn.clone(),
+            user: User::new(name),
+        };
+        // Frames for the room are held by the writer until the join is answered.
+        self.queue(Out::Hold(room.clone()));
+        let hub = self.state.hub();
+        let local = Member {
+            tx: self.tx.clone(),
+            ctl: self.ctl.clone(),
+            presence: member.clone(),
+        };
+        if let Err(e) = hub
+            .join(&room, self.key, local)
+            .instrument(span.clone())
+            .await
+        {
+            warn!(%room, error = %e, "join: subscribe failed");
+            self.queue(Out::Abort(room));
+            return Err(unavailable());
+        }
+        self.memberships.rooms.insert(room.clone(), member.clone());
+        let info = match hub.bus().join(&room, &member, since).instrument(span).await {
+            Ok(info) => info,
+            Err(e) => {
+                warn!(%room, error = %e, "join: presence/history failed");
+                self.memberships.rooms.remove(&room);
+                hub.leave(&room, self.key).await;
+                self.queue(Out::Abort(room));
+                return Err(unavailable());
+            }
+        };
+        let replay = info
+            .replay
+            .iter()
+            .filter_map(|(id, envelope)| encode_replay(&room, *id, envelope))
+            .collect();
+        let joined = ServerFrame::Joined {
+            room: &room,
+            you: &member.user,
+            members: &info.members,
+            offset: info.head.to_string(),
+            recovered: info.recovered,
+        }
+        .encode();
+        self.queue(Out::Release {
+            room,
+            joined,
+            replay,
+            cursor: info.head,
+        });
+        self.state.metrics().joins.inc();
+        Ok(())
+    }
+
+    async fn leave(&mut self, room: &str) -> Result<(), FrameError> {
+        validate_room(room)?;
+        let Some((room, member)) = self.memberships.rooms.remove_entry(room) else {
+            return Err(not_joined(room));
+        };
+        self.memberships.leave_one(&room, &member).await;
+        let frame = ServerFrame::Left { room: &room }.encode();
+        self.queue(Out::Left { room, frame });
+        Ok(())
+    }
+
+    async fn send(
+        &mut self,
+        room: &str,
+        text: String,
+        reference: Option<&str>,
+    ) -> Result<(), FrameError> {
+        validate_room(room)?;
+        let Some(member) = self.memberships.rooms.get(room) else {
+            return Err(not_joined(room));
+        };
+        let max = self.state.config().limits.max_text_bytes;
+        if text.len() > max {
+            return Err(FrameError::new(
+                ErrorCode::TooLarge,
+                format!("text is {} bytes; the limit is {max}", text.len()),
+            ));
+        }
+        if text.is_empty() {
+            return Err(FrameError::new(
+                ErrorCode::BadRequest,
+                "text must not be empty",
+            ));
+        }
+        let metrics = self.state.metrics();
+        metrics.messages_received.inc();
+        let span = info_span!("send", node = %self.state.node(), room = %room);
+        let envelope = Envelope::Message {
+            id: None,
+            from: member.user.clone(),
+            text,
+            ts: now_micros(),
+            node: self.state.node().to_string(),
+            conn: self.conn.to_string(),
+            tp: telemetry::traceparent(&span),
+        };
+        let envelope = serde_json::to_string(&envelope)
+            .map_err(|_| FrameError::new(ErrorCode::Internal, "could not encode the message"))?;
+        match self
+            .state
+            .hub()
+            .bus()
+            .publish(room, envelope)
+            .instrument(span)
+            .await
+        {
+            Ok(id) => {
+                metrics.messages_published.inc();
+                let ack = ServerFrame::Ack {
+                    reference,
+                    id: id.to_string(),
+                }
+                .encode();
+                self.queue(Out::Frame(ack));
+                Ok(())
+            }
+            Err(e) => {
+                warn!(%room, error = %e, "publish failed");
+                Err(unavailable())
+            }
+        }
+    }
+
+    fn send_error(&self, error: FrameError) {
+        self.state.metrics().error(error.code);
+        self.queue(Out::Frame(error.encode()));
+    }
+
+    /// Queues a frame for the writer; a full queue means the client is not reading.
+    fn queue(&self, out: Out) {
+        if let Err(mpsc::error::TrySendError::Full(_)) = self.tx.try_send(out) {
+            self.ctl.close(DisconnectReason::SlowConsumer);
+        }
+    }
+}
+
+fn unavailable() -> FrameError {
+    FrameError::new(
+        ErrorCode::Unavailable,
+        "the message bus is unavailable; nothing was done, retry later",
+    )
+}
+
+fn not_joined(room: &str) -> FrameError {
+    FrameError::new(ErrorCode::NotJoined, format!("not joined to {room}"))
+}
+
+/// Encodes one history entry as a `message` frame for a replay.
+fn encode_replay(room: &str, id: MsgId, envelope: &[u8]) -> Option<(MsgId, Utf8Bytes, u64)> {
+    match serde_json::from_slice::<Envelope>(envelope) {
+        Ok(Envelope::Message { from, text, ts, .. }) => {
+            let frame = ServerFrame::Message {
+                room,
+                id: id.to_string(),
+                from: &from,
+                text: &text,
+                ts: ts / 1000,
+            }
+            .encode();
+            Some((id, frame, ts))
+        }
+        Ok(Envelope::Presence { .. }) => None,
+        Err(e) => {
+            warn!(%room, %id, error = %e, "skipping undecodable history entry");
+            None
+        }
+    }
+}
+
+fn is_capacity_error(e: &axum::Error) -> bool {
+    let text = e.to_string();
+    text.contains("Space limit exceeded") || text.contains("too long") || text.contains("capacity")
+}
+
+/// This session's rooms; dropping it leaves all of them (announced by a spawned task),
+/// so nothing is left behind if the session ends early or panics.
+struct Memberships {
+    rooms: HashMap<Arc<str>, MemberRef>,
+    state: AppState,
+    key: u64,
+}
+
+impl Memberships {
+    async fn leave_one(&self, room: &Arc<str>, member: &MemberRef) {
+        leave_room(&self.state, self.key, room, member).await;
+    }
+
+    async fn leave_all(&mut self) {
+        for (room, member) in std::mem::take(&mut self.rooms) {
+            leave_room(&self.state, self.key, &room, &member).await;
+        }
+    }
+}
+
+async fn leave_room(state: &AppState, key: u64, room: &Arc<str>, member: &MemberRef) {
+    let hub = state.hub();
+    let last_local = hub.leave(room, key).await;
+    state.metrics().leaves.inc();
+    if let Err(e) = hub.bus().leave(room, member, last_local).await {
+        warn!(%room, error = %e, "leave: presence update failed");
+    }
+}
+
+impl Drop for Memberships {
+    fn drop(&mut self) {
+        if self.rooms.is_empty() {
+            return;
+        }
+        let rooms = std::mem::take(&mut self.rooms);
+        let state = self.state.clone();
+        let tracker = state.tracker().clone();
+        let key = self.key;
+        // Only reached on an early exit or a panic; the normal path awaits leave_all.
+        tracker.spawn(async move {
+            for (room, member) in rooms {
+                leave_room(&state, key, &room, &member).await;
+            }
+        });
+    }
+}
+
+/// Per-connection token bucket: `rate` frames per second, at most `burst` at once.
+struct TokenBucket {
+    tokens: f64,
+    rate: f64,
+    burst: f64,
+    last: Instant,
+}
+
+impl TokenBucket {
+    fn new(rate: u32, burst: u32) -> Self {
+        let burst = f64::from(burst.max(1));
+        TokenBucket {
+            tokens: burst,
+            rate: f64::from(rate),
+            burst,
+            last: Instant::now(),
+        }
+    }
+
+    fn take(&mut self) -> bool {
+        let now = Instant::now();
+        let elapsed = now.duration_since(self.last).as_secs_f64();
+        self.last = now;
+        self.tokens = (self.tokens + elapsed * self.rate).min(self.burst);
+        if self.tokens >= 1.0 {
+            self.tokens -= 1.0;
+            true
+        } else {
+            false
+        }
+    }
+}
+
+/// Counts rate-limit refusals within [`STRIKE_WINDOW`].
+#[derive(Default)]
+struct Strikes {
+    since: Option<Instant>,
+    count: u32,
+}
+
+impl Strikes {
+    fn add(&mut self) -> u32 {
+        let now = Instant::now();
+        match self.since {
+            Some(start) if now.duration_since(start) <= STRIKE_WINDOW => self.count += 1,
+            _ => {
+                self.since = Some(now);
+                self.count = 1;
+            }
+        }
+        self.count
+    }
+}
+
+/// Per-room state of the writer: whether a join is pending, and the newest id written.
+struct RoomCursor {
+    held: Option<Vec<Out>>,
+    cursor: MsgId,
+}
+
+/// Drains the outbound queue in batches until the session ends, then sends the close
+/// frame that matches the reason.
+async fn write_loop(
+    mut sink: SplitSink<WebSocket, Message>,
+    mut rx: mpsc::Receiver<Out>,
+    ctl: Arc<SessionCtl>,
+    state: AppState,
+    max_held: usize,
+) {
+    let metrics = state.metrics().clone();
+    let mut rooms: HashMap<Arc<str>, RoomCursor> = HashMap::new();
+    let mut batch = Vec::with_capacity(WRITE_BATCH);
+    let mut frames = Vec::with_capacity(WRITE_BATCH);
+    'outer: loop {
+        let n = tokio::select! {
+            biased;
+            _ = ctl.token.cancelled() => break,
+            n = rx.recv_many(&mut batch, WRITE_BATCH) => n,
+        };
+        if n == 0 {
+            break;
+        }
+        let now = now_micros();
+        let mut delivered = 0u64;
+        for out in batch.drain(..) {
+            route(out, &mut rooms, &mut frames, max_held, &ctl);
+        }
+        for (frame, ts_us) in frames.drain(..) {
+            let msg = if frame.is_empty() {
+                Message::Ping(bytes::Bytes::new())
+            } else {
+                Message::Text(frame)
+            };
+            if ts_us > 0 {
+                delivered += 1;
+                if ts_us > 1 {
+                    metrics
+                        .delivery_latency
+                        .observe(now.saturating_sub(ts_us) as f64 / 1e6);
+                }
+            }
+            tokio::select! {
+                biased;
+                _ = ctl.token.cancelled() => break 'outer,
+                r = sink.feed(msg) => if r.is_err() { ctl.close(DisconnectReason::Client); break 'outer; },
+            }
+        }
+        tokio::select! {
+            biased;
+            _ = ctl.token.cancelled() => break,
+            r = sink.flush() => if r.is_err() { ctl.close(DisconnectReason::Client); break; },
+        }
+        metrics.messages_delivered.inc_by(delivered);
+        if ctl.is_closed() {
+            break;
+        }
+    }
+    let close = match ctl.reason() {
+        DisconnectReason::Client => None,
+        DisconnectReason::Drain => Some((1001, "draining")),
+        DisconnectReason::SlowConsumer => Some((1008, "slow consumer")),
+        DisconnectReason::Policy => Some((1008, "rate limit")),
+        DisconnectReason::Heartbeat => Some((1008, "heartbeat timeout")),
+        DisconnectReason::TooLarge => Some((1009, "frame too large")),
+        DisconnectReason::Error => Some((1011, "internal error")),
+    };
+    if let Some((code, reason)) = close {
+        let frame = Message::Close(Some(CloseFrame {
+            code,
+            reason: Utf8Bytes::from_static(reason),
+        }));
+        let _ = tokio::time::timeout(CLOSE_GRACE, sink.send(frame)).await;
+    }
+    let _ = tokio::time::timeout(CLOSE_GRACE, sink.close()).await;
+}
+
+/// Applies one queue item to the writer's room state, pushing frames to write
+/// (with the publish time for message frames, 0 otherwise).
+fn route(
+    out: Out,
+    rooms: &mut HashMap<Arc<str>, RoomCursor>,
+    frames: &mut Vec<(Utf8Bytes, u64)>,
+    max_held: usize,
+    ctl: &SessionCtl,
+) {
+    match out {
+        Out::Frame(frame) => frames.push((frame, 0)),
+        Out::Room {
+            room,
+            frame,
+            id,
+            ts_us,
+        } => {
+            let Some(cursor) = rooms.get_mut(&room) else {
+                return;
+            };
+            if let Some(held) = &mut cursor.held {
+                if held.len() >= max_held {
+                    ctl.close(DisconnectReason::SlowConsumer);
+                    return;
+                }
+                held.push(Out::Room {
+                    room,
+                    frame,
+                    id,
+                    ts_us,
+                });
+                return;
+            }
+            match id {
+                Some(id) if id <= cursor.cursor => {}
+                Some(id) => {
+                    cursor.cursor = id;
+                    frames.push((frame, ts_us));
+                }
+                None => frames.push((frame, 0)),
+            }
+        }
+        Out::Hold(room) => {
+            rooms.insert(
+                room,
+                RoomCursor {
+                    held: Some(Vec::new()),
+                    cursor: MsgId::ZERO,
+                },
+            );
+        }
+        Out::Release {
+            room,
+            joined,
+            replay,
+            cursor,
+        } => {
+            let Some(state) = rooms.get_mut(&room) else {
+                return;
+            };
+            frames.push((joined, 0));
+            let mut newest = cursor;
+            for (id, frame, _ts) in replay {
+                newest = newest.max(id);
+                // 1 marks a delivered message without a live latency sample.
+                frames.push((frame, 1));
+            }
+            state.cursor = newest;
+            let held = state.held.take().unwrap_or_default();
+            for out in held {
+                route(out, rooms, frames, max_held, ctl);
+            }
+        }
+        Out::Abort(room) => {
+            rooms.remove(&room);
+        }
+        Out::Left { room, frame } => {
+            rooms.remove(&room);
+            frames.push((frame, 0));
+        }
+    }
+}
