@@ -77,6 +77,7 @@ pub struct Hub {
 }
 
 struct Inner {
+    node: Arc<str>,
     bus: Bus,
     rooms: DashMap<Arc<str>, Room>,
     metrics: Arc<Metrics>,
@@ -85,9 +86,10 @@ struct Inner {
 }
 
 impl Hub {
-    pub fn new(bus: Bus, metrics: Arc<Metrics>) -> Self {
+    pub fn new(node: Arc<str>, bus: Bus, metrics: Arc<Metrics>) -> Self {
         Hub {
             inner: Arc::new(Inner {
+                node,
                 bus,
                 rooms: DashMap::new(),
                 metrics,
@@ -316,7 +318,7 @@ impl Hub {
                 room.last_id = id;
                 room.counter.inc();
                 let span = tp.as_deref().map(|tp| {
-                    let span = info_span!("fan_out", room = %incoming.room, id = %id, members = room.members.len());
+                    let span = info_span!("fan_out", node = %self.inner.node, room = %incoming.room, id = %id, members = room.members.len());
                     telemetry::set_remote_parent(&span, tp);
                     span
                 });

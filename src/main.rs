@@ -93,10 +93,12 @@ fn config_command(file: Option<PathBuf>, check: Option<PathBuf>) -> ExitCode {
 }
 
 async fn serve(file: Option<PathBuf>) -> ExitCode {
-    let config = match load(file.as_deref()) {
+    let mut config = match load(file.as_deref()) {
         Ok(c) => c,
         Err(code) => return code,
     };
+    // Resolve the node id once so logs, traces and the gateway agree on it.
+    config.node.id = Some(config.node_id());
     let telemetry = match roomcast::telemetry::init(&config) {
         Ok(t) => t,
         Err(e) => {

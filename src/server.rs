@@ -133,7 +133,7 @@ pub async fn run(
             (Bus::Redis(bus), BusReceiver::Redis(rx))
         }
     };
-    let hub = Hub::new(bus.clone(), metrics.clone());
+    let hub = Hub::new(node.clone(), bus.clone(), metrics.clone());
     let background = CancellationToken::new();
     let receiver_task = hub::spawn_receiver(hub.clone(), receiver, background.clone());
     let state = AppState {

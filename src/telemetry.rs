@@ -64,7 +64,7 @@ pub fn init(config: &Config) -> Result<Telemetry, TelemetryError> {
     };
     let (otel, provider) = match &config.otel.endpoint {
         Some(endpoint) => {
-            let provider = tracer_provider(endpoint, &config.otel.service_name)?;
+            let provider = tracer_provider(endpoint, &config.otel.service_name, &config.node_id())?;
             let tracer = provider.tracer("roomcast");
             EXPORTING.store(true, Ordering::Release);
             (
@@ -87,6 +87,7 @@ pub fn init(config: &Config) -> Result<Telemetry, TelemetryError> {
 pub fn tracer_provider(
     endpoint: &str,
     service_name: &str,
+    instance: &str,
 ) -> Result<SdkTracerProvider, TelemetryError> {
     use opentelemetry_otlp::WithExportConfig;
     let url = format!("{}/v1/traces", endpoint.trim_end_matches('/'));
@@ -97,6 +98,10 @@ pub fn tracer_provider(
         .map_err(|e| TelemetryError::Exporter(e.to_string()))?;
     let resource = opentelemetry_sdk::Resource::builder()
         .with_service_name(service_name.to_string())
+        .with_attribute(opentelemetry::KeyValue::new(
+            "service.instance.id",
+            instance.to_string(),
+        ))
         .build();
     Ok(SdkTracerProvider::builder()
         .with_batch_exporter(exporter)
