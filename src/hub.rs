@@ -231,7 +231,8 @@ impl Hub {
     }
 
     /// After a reconnect or lag: subscribe every room again, then replay what each room
-    /// missed from its history (duplicates are skipped by id), before any newer message.
+    /// missed from its history (duplicates are skipped by id), before any newer message:
+    /// the loop handles no live message until the catch-up is done.
     async fn recover(&self, why: &'static str) {
         let Bus::Redis(redis) = &self.inner.bus else {
             return;
@@ -258,7 +259,10 @@ impl Hub {
         let mut replayed = 0usize;
         for (room, since) in cursors {
             match self.inner.bus.catch_up(&room, since).await {
-                Ok(Some(entries)) => {
+                Ok((complete, entries)) => {
+                    if !complete {
+                        warn!(%room, %since, "room history lost or trimmed; members may have missed messages");
+                    }
                     for (id, envelope) in entries {
                         let payload = crate::bus::memory::splice_id(&envelope, id);
                         self.fan_out(&Incoming {
@@ -267,9 +271,6 @@ impl Hub {
                         });
                         replayed += 1;
                     }
-                }
-                Ok(None) => {
-                    warn!(%room, %since, "room history lost or trimmed; members may have missed messages")
                 }
                 Err(e) => warn!(%room, error = %e, "catch-up failed"),
             }

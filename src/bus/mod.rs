@@ -226,15 +226,15 @@ impl Bus {
         }
     }
 
-    /// Messages after `since` still in the room's history; `None` if the history no
-    /// longer reaches back that far.
+    /// Messages after `since` still in the room's history, and whether that is all of
+    /// them (false when the history no longer reaches back that far).
     pub async fn catch_up(
         &self,
         room: &str,
         since: MsgId,
-    ) -> Result<Option<Vec<(MsgId, Bytes)>>, BusError> {
+    ) -> Result<(bool, Vec<(MsgId, Bytes)>), BusError> {
         match self {
-            Bus::Memory(_) => Ok(Some(Vec::new())),
+            Bus::Memory(_) => Ok((true, Vec::new())),
             Bus::Redis(b) => b.catch_up(room, since).await,
         }
     }

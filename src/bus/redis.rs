@@ -399,11 +399,13 @@ impl RedisBus {
         Ok(())
     }
 
+    /// Messages after `since` still in the room's log, and whether that is everything
+    /// after `since` (false when the log was trimmed past it or lost).
     pub async fn catch_up(
         &self,
         room: &str,
         since: MsgId,
-    ) -> Result<Option<Vec<(MsgId, Bytes)>>, BusError> {
+    ) -> Result<(bool, Vec<(MsgId, Bytes)>), BusError> {
         let reply = self
             .eval(
                 &self.inner.catch_up,
@@ -418,9 +420,9 @@ impl RedisBus {
             return Err(BusError::Protocol("catch_up: expected an array".into()));
         };
         let mut parts = parts.into_iter();
-        let ok = parts.next().and_then(|v| v.as_i64()) == Some(1);
+        let complete = parts.next().and_then(|v| v.as_i64()) == Some(1);
         let entries = parse_entries(parts.next().unwrap_or(Value::Null))?;
-        Ok(ok.then_some(entries))
+        Ok((complete, entries))
     }
 
     /// Refreshes this node's liveness deadline. Returns true if the node was not
