@@ -256,9 +256,27 @@ impl Hub {
             .filter(|r| r.last_id != MsgId::ZERO)
             .map(|r| (r.key().clone(), r.last_id))
             .collect();
+        // The subscriber may reconnect before the command client: wait for both.
+        let waited = tokio::time::timeout(std::time::Duration::from_secs(10), async {
+            while !self.inner.bus.is_connected() {
+                tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+            }
+        })
+        .await;
+        if waited.is_err() {
+            warn!("bus command connection still down; catch-up may fail");
+        }
         let mut replayed = 0usize;
         for (room, since) in cursors {
-            match self.inner.bus.catch_up(&room, since).await {
+            let mut result = self.inner.bus.catch_up(&room, since).await;
+            for attempt in 1..=3u64 {
+                if result.is_ok() {
+                    break;
+                }
+                tokio::time::sleep(std::time::Duration::from_millis(100 * attempt)).await;
+                result = self.inner.bus.catch_up(&room, since).await;
+            }
+            match result {
                 Ok((complete, entries)) => {
                     if !complete {
                         warn!(%room, %since, "room history lost or trimmed; members may have missed messages");
