@@ -1,0 +1,753 @@
+//! Browser tests of the chat page (`src/web`): a real headless Chromium driven through a
+//! real chromedriver (WebDriver, `fantoccini`), against real gateways running in-process,
+//! linked by a real `redis-server` when a scenario needs several replicas.
+//!
+//! Needs `/usr/bin/chromium` and `/usr/bin/chromedriver` (Debian packages `chromium` and
+//! `chromium-driver`; override the paths with `ROOMCAST_CHROMIUM` / `ROOMCAST_CHROMEDRIVER`).
+//! Without them these tests FAIL with a message saying so; they never skip silently.
+//! Set `ROOMCAST_SCREENSHOT_DIR` to keep PNG screenshots of the pages.
+
+mod common;
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::process::Stdio;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use common::{Node, RedisServer, node_config};
+use fantoccini::key::Key;
+use fantoccini::wd::WindowHandle;
+use fantoccini::{Client, ClientBuilder, Locator};
+use serde_json::{Value, json};
+use tokio::net::{TcpListener, TcpStream};
+use tokio::process::{Child, Command};
+use tokio_util::sync::CancellationToken;
+
+/// How long to wait for anything the page should do. Generous: machines are noisy.
+const WAIT: Duration = Duration::from_secs(45);
+const POLL: Duration = Duration::from_millis(100);
+
+// ---------------------------------------------------------------------------------------
+// chromedriver + chromium
+// ---------------------------------------------------------------------------------------
+
+/// A chromedriver process (own process group, killed on drop) and the browser sessions it runs.
+struct Browser {
+    driver: Child,
+    webdriver_url: String,
+    dir: PathBuf,
+    sessions: AtomicUsize,
+}
+
+fn tool_path(env: &str, default: &str) -> PathBuf {
+    let path = std::env::var_os(env).map_or_else(|| PathBuf::from(default), PathBuf::from);
+    assert!(
+        path.is_file(),
+        "{} not found: the browser tests need Chromium and chromedriver \
+         (Debian: `apt-get install -y chromium chromium-driver`, or set {env})",
+        path.display()
+    );
+    path
+}
+
+fn fresh_dir(what: &str) -> PathBuf {
+    static SEQ: AtomicUsize = AtomicUsize::new(0);
+    let dir = std::env::temp_dir().join(format!(
+        "roomcast-{what}-{}-{}",
+        std::process::id(),
+        SEQ.fetch_add(1, Ordering::Relaxed)
+    ));
+    std::fs::create_dir_all(&dir).expect("create temp dir");
+    dir
+}
+
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .expect("bind a free loopback port")
+        .port()
+}
+
+impl Browser {
+    async fn start() -> Browser {
+        let chromedriver = tool_path("ROOMCAST_CHROMEDRIVER", "/usr/bin/chromedriver");
+        tool_path("ROOMCAST_CHROMIUM", "/usr/bin/chromium");
+        let dir = fresh_dir("browser");
+        let port = free_port();
+        let log = dir.join("chromedriver.log");
+        let driver = Command::new(&chromedriver)
+            .arg(format!("--port={port}"))
+            .arg(format!("--log-path={}", log.display()))
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            // Its own process group, so that drop can kill chromedriver and every Chromium
+            // it started, even when a test panics before closing its sessions.
+            .process_group(0)
+            .kill_on_drop(true)
+            .spawn()
+            .unwrap_or_else(|e| panic!("cannot start {}: {e}", chromedriver.display()));
+        let mut browser = Browser {
+            driver,
+            webdriver_url: format!("http://127.0.0.1:{port}"),
+            dir,
+            sessions: AtomicUsize::new(0),
+        };
+        let deadline = tokio::time::Instant::now() + WAIT;
+        loop {
+            if TcpStream::connect(("127.0.0.1", port)).await.is_ok() {
+                break;
+            }
+            if let Ok(Some(status)) = browser.driver.try_wait() {
+                panic!(
+                    "chromedriver exited with {status} before listening; log:\n{}",
+                    std::fs::read_to_string(&log).unwrap_or_default()
+                );
+            }
+            assert!(
+                tokio::time::Instant::now() < deadline,
+                "chromedriver did not listen on port {port}"
+            );
+            tokio::time::sleep(POLL).await;
+        }
+        browser
+    }
+
+    /// A new browser (own profile, so own localStorage) showing `url`.
+    async fn open(&self, url: &str) -> Page {
+        let n = self.sessions.fetch_add(1, Ordering::Relaxed);
+        let profile = self.dir.join(format!("profile-{n}"));
+        std::fs::create_dir_all(&profile).expect("create profile dir");
+        let chromium = tool_path("ROOMCAST_CHROMIUM", "/usr/bin/chromium");
+        let mut caps = serde_json::Map::new();
+        caps.insert(
+            "goog:chromeOptions".into(),
+            json!({
+                "binary": chromium,
+                "args": [
+                    "--headless",
+                    "--no-sandbox",
+                    "--disable-gpu",
+                    "--disable-quic",
+                    "--no-first-run",
+                    "--disable-background-networking",
+                    "--disable-component-update",
+                    "--disable-sync",
+                    "--disable-dev-shm-usage",
+                    "--window-size=1200,800",
+                    format!("--user-data-dir={}", profile.display()),
+                ],
+            }),
+        );
+        // Leave alerts open, so that a test can see one (and any command fails while it is).
+        caps.insert("unhandledPromptBehavior".into(), json!("ignore"));
+        let client = ClientBuilder::native()
+            .capabilities(caps)
+            .connect(&self.webdriver_url)
+            .await
+            .unwrap_or_else(|e| {
+                panic!(
+                    "cannot start a Chromium session through chromedriver: {e}; log:\n{}",
+                    std::fs::read_to_string(self.dir.join("chromedriver.log")).unwrap_or_default()
+                )
+            });
+        let page = Page {
+            client,
+            label: format!("page {n}"),
+        };
+        page.goto(url).await;
+        page
+    }
+}
+
+impl Drop for Browser {
+    fn drop(&mut self) {
+        if let Some(pid) = self.driver.id() {
+            // Kill the whole process group (chromedriver and its Chromiums).
+            let _ = std::process::Command::new("kill")
+                .args(["-KILL", "--", &format!("-{pid}")])
+                .stderr(Stdio::null())
+                .status();
+        }
+        let _ = self.driver.start_kill();
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}
+
+// ---------------------------------------------------------------------------------------
+// One page (one browser session)
+// ---------------------------------------------------------------------------------------
+
+struct Page {
+    client: Client,
+    label: String,
+}
+
+/// One `.msg` line of `#messages`.
+#[derive(Debug, Clone, PartialEq)]
+struct Line {
+    id: String,
+    from: String,
+    text: String,
+}
+
+impl Page {
+    async fn goto(&self, url: &str) {
+        self.client
+            .goto(url)
+            .await
+            .unwrap_or_else(|e| panic!("{}: cannot load {url}: {e}", self.label));
+    }
+
+    /// Runs `script` (a function body; `arguments[0]` is `arg`) in the page.
+    async fn js(&self, script: &str, arg: Value) -> Value {
+        self.client
+            .execute(script, vec![arg])
+            .await
+            .unwrap_or_else(|e| panic!("{}: script failed: {e}\n{script}", self.label))
+    }
+
+    /// Polls `script` until it returns something other than null/false/""; returns that.
+    async fn wait_for(&self, what: &str, script: &str, arg: Value) -> Value {
+        let deadline = tokio::time::Instant::now() + WAIT;
+        loop {
+            let v = self.js(script, arg.clone()).await;
+            let done = !matches!(v, Value::Null | Value::Bool(false))
+                && v.as_str().is_none_or(|s| !s.is_empty());
+            if done {
+                return v;
+            }
+            if tokio::time::Instant::now() >= deadline {
+                self.screenshot(&format!("timeout-{}", self.label.replace(' ', "-")))
+                    .await;
+                panic!(
+                    "{}: timed out waiting for {what}; last value {v}; page text:\n{}",
+                    self.label,
+                    self.js("return document.body.innerText", Value::Null)
+                        .await
+                        .as_str()
+                        .unwrap_or_default()
+                );
+            }
+            tokio::time::sleep(POLL).await;
+        }
+    }
+
+    async fn find(&self, css: &str) -> fantoccini::elements::Element {
+        self.client
+            .find(Locator::Css(css))
+            .await
+            .unwrap_or_else(|e| panic!("{}: no element {css}: {e}", self.label))
+    }
+
+    async fn type_into(&self, css: &str, text: &str) {
+        let input = self.find(css).await;
+        input.clear().await.expect("clear input");
+        input.send_keys(text).await.expect("type into input");
+    }
+
+    /// Waits until the page says it is connected and shows a node id; returns the node id.
+    async fn wait_connected(&self) -> String {
+        self.wait_for(
+            "the connection",
+            "const s = document.getElementById('status');
+             const n = document.getElementById('node').textContent.trim();
+             return s.dataset.state === 'connected' && n !== '–' && n !== '' ? n : null;",
+            Value::Null,
+        )
+        .await
+        .as_str()
+        .expect("node id is a string")
+        .to_owned()
+    }
+
+    /// Joins `room` as `name` through the form and waits until the server confirmed it.
+    async fn join(&self, name: &str, room: &str) {
+        self.type_into("#name", name).await;
+        self.type_into("#room", room).await;
+        self.find("#join").await.click().await.expect("click #join");
+        self.wait_joined(room).await;
+    }
+
+    async fn wait_joined(&self, room: &str) {
+        self.wait_for(
+            &format!("room {room} to be joined"),
+            "const t = document.querySelector(`.room-tab[data-room=\"${arguments[0]}\"]`);
+             return t !== null && t.dataset.state === 'joined';",
+            json!(room),
+        )
+        .await;
+    }
+
+    async fn select_room(&self, room: &str) {
+        self.find(&format!(".room-tab[data-room=\"{room}\"]"))
+            .await
+            .click()
+            .await
+            .expect("click room tab");
+    }
+
+    /// Types `text` in the message box and presses Enter.
+    async fn send(&self, text: &str) {
+        let input = self.find("#text").await;
+        input.send_keys(text).await.expect("type message");
+        input
+            .send_keys(&Key::Enter.to_string())
+            .await
+            .expect("press Enter");
+    }
+
+    /// The message lines of the current room.
+    async fn lines(&self) -> Vec<Line> {
+        let v = self
+            .js(
+                "return [...document.querySelectorAll('#messages .msg')].map(m => ({
+                   id: m.dataset.id,
+                   from: m.querySelector('.from').textContent,
+                   text: m.querySelector('.text').textContent,
+                 }));",
+                Value::Null,
+            )
+            .await;
+        v.as_array()
+            .expect("array of lines")
+            .iter()
+            .map(|l| Line {
+                id: l["id"].as_str().unwrap_or_default().to_owned(),
+                from: l["from"].as_str().unwrap_or_default().to_owned(),
+                text: l["text"].as_str().unwrap_or_default().to_owned(),
+            })
+            .collect()
+    }
+
+    /// Waits until the current room shows a message `text` from `from`.
+    async fn wait_message(&self, from: &str, text: &str) {
+        self.wait_for(
+            &format!("message {text:?} from {from}"),
+            "return [...document.querySelectorAll('#messages .msg')].some(m =>
+               m.querySelector('.from').textContent === arguments[0].from &&
+               m.querySelector('.text').textContent === arguments[0].text);",
+            json!({ "from": from, "text": text }),
+        )
+        .await;
+    }
+
+    /// Waits until the current room shows a system line of `kind` whose text is `text`.
+    async fn wait_system_line(&self, kind: &str, text: &str) {
+        self.wait_for(
+            &format!("{kind} line {text:?}"),
+            "return [...document.querySelectorAll(`#messages .sys[data-kind=\"${arguments[0].kind}\"]`)]
+               .some(l => l.querySelector('.sys-text').textContent === arguments[0].text);",
+            json!({ "kind": kind, "text": text }),
+        )
+        .await;
+    }
+
+    /// Waits until the member list shows `name` with `count` connections (0: not listed).
+    async fn wait_member(&self, name: &str, count: usize) {
+        self.wait_for(
+            &format!("member {name} x{count}"),
+            "const li = [...document.querySelectorAll('#members .member')]
+               .find(m => m.dataset.name === arguments[0].name);
+             return arguments[0].count === 0 ? li === undefined
+               : li !== undefined && li.dataset.count === String(arguments[0].count);",
+            json!({ "name": name, "count": count }),
+        )
+        .await;
+    }
+
+    /// Saves a PNG screenshot when `ROOMCAST_SCREENSHOT_DIR` is set.
+    async fn screenshot(&self, name: &str) {
+        let Some(dir) = std::env::var_os("ROOMCAST_SCREENSHOT_DIR") else {
+            return;
+        };
+        if let Ok(png) = self.client.screenshot().await {
+            let _ = std::fs::create_dir_all(&dir);
+            let _ = std::fs::write(Path::new(&dir).join(format!("{name}.png")), png);
+        }
+    }
+
+    async fn close(self) {
+        let _ = self.client.close().await;
+    }
+}
+
+// ---------------------------------------------------------------------------------------
+// A TCP balancer in front of the gateways, to cut connections and move the page to
+// another replica like a load balancer would.
+// ---------------------------------------------------------------------------------------
+
+struct Balancer {
+    addr: SocketAddr,
+    state: Arc<Mutex<(Option<SocketAddr>, CancellationToken)>>,
+    stop: CancellationToken,
+}
+
+impl Balancer {
+    async fn start(upstream: SocketAddr) -> Balancer {
+        let listener = TcpListener::bind("127.0.0.1:0")
+            .await
+            .expect("bind balancer");
+        let addr = listener.local_addr().expect("balancer address");
+        let state = Arc::new(Mutex::new((Some(upstream), CancellationToken::new())));
+        let stop = CancellationToken::new();
+        let (st, stop2) = (state.clone(), stop.clone());
+        tokio::spawn(async move {
+            loop {
+                let accepted = tokio::select! {
+                    _ = stop2.cancelled() => return,
+                    a = listener.accept() => a,
+                };
+                let Ok((mut client, _)) = accepted else {
+                    continue;
+                };
+                let (upstream, cut) = {
+                    let s = st.lock().expect("balancer state");
+                    (s.0, s.1.clone())
+                };
+                // No upstream: the connection is dropped at once (the replica is "down").
+                let Some(upstream) = upstream else { continue };
+                tokio::spawn(async move {
+                    let Ok(mut server) = TcpStream::connect(upstream).await else {
+                        return;
+                    };
+                    tokio::select! {
+                        _ = cut.cancelled() => {}
+                        _ = tokio::io::copy_bidirectional(&mut client, &mut server) => {}
+                    }
+                });
+            }
+        });
+        Balancer { addr, state, stop }
+    }
+
+    fn url(&self) -> String {
+        format!("http://{}/", self.addr)
+    }
+
+    /// Drops every open connection and sends new ones to `upstream` (None: refuse them).
+    fn route(&self, upstream: Option<SocketAddr>) {
+        let mut s = self.state.lock().expect("balancer state");
+        s.1.cancel();
+        *s = (upstream, CancellationToken::new());
+    }
+}
+
+impl Drop for Balancer {
+    fn drop(&mut self) {
+        self.stop.cancel();
+        self.route(None);
+    }
+}
+
+fn page_url(node: &Node) -> String {
+    format!("{}/", node.http_url.trim_end_matches('/'))
+}
+
+fn socket_addr(node: &Node) -> SocketAddr {
+    node.http_url
+        .trim_start_matches("http://")
+        .trim_end_matches('/')
+        .parse()
+        .expect("http_url is http://IP:PORT")
+}
+
+fn assert_unique_ids(lines: &[Line]) {
+    let mut ids: Vec<&str> = lines.iter().map(|l| l.id.as_str()).collect();
+    ids.sort_unstable();
+    let before = ids.len();
+    ids.dedup();
+    assert_eq!(before, ids.len(), "a message id is shown twice: {lines:?}");
+}
+
+// ---------------------------------------------------------------------------------------
+// Scenarios
+// ---------------------------------------------------------------------------------------
+
+#[tokio::test]
+async fn pages_on_two_replicas_see_each_others_messages_and_their_own_node() {
+    let redis = RedisServer::start().await;
+    let node_a = Node::start(node_config(Some(&redis), "node-a")).await;
+    let node_b = Node::start(node_config(Some(&redis), "node-b")).await;
+    let browser = Browser::start().await;
+    let alice = browser.open(&page_url(&node_a)).await;
+    let bob = browser.open(&page_url(&node_b)).await;
+
+    assert_eq!(alice.wait_connected().await, "node-a");
+    assert_eq!(bob.wait_connected().await, "node-b");
+
+    alice.join("alice", "lobby").await;
+    bob.join("bob", "lobby").await;
+    alice.send("hello from alice").await;
+    bob.send("hello from bob").await;
+    for page in [&alice, &bob] {
+        page.wait_message("alice", "hello from alice").await;
+        page.wait_message("bob", "hello from bob").await;
+    }
+
+    // A second room: its messages stay in its own tab.
+    alice.join("alice", "dev").await;
+    bob.join("bob", "dev").await;
+    bob.send("only in dev").await;
+    alice.wait_message("bob", "only in dev").await;
+    let dev = alice.lines().await;
+    assert!(
+        dev.iter().all(|l| l.text != "hello from alice"),
+        "lobby's message shows in dev: {dev:?}"
+    );
+    alice.select_room("lobby").await;
+    alice.wait_message("bob", "hello from bob").await;
+    let lobby = alice.lines().await;
+    assert!(
+        lobby.iter().all(|l| l.text != "only in dev"),
+        "dev's message shows in lobby: {lobby:?}"
+    );
+    assert_unique_ids(&lobby);
+    // Names are colored with the server's color.
+    let colored = alice
+        .js(
+            "return [...document.querySelectorAll('#messages .msg .from')].every(f => f.style.color !== '');",
+            Value::Null,
+        )
+        .await;
+    assert_eq!(
+        colored,
+        json!(true),
+        "message names carry the server's color"
+    );
+
+    alice.screenshot("two-replicas-alice").await;
+    bob.screenshot("two-replicas-bob").await;
+    alice.close().await;
+    bob.close().await;
+}
+
+#[tokio::test]
+async fn message_with_html_is_shown_as_text() {
+    const EVIL: &str = "<img src=x onerror=alert(1)>";
+    let redis = RedisServer::start().await;
+    let node_a = Node::start(node_config(Some(&redis), "node-a")).await;
+    let node_b = Node::start(node_config(Some(&redis), "node-b")).await;
+    let browser = Browser::start().await;
+    let sender = browser.open(&page_url(&node_a)).await;
+    let reader = browser.open(&page_url(&node_b)).await;
+    sender.join("mallory", "lobby").await;
+    reader.join("reader", "lobby").await;
+
+    sender.send(EVIL).await;
+    // A message after it: once it is shown, an injected image has had every chance to load.
+    sender.send("after").await;
+    for page in [&sender, &reader] {
+        page.wait_message("mallory", "after").await;
+        let lines = page.lines().await;
+        assert!(
+            lines.iter().any(|l| l.from == "mallory" && l.text == EVIL),
+            "{}: the message is not shown as its literal text: {lines:?}",
+            page.label
+        );
+        let images = page
+            .js(
+                "return document.querySelectorAll('#messages img').length;",
+                Value::Null,
+            )
+            .await;
+        assert_eq!(
+            images,
+            json!(0),
+            "{}: the message became markup",
+            page.label
+        );
+        match page.client.get_alert_text().await {
+            Err(e) if e.is_no_such_alert() => {}
+            Ok(text) => panic!("{}: an alert is open: {text:?}", page.label),
+            Err(e) => panic!("{}: cannot check for alerts: {e}", page.label),
+        }
+    }
+    sender.close().await;
+    reader.close().await;
+}
+
+#[tokio::test]
+async fn presence_lines_appear_when_another_page_joins_and_leaves() {
+    let redis = RedisServer::start().await;
+    let node_a = Node::start(node_config(Some(&redis), "node-a")).await;
+    let node_b = Node::start(node_config(Some(&redis), "node-b")).await;
+    let browser = Browser::start().await;
+    let alice = browser.open(&page_url(&node_a)).await;
+    let bob = browser.open(&page_url(&node_b)).await;
+
+    alice.join("alice", "lobby").await;
+    alice.wait_member("alice", 1).await;
+    bob.join("bob", "lobby").await;
+
+    alice.wait_system_line("presence", "bob joined").await;
+    alice.wait_member("bob", 1).await;
+    bob.wait_member("alice", 1).await;
+    bob.wait_member("bob", 1).await;
+
+    bob.find(".room-leave[data-room=\"lobby\"]")
+        .await
+        .click()
+        .await
+        .expect("click leave");
+    alice.wait_system_line("presence", "bob left").await;
+    alice.wait_member("bob", 0).await;
+    alice.close().await;
+    bob.close().await;
+}
+
+#[tokio::test]
+async fn member_list_counts_connections_sharing_a_name() {
+    let redis = RedisServer::start().await;
+    let node_a = Node::start(node_config(Some(&redis), "node-a")).await;
+    let node_b = Node::start(node_config(Some(&redis), "node-b")).await;
+    let browser = Browser::start().await;
+    let alice = browser.open(&page_url(&node_a)).await;
+    let bob = browser.open(&page_url(&node_b)).await;
+    alice.join("alice", "lobby").await;
+    bob.join("bob", "lobby").await;
+    alice.wait_member("bob", 1).await;
+
+    // A second tab of bob's browser (same origin, so same localStorage): it restores the
+    // name and rooms and joins as bob again.
+    let first_tab: WindowHandle = bob.client.window().await.expect("current window");
+    let tab = bob.client.new_window(true).await.expect("open a tab");
+    bob.client
+        .switch_to_window(tab.handle.clone())
+        .await
+        .expect("switch tab");
+    bob.goto(&page_url(&node_b)).await;
+    bob.wait_joined("lobby").await;
+    let name = bob
+        .js("return document.getElementById('name').value;", Value::Null)
+        .await;
+    assert_eq!(name, json!("bob"), "the name is restored from localStorage");
+
+    alice.wait_member("bob", 2).await;
+    let shown = alice
+        .js(
+            "return document.querySelector('#members .member[data-name=\"bob\"]').textContent;",
+            Value::Null,
+        )
+        .await;
+    assert!(
+        shown.as_str().is_some_and(|s| s.contains('2')),
+        "the count is visible: {shown}"
+    );
+    alice.screenshot("members-alice").await;
+
+    bob.client.close_window().await.expect("close the tab");
+    bob.client
+        .switch_to_window(first_tab)
+        .await
+        .expect("back to the first tab");
+    alice.wait_member("bob", 1).await;
+    alice.close().await;
+    bob.close().await;
+}
+
+#[tokio::test]
+async fn page_reconnects_to_another_replica_and_resumes_without_gap_or_duplicate() {
+    let redis = RedisServer::start().await;
+    let node_a = Node::start(node_config(Some(&redis), "node-a")).await;
+    let node_b = Node::start(node_config(Some(&redis), "node-b")).await;
+    let balancer = Balancer::start(socket_addr(&node_a)).await;
+    let browser = Browser::start().await;
+    let alice = browser.open(&balancer.url()).await;
+    let bob = browser.open(&page_url(&node_b)).await;
+    assert_eq!(alice.wait_connected().await, "node-a");
+    alice.join("alice", "lobby").await;
+    bob.join("bob", "lobby").await;
+    bob.send("before").await;
+    alice.wait_message("bob", "before").await;
+
+    // node-a's connection is cut and refused for a while; bob talks meanwhile.
+    balancer.route(None);
+    alice
+        .wait_for(
+            "the page to notice the disconnect",
+            "return document.getElementById('status').dataset.state !== 'connected';",
+            Value::Null,
+        )
+        .await;
+    bob.send("while away 1").await;
+    bob.send("while away 2").await;
+    bob.wait_message("bob", "while away 2").await;
+
+    // The balancer now sends the page to node-b: it must resume the room from its cursor.
+    balancer.route(Some(socket_addr(&node_b)));
+    assert_eq!(alice.wait_connected().await, "node-b");
+    alice.wait_joined("lobby").await;
+    bob.send("after").await;
+    alice.wait_message("bob", "after").await;
+
+    let lines = alice.lines().await;
+    let texts: Vec<&str> = lines.iter().map(|l| l.text.as_str()).collect();
+    assert_eq!(
+        texts,
+        ["before", "while away 1", "while away 2", "after"],
+        "every message exactly once, in order"
+    );
+    assert_unique_ids(&lines);
+    let missed = alice
+        .js(
+            "return document.querySelectorAll('#messages .sys[data-kind=\"missed\"]').length;",
+            Value::Null,
+        )
+        .await;
+    assert_eq!(missed, json!(0), "nothing was lost, so no 'missed' line");
+    alice.close().await;
+    bob.close().await;
+}
+
+#[tokio::test]
+async fn page_says_messages_were_missed_when_history_lost_its_cursor() {
+    let redis = RedisServer::start().await;
+    let small_history = |id: &str| {
+        let mut cfg = node_config(Some(&redis), id);
+        cfg.history.size = 2;
+        cfg
+    };
+    let node_a = Node::start(small_history("node-a")).await;
+    let node_b = Node::start(small_history("node-b")).await;
+    let balancer = Balancer::start(socket_addr(&node_a)).await;
+    let browser = Browser::start().await;
+    let alice = browser.open(&balancer.url()).await;
+    let bob = browser.open(&page_url(&node_b)).await;
+    alice.join("alice", "lobby").await;
+    bob.join("bob", "lobby").await;
+    bob.send("before").await;
+    alice.wait_message("bob", "before").await;
+
+    balancer.route(None);
+    alice
+        .wait_for(
+            "the page to notice the disconnect",
+            "return document.getElementById('status').dataset.state !== 'connected';",
+            Value::Null,
+        )
+        .await;
+    // Three messages push "before" (alice's cursor) out of a history of two.
+    for text in ["away 1", "away 2", "away 3"] {
+        bob.send(text).await;
+    }
+    bob.wait_message("bob", "away 3").await;
+
+    balancer.route(Some(socket_addr(&node_b)));
+    alice.wait_connected().await;
+    alice
+        .wait_system_line("missed", "some messages may have been missed")
+        .await;
+    alice.wait_message("bob", "away 3").await;
+    let lines = alice.lines().await;
+    let texts: Vec<&str> = lines.iter().map(|l| l.text.as_str()).collect();
+    assert_eq!(
+        texts,
+        ["before", "away 2", "away 3"],
+        "what history still had"
+    );
+    alice.close().await;
+    bob.close().await;
+}
