@@ -224,6 +224,9 @@ impl Conn {
         }
         let mut cmds = self.cmds.take();
         let mut stop = self.stop.clone();
+        // One registration for the whole session, not one per frame.
+        let stop_signal = stopped(&mut stop);
+        tokio::pin!(stop_signal);
         let end = loop {
             let cmd = async {
                 match cmds.as_mut() {
@@ -232,7 +235,7 @@ impl Conn {
                 }
             };
             tokio::select! {
-                _ = stopped(&mut stop) => {
+                _ = &mut stop_signal => {
                     let _ = tokio::time::timeout(Duration::from_secs(2), ws.close(None)).await;
                     break End::Stopped;
                 }
