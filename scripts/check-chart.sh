@@ -237,6 +237,7 @@ checks = {
   "default: restricted securityContext": c["securityContext"]["readOnlyRootFilesystem"] and c["securityContext"]["runAsNonRoot"]
       and c["securityContext"]["capabilities"]["drop"] == ["ALL"] and not c["securityContext"]["allowPrivilegeEscalation"]
       and c["securityContext"]["seccompProfile"]["type"] == "RuntimeDefault",
+  "default: enableServiceLinks false (no injected ROOMCAST_* variables)": pod.get("enableServiceLinks") is False,
   "default: topologySpread ScheduleAnyway": pod["topologySpreadConstraints"][0]["whenUnsatisfiable"] == "ScheduleAnyway",
   "default: client Service LoadBalancer 80 -> http": any(x["kind"] == "Service" and x["metadata"]["name"] == "chat" and x["spec"]["type"] == "LoadBalancer"
       and x["spec"]["ports"][0]["port"] == 80 for x in d),

@@ -121,8 +121,14 @@ start_replica() {
     aport="$(eval echo "\$REPLICA_${i}_ADMIN")"
     [ -n "$cport" ] || die "no replica $i in $STATE/env"
     running "replica-$i" && die "replica $i is already running"
+    # Variables of these scripts share the gateway's ROOMCAST_ prefix; the gateway would read
+    # them as configuration keys (ROOMCAST_BIN -> "bin") and refuse to start: drop them.
+    local unset_args=()
+    while IFS= read -r var; do
+        unset_args+=(-u "$var")
+    done < <(env | sed -n 's/^\(ROOMCAST_BIN\|ROOMCAST_LOCAL_[A-Z0-9_]*\)=.*/\1/p')
     # Same settings as the Helm chart passes, through the environment instead of a file.
-    start_bg "replica-$i" "$ROOMCAST_BIN" env \
+    start_bg "replica-$i" "$ROOMCAST_BIN" env "${unset_args[@]}" \
         ROOMCAST_SERVER__LISTEN="127.0.0.1:$cport" \
         ROOMCAST_ADMIN__LISTEN="127.0.0.1:$aport" \
         ROOMCAST_NODE__ID="local-$i" \
