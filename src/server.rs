@@ -69,6 +69,24 @@ struct StateInner {
 }
 
 impl AppState {
+    /// State for one gateway (its sessions, limits and drain latches).
+    pub fn new(config: Config, node: Arc<str>, hub: Hub, metrics: Arc<Metrics>) -> Self {
+        AppState {
+            inner: Arc::new(StateInner {
+                connection_slots: Arc::new(Semaphore::new(config.limits.max_connections)),
+                config,
+                node,
+                hub,
+                metrics,
+                sessions: DashMap::new(),
+                tracker: TaskTracker::new(),
+                draining: AtomicBool::new(false),
+                accepting: AtomicBool::new(true),
+                next_key: AtomicU64::new(1),
+            }),
+        }
+    }
+
     pub fn config(&self) -> &Config {
         &self.inner.config
     }
@@ -136,20 +154,7 @@ pub async fn run(
     let hub = Hub::new(node.clone(), bus.clone(), metrics.clone());
     let background = CancellationToken::new();
     let receiver_task = hub::spawn_receiver(hub.clone(), receiver, background.clone());
-    let state = AppState {
-        inner: Arc::new(StateInner {
-            connection_slots: Arc::new(Semaphore::new(config.limits.max_connections)),
-            config,
-            node: node.clone(),
-            hub,
-            metrics: metrics.clone(),
-            sessions: DashMap::new(),
-            tracker: TaskTracker::new(),
-            draining: AtomicBool::new(false),
-            accepting: AtomicBool::new(true),
-            next_key: AtomicU64::new(1),
-        }),
-    };
+    let state = AppState::new(config, node.clone(), hub, metrics.clone());
     let liveness_task = tokio::spawn(liveness_loop(state.clone(), background.clone()));
 
     let client_addr = listeners.client.local_addr()?;

@@ -731,3 +731,67 @@ fn route(
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::bus::memory::MemoryBus;
+    use crate::bus::{Bus, BusReceiver};
+    use crate::config::Config;
+    use crate::hub::{self, Hub};
+    use crate::metrics::Metrics;
+
+    #[tokio::test]
+    async fn a_panicking_session_still_leaves_its_rooms() {
+        let (bus, rx) = MemoryBus::new(10, Duration::from_secs(60));
+        let metrics = Arc::new(Metrics::new(10));
+        let node: Arc<str> = Arc::from("n1");
+        let hub = Hub::new(node.clone(), Bus::Memory(bus), metrics.clone());
+        let stop = CancellationToken::new();
+        let receiver = hub::spawn_receiver(hub.clone(), BusReceiver::Memory(rx), stop.clone());
+        let state = AppState::new(Config::default(), node.clone(), hub.clone(), metrics);
+
+        let room: Arc<str> = Arc::from("hall");
+        let alice = MemberRef {
+            node: node.clone(),
+            conn: Arc::from("c1"),
+            user: User::new("alice".into()),
+        };
+        let (tx, _queue) = mpsc::channel(16);
+        let member = Member {
+            tx,
+            ctl: Arc::new(SessionCtl::default()),
+            presence: alice.clone(),
+        };
+        hub.join(&room, 1, member).await.expect("join");
+        hub.bus().join(&room, &alice, None).await.expect("presence");
+        assert_eq!(hub.room_count(), 1);
+
+        let task_state = state.clone();
+        let task_room = room.clone();
+        let session = tokio::spawn(async move {
+            let mut memberships = Memberships {
+                rooms: HashMap::new(),
+                state: task_state,
+                key: 1,
+            };
+            memberships.rooms.insert(task_room, alice);
+            panic!("a bug in a session task");
+        });
+        assert!(session.await.expect_err("the task panicked").is_panic());
+
+        // The guard's cleanup runs on the tracker; wait for it.
+        state.tracker().close();
+        state.tracker().wait().await;
+        assert_eq!(hub.room_count(), 0, "the room was left and forgotten");
+        let bob = MemberRef {
+            node,
+            conn: Arc::from("c2"),
+            user: User::new("bob".into()),
+        };
+        let info = hub.bus().join(&room, &bob, None).await.expect("join");
+        assert_eq!(info.members, vec![bob.user], "alice's presence is gone");
+        stop.cancel();
+        let _ = receiver.await;
+    }
+}
