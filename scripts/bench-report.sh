@@ -29,7 +29,7 @@ def table(title, r):
           f"{r['members_per_room']} members, {r['publishers_per_room']} publishers/room, "
           f"{r['message_bytes']} B messages; connected {r['connected']} in {r['connect_seconds']} s")
     hdr = ["rate/s", "sent/s", "deliv/s", "p50 ms", "p90 ms", "p99 ms", "p99.9 ms", "max ms",
-           "x-replica p99", "srv cpu s", "cpu s/M deliv", "deliv/cpu-s"]
+           "x-replica p99", "srv cpu s", "cpu s/M deliv", "deliv/cpu-s", "machine busy%", "bench cpu s"]
     rows = []
     for s in r["steps"]:
         l = s["latency_us"]
@@ -37,11 +37,14 @@ def table(title, r):
                      ms(l["p50"]), ms(l["p90"]), ms(l["p99"]), ms(l["p999"]), ms(l["max"]),
                      ms(s["cross_latency_us"]["p99"]) if s["cross_deliveries"] else "-",
                      fmt(s.get("server_cpu_s")), fmt(s.get("server_cpu_s_per_million_deliveries")),
-                     fmt(s.get("deliveries_per_server_cpu_s"), 0)])
+                     fmt(s.get("deliveries_per_server_cpu_s"), 0),
+                     fmt(s.get("machine_busy_pct"), 0), fmt(s.get("client_cpu_s"))])
     widths = [max(len(h), *(len(row[i]) for row in rows)) for i, h in enumerate(hdr)]
     print("  ".join(h.rjust(w) for h, w in zip(hdr, widths)))
     for row in rows:
         print("  ".join(c.rjust(w) for c, w in zip(row, widths)))
+    if r.get("skipped_steps"):
+        print(f"not run (an earlier step's p99 exceeded --max-p99): {r['skipped_steps']}")
     t = r["totals"]
     print(f"lost {t['lost']}, duplicated {t['duplicated']}, unrecovered {t['unrecovered']}, "
           f"connect errors {t['connect_errors']}, reconnects {t['reconnects']}, "

@@ -43,7 +43,7 @@ use conn::{ConnSpec, SendCmd, Shared};
 use ledger::MemberLedger;
 use net::Target;
 use report::{Report, RoomReport, ServerReport, StepReport, Totals};
-use stats::{Recorder, ServerProbe};
+use stats::{MachineSample, Recorder, ServerProbe};
 pub use wire::Protocol;
 
 /// How many members of each room publish.
@@ -120,6 +120,11 @@ pub struct BenchArgs {
     /// How long each rate step publishes.
     #[arg(long, short = 'd', default_value = "10s", value_parser = parse_duration)]
     pub duration: Duration,
+
+    /// Skip the remaining rate steps once a step's p99 latency (of what arrived by the end
+    /// of the step) exceeds this: the server is saturated, higher rates only pile up.
+    #[arg(long, value_parser = parse_duration)]
+    pub max_p99: Option<Duration>,
 
     /// Publish this many messages per step instead of running for --duration.
     #[arg(long)]
@@ -400,6 +405,7 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<()> {
 
     // Publish, step by step.
     let mut step_reports = Vec::new();
+    let mut skipped_steps: Vec<f64> = Vec::new();
     let mut pacer = Pacer {
         publishers: plan.publishers,
         senders,
@@ -409,6 +415,7 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<()> {
     pb.set_prefix("publish");
     for (si, &rate) in steps.iter().enumerate() {
         let s0 = probe.sample();
+        let m0 = MachineSample::now();
         let t0 = Instant::now();
         let mut sent: u64 = 0;
         let target_count = args.messages;
@@ -459,7 +466,19 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<()> {
         }
         let elapsed = t0.elapsed().as_secs_f64();
         let s1 = probe.sample();
-        step_reports.push((rate, elapsed, probe.cpu_seconds(s0, s1), s1));
+        let m1 = MachineSample::now();
+        let machine = (
+            MachineSample::busy_pct(m0, m1),
+            probe.ticks_to_seconds(m1.self_ticks.saturating_sub(m0.self_ticks)),
+        );
+        step_reports.push((rate, elapsed, probe.cpu_seconds(s0, s1), machine));
+        if let Some(max) = args.max_p99 {
+            let p99 = rec.step_latency(si).0.p99;
+            if p99 > max.as_micros() as u64 && si + 1 < steps.len() {
+                skipped_steps = steps[si + 1..].to_vec();
+                break;
+            }
+        }
     }
     let after_steps = probe.sample();
 
@@ -519,7 +538,7 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<()> {
     let step_reports: Vec<StepReport> = step_reports
         .into_iter()
         .enumerate()
-        .map(|(i, (rate, elapsed, cpu, _))| {
+        .map(|(i, (rate, elapsed, cpu, (busy, client_cpu)))| {
             let s = &rec.steps[i];
             let (latency, cross) = rec.step_latency(i);
             let deliveries = s.deliveries.load(Ordering::Relaxed);
@@ -533,6 +552,7 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<()> {
                 cross,
                 (!probe.is_empty()).then_some(cpu),
             )
+            .with_machine(busy, client_cpu)
         })
         .collect();
     let server = (!probe.is_empty()).then(|| {
@@ -559,6 +579,7 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<()> {
         connect_seconds: (connect_seconds * 100.0).round() / 100.0,
         first_connect_error: rec.first_connect_error(),
         steps: step_reports,
+        skipped_steps,
         latency_all_us: rec.all_latency(),
         send_lag_us: rec.send_lag_summary(),
         totals,

@@ -31,6 +31,10 @@ pub struct StepReport {
     pub deliveries_per_server_cpu_s: Option<f64>,
     /// Server CPU as a percentage of one core.
     pub server_cpu_pct: Option<f64>,
+    /// How busy the whole machine was (all cores, percent): other load blurs latency.
+    pub machine_busy_pct: Option<f64>,
+    /// CPU seconds the load generator itself used during the step.
+    pub client_cpu_s: f64,
 }
 
 fn round(x: f64, digits: i32) -> f64 {
@@ -77,7 +81,16 @@ impl StepReport {
             server_cpu_pct: server_cpu_s
                 .filter(|_| seconds > 0.0)
                 .map(|c| round(c * 100.0 / seconds, 1)),
+            machine_busy_pct: None,
+            client_cpu_s: 0.0,
         }
+    }
+
+    /// Adds the machine's busy share and the load generator's own CPU time.
+    pub fn with_machine(mut self, busy_pct: Option<f64>, client_cpu_s: f64) -> Self {
+        self.machine_busy_pct = busy_pct.map(|b| round(b, 1));
+        self.client_cpu_s = round(client_cpu_s, 2);
+        self
     }
 }
 
@@ -209,6 +222,8 @@ pub struct Report {
     pub connect_seconds: f64,
     pub first_connect_error: Option<String>,
     pub steps: Vec<StepReport>,
+    /// Rates not run because an earlier step exceeded --max-p99.
+    pub skipped_steps: Vec<f64>,
     pub latency_all_us: Summary,
     /// How late publishers wrote their messages compared to the schedule (bench overload).
     pub send_lag_us: Summary,
@@ -281,7 +296,7 @@ impl Report {
                 .unwrap_or_default()
         );
         println!(
-            "{:>8} {:>9} {:>12} {:>8} {:>8} {:>8} {:>8} {:>8} {:>10} {:>8} {:>12}",
+            "{:>8} {:>9} {:>12} {:>8} {:>8} {:>8} {:>8} {:>8} {:>10} {:>8} {:>12} {:>6} {:>8}",
             "rate/s",
             "sent/s",
             "deliv/s",
@@ -292,11 +307,13 @@ impl Report {
             "max ms",
             "x-p99 ms",
             "cpu s",
-            "cpu s/Mdeliv"
+            "cpu s/Mdeliv",
+            "busy%",
+            "bench s"
         );
         for s in &self.steps {
             println!(
-                "{:>8} {:>9.1} {:>12.1} {:>8} {:>8} {:>8} {:>8} {:>8} {:>10} {:>8} {:>12}",
+                "{:>8} {:>9.1} {:>12.1} {:>8} {:>8} {:>8} {:>8} {:>8} {:>10} {:>8} {:>12} {:>6} {:>8.2}",
                 s.rate,
                 s.sent_per_s,
                 s.deliveries_per_s,
@@ -312,6 +329,14 @@ impl Report {
                 },
                 opt(s.server_cpu_s, 2),
                 opt(s.server_cpu_s_per_million_deliveries, 2),
+                opt(s.machine_busy_pct, 0),
+                s.client_cpu_s,
+            );
+        }
+        if !self.skipped_steps.is_empty() {
+            println!(
+                "skipped rates (p99 over --max-p99): {:?}",
+                self.skipped_steps
             );
         }
         let t = &self.totals;

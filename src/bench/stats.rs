@@ -254,7 +254,52 @@ impl ServerProbe {
 
     /// CPU seconds between two samples.
     pub fn cpu_seconds(&self, before: ServerSample, after: ServerSample) -> f64 {
-        after.cpu_ticks.saturating_sub(before.cpu_ticks) as f64 / self.ticks_per_second
+        self.ticks_to_seconds(after.cpu_ticks.saturating_sub(before.cpu_ticks))
+    }
+
+    pub fn ticks_to_seconds(&self, ticks: u64) -> f64 {
+        ticks as f64 / self.ticks_per_second
+    }
+}
+
+/// Whole-machine CPU counters from the first line of `/proc/stat` (all cores), and this
+/// process's own CPU time: to tell how busy the machine was during a step and how much of
+/// it the load generator itself used.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct MachineSample {
+    pub busy_ticks: u64,
+    pub total_ticks: u64,
+    pub self_ticks: u64,
+}
+
+impl MachineSample {
+    pub fn now() -> Self {
+        let mut m = MachineSample::default();
+        if let Ok(stat) = std::fs::read_to_string("/proc/stat")
+            && let Some(line) = stat.lines().next()
+        {
+            let v: Vec<u64> = line
+                .split_whitespace()
+                .skip(1)
+                .filter_map(|x| x.parse().ok())
+                .collect();
+            m.total_ticks = v.iter().take(8).sum();
+            // idle (4th) and iowait (5th) are not busy.
+            let idle = v.get(3).copied().unwrap_or(0) + v.get(4).copied().unwrap_or(0);
+            m.busy_ticks = m.total_ticks.saturating_sub(idle);
+        }
+        if let Ok(stat) = std::fs::read_to_string("/proc/self/stat") {
+            m.self_ticks = cpu_ticks(&stat).unwrap_or(0);
+        }
+        m
+    }
+
+    /// Busy share of all cores between two samples, percent.
+    pub fn busy_pct(before: Self, after: Self) -> Option<f64> {
+        let total = after.total_ticks.saturating_sub(before.total_ticks);
+        (total > 0).then(|| {
+            after.busy_ticks.saturating_sub(before.busy_ticks) as f64 * 100.0 / total as f64
+        })
     }
 }
 
