@@ -17,7 +17,7 @@
 set -uo pipefail
 
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
-cd "$ROOT"
+cd "$ROOT" || exit 1
 CHART="$ROOT/helm"
 OUT="$(mktemp -d /tmp/roomcast-check-chart.XXXXXX)"
 trap 'rm -rf "$OUT"' EXIT
@@ -145,8 +145,10 @@ else
             continue
         fi
         # Only the file is checked: keep ROOMCAST_* variables of this shell out of it.
-        if env $(env | sed -n 's/^\(ROOMCAST_[A-Z0-9_]*\)=.*/-u \1/p') \
-            "$ROOMCAST_BIN" config --check "$OUT/roomcast-$set.toml" >"$OUT/config-$set.log" 2>&1; then
+        unset_args=()
+        while IFS= read -r var; do unset_args+=(-u "$var"); done \
+            < <(env | sed -n 's/^\(ROOMCAST_[A-Z0-9_]*\)=.*/\1/p')
+        if env "${unset_args[@]}" "$ROOMCAST_BIN" config --check "$OUT/roomcast-$set.toml" >"$OUT/config-$set.log" 2>&1; then
             pass "roomcast config --check ($set)"
         else
             { echo "exit status $?"; cat "$OUT/config-$set.log"; echo "--- file:"; cat "$OUT/roomcast-$set.toml"; } >"$OUT/config-$set.fail"

@@ -16,7 +16,7 @@
 set -uo pipefail
 
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
-cd "$ROOT"
+cd "$ROOT" || exit 1
 export ROOMCAST_BIN="${ROOMCAST_BIN:-$ROOT/target/release/roomcast}"
 case "$ROOMCAST_BIN" in /*) ;; *) ROOMCAST_BIN="$ROOT/$ROOMCAST_BIN" ;; esac
 OUT="$(mktemp -d /tmp/roomcast-check-local.XXXXXX)"

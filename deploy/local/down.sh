@@ -3,6 +3,7 @@
 # first with SIGTERM so they drain, then haproxy, prometheus and redis.
 # Usage: deploy/local/down.sh [--keep]   (--keep leaves the state directory with its logs)
 set -uo pipefail
+# shellcheck source=deploy/local/lib.sh
 . "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
 [ -d "$STATE/pids" ] || { log "nothing running in $STATE"; exit 0; }
 [ -f "$STATE/env" ] && load_env

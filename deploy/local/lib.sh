@@ -8,6 +8,7 @@
 #   $STATE/haproxy.cfg, $STATE/prometheus.yml, $STATE/redis/, $STATE/prometheus/
 
 LOCAL_DIR="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
+# shellcheck disable=SC2034 # used by up.sh
 REPO_ROOT="$(cd "$LOCAL_DIR/../.." && pwd)"
 STATE="${ROOMCAST_LOCAL_STATE:-/tmp/roomcast-local}"
 

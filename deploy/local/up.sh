@@ -12,6 +12,7 @@
 #         ROOMCAST_LOCAL_PROPAGATION_DELAY / _SPREAD / _TIMEOUT   drain settings (1s/2s/10s)
 #         ROOMCAST_LOCAL_NO_PROMETHEUS=1  skip Prometheus
 set -euo pipefail
+# shellcheck source=deploy/local/lib.sh
 . "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
 
 N="${1:-3}"
@@ -59,6 +60,7 @@ REDIS_PASSWORD="$(python3 -c 'import secrets; print(secrets.token_hex(16))')"
 load_env
 
 # If anything below fails, stop what was started.
+# shellcheck disable=SC2154 # rc is assigned inside the trap
 trap 'rc=$?; if [ $rc -ne 0 ]; then log "start failed, stopping (logs kept in $STATE/logs)"; "$LOCAL_DIR/down.sh" --keep >/dev/null 2>&1 || true; fi' EXIT
 
 # --- Redis ---------------------------------------------------------------------------
