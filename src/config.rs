@@ -275,12 +275,13 @@ impl Config {
         if let Some(path) = file {
             builder = builder.add_source(config::File::from(path).format(config::FileFormat::Toml));
         }
-        builder = builder.add_source(
-            config::Environment::with_prefix("ROOMCAST")
-                .prefix_separator("_")
-                .separator("__")
-                .try_parsing(true),
-        );
+        let (env, unknown) = environment_source(std::env::vars());
+        for name in unknown {
+            eprintln!(
+                "roomcast: ignoring {name}: not a configuration key (see docs/configuration.md)"
+            );
+        }
+        builder = builder.add_source(env);
         let mut cfg: Config = builder.build()?.try_deserialize()?;
         if cfg.otel.endpoint.is_none() {
             cfg.otel.endpoint = std::env::var("OTEL_EXPORTER_OTLP_ENDPOINT")
@@ -419,6 +420,61 @@ impl Config {
     }
 }
 
+/// The `ROOMCAST_*` variables that name configuration keys, and the names of those that
+/// do not. Unknown ones are only reported: Kubernetes injects `ROOMCAST_SERVICE_HOST`
+/// and the like for a Service of that name, and `ROOMCAST_CONFIG` names the file.
+fn environment_source(
+    vars: impl Iterator<Item = (String, String)>,
+) -> (config::Environment, Vec<String>) {
+    let known = known_keys();
+    let mut accepted = std::collections::HashMap::new();
+    let mut unknown = Vec::new();
+    for (name, value) in vars {
+        let Some(rest) = name.strip_prefix("ROOMCAST_") else {
+            continue;
+        };
+        let key = rest.to_lowercase().replace("__", ".");
+        if known.contains(&key) {
+            accepted.insert(name, value);
+        } else if key != "config" {
+            unknown.push(name);
+        }
+    }
+    unknown.sort();
+    let env = config::Environment::with_prefix("ROOMCAST")
+        .prefix_separator("_")
+        .separator("__")
+        .try_parsing(true)
+        .source(Some(accepted));
+    (env, unknown)
+}
+
+/// Every configuration key in dotted form (`redis.url`, `limits.burst`, ...).
+fn known_keys() -> std::collections::HashSet<String> {
+    fn walk(prefix: &str, value: &serde_json::Value, out: &mut std::collections::HashSet<String>) {
+        match value {
+            serde_json::Value::Object(map) => {
+                for (k, v) in map {
+                    let key = if prefix.is_empty() {
+                        k.clone()
+                    } else {
+                        format!("{prefix}.{k}")
+                    };
+                    walk(&key, v, out);
+                }
+            }
+            _ => {
+                out.insert(prefix.to_string());
+            }
+        }
+    }
+    let mut out = std::collections::HashSet::new();
+    if let Ok(value) = serde_json::to_value(Config::default()) {
+        walk("", &value, &mut out);
+    }
+    out
+}
+
 /// Replaces the password part of `scheme://user:password@host` with `<redacted>`.
 fn redact_url_password(url: &str) -> String {
     let Some((scheme, rest)) = url.split_once("://") else {
@@ -448,6 +504,29 @@ mod tests {
         cfg.limits.max_text_bytes = 0;
         let err = cfg.validate().unwrap_err().to_string();
         assert!(err.contains("limits.max_text_bytes"), "{err}");
+    }
+
+    #[test]
+    fn environment_takes_known_keys_and_reports_the_rest() {
+        let vars = [
+            ("ROOMCAST_REDIS__URL", "redis://r:6379"),
+            ("ROOMCAST_LIMITS__MAX_TEXT_BYTES", "100"),
+            ("ROOMCAST_SERVICE_HOST", "10.0.0.1"),
+            ("ROOMCAST_PORT", "tcp://10.0.0.1:80"),
+            ("ROOMCAST_CONFIG", "/etc/roomcast.toml"),
+            ("PATH", "/bin"),
+        ]
+        .map(|(k, v)| (k.to_string(), v.to_string()));
+        let (env, unknown) = environment_source(vars.into_iter());
+        assert_eq!(unknown, vec!["ROOMCAST_PORT", "ROOMCAST_SERVICE_HOST"]);
+        let cfg: Config = config::Config::builder()
+            .add_source(env)
+            .build()
+            .and_then(|c| c.try_deserialize())
+            .expect("known keys load");
+        assert_eq!(cfg.redis.url.as_deref(), Some("redis://r:6379"));
+        assert_eq!(cfg.limits.max_text_bytes, 100);
+        assert!(known_keys().contains("drain.propagation_delay"));
     }
 
     #[test]
