@@ -470,6 +470,7 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<()> {
         let machine = (
             MachineSample::busy_pct(m0, m1),
             probe.ticks_to_seconds(m1.self_ticks.saturating_sub(m0.self_ticks)),
+            probe.user_seconds(s0, s1),
         );
         step_reports.push((rate, elapsed, probe.cpu_seconds(s0, s1), machine));
         if let Some(max) = args.max_p99 {
@@ -538,7 +539,7 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<()> {
     let step_reports: Vec<StepReport> = step_reports
         .into_iter()
         .enumerate()
-        .map(|(i, (rate, elapsed, cpu, (busy, client_cpu)))| {
+        .map(|(i, (rate, elapsed, cpu, (busy, client_cpu, user_cpu)))| {
             let s = &rec.steps[i];
             let (latency, cross) = rec.step_latency(i);
             let deliveries = s.deliveries.load(Ordering::Relaxed);
@@ -553,6 +554,7 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<()> {
                 (!probe.is_empty()).then_some(cpu),
             )
             .with_machine(busy, client_cpu)
+            .with_user_cpu((!probe.is_empty()).then_some(user_cpu), deliveries)
         })
         .collect();
     let server = (!probe.is_empty()).then(|| {

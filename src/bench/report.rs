@@ -31,6 +31,10 @@ pub struct StepReport {
     pub deliveries_per_server_cpu_s: Option<f64>,
     /// Server CPU as a percentage of one core.
     pub server_cpu_pct: Option<f64>,
+    /// User-space part of server_cpu_s (on loopback, the system part also carries the
+    /// kernel's receive path of the client sockets, which a real network puts elsewhere).
+    pub server_user_cpu_s: Option<f64>,
+    pub server_user_cpu_s_per_million_deliveries: Option<f64>,
     /// How busy the whole machine was (all cores, percent): other load blurs latency.
     pub machine_busy_pct: Option<f64>,
     /// CPU seconds the load generator itself used during the step.
@@ -81,9 +85,20 @@ impl StepReport {
             server_cpu_pct: server_cpu_s
                 .filter(|_| seconds > 0.0)
                 .map(|c| round(c * 100.0 / seconds, 1)),
+            server_user_cpu_s: None,
+            server_user_cpu_s_per_million_deliveries: None,
             machine_busy_pct: None,
             client_cpu_s: 0.0,
         }
+    }
+
+    /// Adds the servers' user-space CPU time.
+    pub fn with_user_cpu(mut self, user_cpu_s: Option<f64>, deliveries: u64) -> Self {
+        self.server_user_cpu_s = user_cpu_s.map(|c| round(c, 2));
+        self.server_user_cpu_s_per_million_deliveries = user_cpu_s
+            .filter(|_| deliveries > 0)
+            .map(|c| round(c * 1e6 / deliveries as f64, 2));
+        self
     }
 
     /// Adds the machine's busy share and the load generator's own CPU time.

@@ -204,6 +204,9 @@ impl Summary {
 pub struct ServerSample {
     /// utime + stime of all processes, in clock ticks.
     pub cpu_ticks: u64,
+    /// utime alone (user space; on loopback the system time also carries the kernel's
+    /// receive path of the client sockets).
+    pub user_ticks: u64,
     /// Sum of VmRSS, KiB.
     pub rss_kib: u64,
 }
@@ -242,8 +245,11 @@ impl ServerProbe {
     pub fn sample(&self) -> ServerSample {
         let mut s = ServerSample::default();
         for pid in &self.pids {
-            if let Ok(stat) = std::fs::read_to_string(format!("/proc/{pid}/stat")) {
-                s.cpu_ticks += cpu_ticks(&stat).unwrap_or(0);
+            if let Ok(stat) = std::fs::read_to_string(format!("/proc/{pid}/stat"))
+                && let Some((user, system)) = user_system_ticks(&stat)
+            {
+                s.cpu_ticks += user + system;
+                s.user_ticks += user;
             }
             if let Ok(status) = std::fs::read_to_string(format!("/proc/{pid}/status")) {
                 s.rss_kib += vm_rss_kib(&status).unwrap_or(0);
@@ -255,6 +261,11 @@ impl ServerProbe {
     /// CPU seconds between two samples.
     pub fn cpu_seconds(&self, before: ServerSample, after: ServerSample) -> f64 {
         self.ticks_to_seconds(after.cpu_ticks.saturating_sub(before.cpu_ticks))
+    }
+
+    /// User-space CPU seconds between two samples.
+    pub fn user_seconds(&self, before: ServerSample, after: ServerSample) -> f64 {
+        self.ticks_to_seconds(after.user_ticks.saturating_sub(before.user_ticks))
     }
 
     pub fn ticks_to_seconds(&self, ticks: u64) -> f64 {
@@ -306,12 +317,17 @@ impl MachineSample {
 /// utime + stime (fields 14 and 15) of a `/proc/<pid>/stat` line. The command name (field 2)
 /// may contain spaces, so fields are counted after its closing parenthesis.
 fn cpu_ticks(stat: &str) -> Option<u64> {
+    user_system_ticks(stat).map(|(u, s)| u + s)
+}
+
+/// (utime, stime) of a `/proc/<pid>/stat` line.
+fn user_system_ticks(stat: &str) -> Option<(u64, u64)> {
     let rest = &stat[stat.rfind(')')? + 1..];
     let fields: Vec<&str> = rest.split_whitespace().collect();
     // `rest` starts at field 3 (state), so field N is at index N - 3.
     let utime: u64 = fields.get(11)?.parse().ok()?;
     let stime: u64 = fields.get(12)?.parse().ok()?;
-    Some(utime + stime)
+    Some((utime, stime))
 }
 
 fn vm_rss_kib(status: &str) -> Option<u64> {
