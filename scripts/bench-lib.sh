@@ -1,4 +1,5 @@
 # shellcheck shell=bash
+# shellcheck disable=SC2034  # start_* functions return values in globals (REDIS_URL, GW_URL, ...)
 # Helpers for scripts/bench: free loopback ports, starting and stopping redis-server,
 # roomcast gateways and Socket.IO peer processes, all tracked by PID so a trap can stop
 # exactly what this run started. Sourced, not executed.
