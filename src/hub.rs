@@ -25,31 +25,44 @@ use crate::protocol::{MsgId, ServerFrame};
 use crate::session::SessionCtl;
 use crate::telemetry;
 
-/// One item in a session's outbound queue.
+/// One item in a session's outbound queue. Kept small (every connection's queue
+/// reserves slots for it); room frames are one shared allocation per message.
 #[derive(Debug)]
 pub enum Out {
-    /// A frame not tied to a room (welcome, ack, error).
-    Frame(Utf8Bytes),
-    /// A room frame: a message (with its id and publish time, µs) or presence.
-    Room {
-        room: Arc<str>,
-        frame: Utf8Bytes,
-        id: Option<MsgId>,
-        ts_us: u64,
-    },
+    /// A frame not tied to a room (welcome, ack, error); boxed to keep slots small.
+    Frame(Box<Utf8Bytes>),
+    /// A heartbeat ping.
+    Ping,
+    /// A room frame, shared by every local recipient.
+    Room(Arc<RoomFrame>),
     /// Start of a join: hold this room's frames until [`Out::Release`].
     Hold(Arc<str>),
     /// End of a join: write `joined`, the replay, then held frames newer than `cursor`.
-    Release {
-        room: Arc<str>,
-        joined: Utf8Bytes,
-        replay: Vec<(MsgId, Utf8Bytes, u64)>,
-        cursor: MsgId,
-    },
+    Release(Box<Release>),
     /// A join failed: forget the held room.
     Abort(Arc<str>),
-    /// The room was left: write the frame and drop the room's later frames.
-    Left { room: Arc<str>, frame: Utf8Bytes },
+    /// The room was left: write `left` and drop the room's later frames.
+    Left(Arc<str>),
+}
+
+/// A message or presence frame for one room, encoded once per replica.
+#[derive(Debug)]
+pub struct RoomFrame {
+    pub room: Arc<str>,
+    pub frame: Utf8Bytes,
+    /// The message id; `None` for presence.
+    pub id: Option<MsgId>,
+    /// Publish time, Unix µs (0 for presence).
+    pub ts_us: u64,
+}
+
+/// The answer to a join, queued behind any live frames that arrived meanwhile.
+#[derive(Debug)]
+pub struct Release {
+    pub room: Arc<str>,
+    pub joined: Utf8Bytes,
+    pub replay: Vec<(MsgId, Utf8Bytes)>,
+    pub cursor: MsgId,
 }
 
 /// A local member of a room: where its frames go and how to close it.
@@ -350,16 +363,14 @@ impl Hub {
                     ts: ts / 1000,
                 }
                 .encode();
+                let shared = Arc::new(RoomFrame {
+                    room: incoming.room.clone(),
+                    frame,
+                    id: Some(id),
+                    ts_us: ts,
+                });
                 for member in room.members.values() {
-                    deliver(
-                        member,
-                        Out::Room {
-                            room: incoming.room.clone(),
-                            frame: frame.clone(),
-                            id: Some(id),
-                            ts_us: ts,
-                        },
-                    );
+                    deliver(member, Out::Room(shared.clone()));
                 }
             }
             Envelope::Presence {
@@ -371,16 +382,14 @@ impl Hub {
                     user: &user,
                 }
                 .encode();
+                let shared = Arc::new(RoomFrame {
+                    room: incoming.room.clone(),
+                    frame,
+                    id: None,
+                    ts_us: 0,
+                });
                 for member in room.members.values().filter(|m| *m.presence.conn != *conn) {
-                    deliver(
-                        member,
-                        Out::Room {
-                            room: incoming.room.clone(),
-                            frame: frame.clone(),
-                            id: None,
-                            ts_us: 0,
-                        },
-                    );
+                    deliver(member, Out::Room(shared.clone()));
                 }
             }
         }

@@ -16,6 +16,7 @@ use axum::extract::{ConnectInfo, State};
 use axum::http::{StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
+use axum::serve::ListenerExt;
 use dashmap::DashMap;
 use tokio::net::TcpListener;
 use tokio::sync::Semaphore;
@@ -192,6 +193,12 @@ pub async fn run(
 }
 
 async fn serve(listener: TcpListener, router: Router, stop: CancellationToken) {
+    // Chat frames are small: without TCP_NODELAY they wait for the peer's delayed ACK.
+    let listener = listener.tap_io(|stream| {
+        if let Err(e) = stream.set_nodelay(true) {
+            tracing::debug!(error = %e, "could not set TCP_NODELAY");
+        }
+    });
     let result = axum::serve(
         listener,
         router.into_make_service_with_connect_info::<SocketAddr>(),
@@ -252,7 +259,7 @@ async fn ws_upgrade(
     let tracker = state.tracker().clone();
     ws.max_frame_size(limits.max_frame_bytes)
         .max_message_size(limits.max_frame_bytes)
-        .read_buffer_size(4 * 1024)
+        .read_buffer_size(512)
         .write_buffer_size(8 * 1024)
         .on_upgrade(move |socket| tracker.track_future(session::run(socket, state, peer, permit)))
 }

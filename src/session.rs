@@ -4,7 +4,7 @@
 //! leaves every room, so a disconnect, an early return or a panic cleans up presence
 //! and subscriptions alike.
 
-use std::collections::{HashMap, VecDeque};
+use std::collections::VecDeque;
 use std::net::SocketAddr;
 use std::sync::{Arc, OnceLock};
 use std::time::{Duration, Instant};
@@ -17,7 +17,7 @@ use tokio_util::sync::CancellationToken;
 use tracing::{Instrument, debug, info_span, warn};
 
 use crate::bus::{Envelope, MemberRef, now_micros};
-use crate::hub::{Member, Out};
+use crate::hub::{Member, Out, Release};
 use crate::metrics::DisconnectReason;
 use crate::protocol::{
     ClientFrame, ErrorCode, FrameError, MsgId, ServerFrame, User, normalize_name,
@@ -90,7 +90,7 @@ pub async fn run(
             tx,
             ctl: ctl.clone(),
             memberships: Memberships {
-                rooms: HashMap::new(),
+                rooms: RoomMap::default(),
                 state: state.clone(),
                 key,
             },
@@ -102,12 +102,22 @@ pub async fn run(
             conn: &conn,
         }
         .encode();
-        session.queue(Out::Frame(welcome));
-        session.read_loop(stream).await;
+        session.queue(Out::Frame(Box::new(welcome)));
+        let stream = session.read_loop(stream).await;
         // Leave every room (announcing it) before the socket goes away.
-        session.memberships.leave_all().await;
+        Box::pin(session.memberships.leave_all()).await;
         drop(session);
-        let _ = writer.await;
+        // Keep reading (and discarding) until the peer closes: closing a socket with
+        // unread input makes the kernel send a reset, which can destroy the frames we
+        // just sent (an error explaining the close, the close frame itself).
+        let drain_input = async move {
+            let mut stream = stream;
+            while let Some(Ok(_)) = stream.next().await {}
+        };
+        let _ = tokio::time::timeout(CLOSE_GRACE * 2, async {
+            let _ = tokio::join!(writer, drain_input);
+        })
+        .await;
         let reason = ctl.reason();
         metrics.disconnect(reason);
         metrics.connections.dec();
@@ -131,20 +141,22 @@ struct Session {
 }
 
 impl Session {
-    async fn read_loop(&mut self, mut stream: SplitStream<WebSocket>) {
+    /// Reads and handles frames until the session ends; returns the stream so the
+    /// caller can keep draining input while the close goes out.
+    async fn read_loop(&mut self, mut stream: SplitStream<WebSocket>) -> SplitStream<WebSocket> {
         let heartbeat = self.state.config().heartbeat.clone();
         let mut tick = tokio::time::interval(heartbeat.interval);
         tick.tick().await;
         let mut last_seen = Instant::now();
         loop {
             let msg = tokio::select! {
-                _ = self.ctl.token.cancelled() => return,
+                _ = self.ctl.token.cancelled() => return stream,
                 _ = tick.tick() => {
                     if last_seen.elapsed() > heartbeat.timeout {
                         self.ctl.close(DisconnectReason::Heartbeat);
-                        return;
+                        return stream;
                     }
-                    self.queue(Out::Frame(Utf8Bytes::from_static("")));
+                    self.queue(Out::Ping);
                     continue;
                 }
                 msg = stream.next() => msg,
@@ -167,7 +179,7 @@ impl Session {
                 Some(Ok(Message::Ping(_) | Message::Pong(_))) => {}
                 Some(Ok(Message::Close(_))) | None => {
                     self.ctl.close(DisconnectReason::Client);
-                    return;
+                    return stream;
                 }
                 Some(Err(e)) => {
                     let reason = if is_capacity_error(&e) {
@@ -177,7 +189,7 @@ impl Session {
                     };
                     debug!(error = %e, "read failed");
                     self.ctl.close(reason);
-                    return;
+                    return stream;
                 }
             }
         }
@@ -216,12 +228,14 @@ impl Session {
         };
         let reference = frame.reference().map(str::to_owned);
         let result = match frame {
+            // Boxed: the bus futures are large and only live while a frame is handled,
+            // so an idle connection's task stays small.
             ClientFrame::Join {
                 room, name, since, ..
-            } => self.join(room, &name, since.as_deref()).await,
-            ClientFrame::Leave { room, .. } => self.leave(&room).await,
+            } => Box::pin(self.join(room, &name, since.as_deref())).await,
+            ClientFrame::Leave { room, .. } => Box::pin(self.leave(&room)).await,
             ClientFrame::Send { room, text, .. } => {
-                self.send(&room, text, reference.as_deref()).await
+                Box::pin(self.send(&room, text, reference.as_deref())).await
             }
         };
         if let Err(e) = result {
@@ -249,7 +263,7 @@ impl Session {
                 "`since` must be a message id like \"1732258000000-0\"",
             )
         })?;
-        if self.memberships.rooms.contains_key(room.as_str()) {
+        if self.memberships.rooms.contains_key(&room) {
             return Err(FrameError::new(
                 ErrorCode::AlreadyJoined,
                 format!("already joined {room}"),
@@ -310,24 +324,23 @@ impl Session {
             recovered: info.recovered,
         }
         .encode();
-        self.queue(Out::Release {
+        self.queue(Out::Release(Box::new(Release {
             room,
             joined,
             replay,
             cursor: info.head,
-        });
+        })));
         self.state.metrics().joins.inc();
         Ok(())
     }
 
     async fn leave(&mut self, room: &str) -> Result<(), FrameError> {
         validate_room(room)?;
-        let Some((room, member)) = self.memberships.rooms.remove_entry(room) else {
+        let Some((room, member)) = self.memberships.rooms.remove(room) else {
             return Err(not_joined(room));
         };
-        self.memberships.leave_one(&room, &member).await;
-        let frame = ServerFrame::Left { room: &room }.encode();
-        self.queue(Out::Left { room, frame });
+        Box::pin(self.memberships.leave_one(&room, &member)).await;
+        self.queue(Out::Left(room));
         Ok(())
     }
 
@@ -383,7 +396,7 @@ impl Session {
                     id: id.to_string(),
                 }
                 .encode();
-                self.queue(Out::Frame(ack));
+                self.queue(Out::Frame(Box::new(ack)));
                 Ok(())
             }
             Err(e) => {
@@ -395,7 +408,7 @@ impl Session {
 
     fn send_error(&self, error: FrameError) {
         self.state.metrics().error(error.code);
-        self.queue(Out::Frame(error.encode()));
+        self.queue(Out::Frame(Box::new(error.encode())));
     }
 
     /// Queues a frame for the writer; a full queue means the client is not reading.
@@ -418,7 +431,7 @@ fn not_joined(room: &str) -> FrameError {
 }
 
 /// Encodes one history entry as a `message` frame for a replay.
-fn encode_replay(room: &str, id: MsgId, envelope: &[u8]) -> Option<(MsgId, Utf8Bytes, u64)> {
+fn encode_replay(room: &str, id: MsgId, envelope: &[u8]) -> Option<(MsgId, Utf8Bytes)> {
     match serde_json::from_slice::<Envelope>(envelope) {
         Ok(Envelope::Message { from, text, ts, .. }) => {
             let frame = ServerFrame::Message {
@@ -429,7 +442,7 @@ fn encode_replay(room: &str, id: MsgId, envelope: &[u8]) -> Option<(MsgId, Utf8B
                 ts: ts / 1000,
             }
             .encode();
-            Some((id, frame, ts))
+            Some((id, frame))
         }
         Ok(Envelope::Presence { .. }) => None,
         Err(e) => {
@@ -444,10 +457,59 @@ fn is_capacity_error(e: &axum::Error) -> bool {
     text.contains("Space limit exceeded") || text.contains("too long") || text.contains("capacity")
 }
 
+/// A connection's per-room state: at most `limits.max_rooms_per_connection` entries,
+/// so a small vector (searched linearly) beats a hash map in memory and speed.
+#[derive(Debug)]
+struct RoomMap<V>(Vec<(Arc<str>, V)>);
+
+impl<V> Default for RoomMap<V> {
+    fn default() -> Self {
+        RoomMap(Vec::new())
+    }
+}
+
+impl<V> RoomMap<V> {
+    fn position(&self, room: &str) -> Option<usize> {
+        self.0.iter().position(|(r, _)| **r == *room)
+    }
+    fn contains_key(&self, room: &str) -> bool {
+        self.position(room).is_some()
+    }
+    fn get(&self, room: &str) -> Option<&V> {
+        self.position(room).map(|i| &self.0[i].1)
+    }
+    fn get_mut(&mut self, room: &str) -> Option<&mut V> {
+        self.position(room).map(|i| &mut self.0[i].1)
+    }
+    fn insert(&mut self, room: Arc<str>, value: V) {
+        match self.position(&room) {
+            Some(i) => self.0[i].1 = value,
+            None => self.0.push((room, value)),
+        }
+    }
+    fn remove(&mut self, room: &str) -> Option<(Arc<str>, V)> {
+        self.position(room).map(|i| self.0.swap_remove(i))
+    }
+    fn len(&self) -> usize {
+        self.0.len()
+    }
+    fn is_empty(&self) -> bool {
+        self.0.is_empty()
+    }
+}
+
+impl<V> IntoIterator for RoomMap<V> {
+    type Item = (Arc<str>, V);
+    type IntoIter = std::vec::IntoIter<(Arc<str>, V)>;
+    fn into_iter(self) -> Self::IntoIter {
+        self.0.into_iter()
+    }
+}
+
 /// This session's rooms; dropping it leaves all of them (announced by a spawned task),
 /// so nothing is left behind if the session ends early or panics.
 struct Memberships {
-    rooms: HashMap<Arc<str>, MemberRef>,
+    rooms: RoomMap<MemberRef>,
     state: AppState,
     key: u64,
 }
@@ -563,20 +625,27 @@ async fn write_loop(
     max_held: usize,
 ) {
     let metrics = state.metrics().clone();
-    let mut rooms: HashMap<Arc<str>, RoomCursor> = HashMap::new();
-    let mut batch = Vec::with_capacity(WRITE_BATCH);
-    let mut frames: VecDeque<(Utf8Bytes, u64)> = VecDeque::with_capacity(WRITE_BATCH);
+    let mut rooms: RoomMap<RoomCursor> = RoomMap::default();
+    // Grows with bursts and is trimmed after them: idle connections hold no batch memory.
+    let mut frames: VecDeque<(Utf8Bytes, u64)> = VecDeque::new();
+    // One cancellation future for the writer's life, polled by every select below.
+    let cancelled = ctl.token.cancelled();
+    tokio::pin!(cancelled);
     'outer: loop {
-        let n = tokio::select! {
+        let first = tokio::select! {
             biased;
-            _ = ctl.token.cancelled() => break,
-            n = rx.recv_many(&mut batch, WRITE_BATCH) => n,
+            _ = &mut cancelled => break,
+            out = rx.recv() => out,
         };
-        if n == 0 {
+        let Some(first) = first else {
             break;
-        }
-        for out in batch.drain(..) {
-            route(out, &mut rooms, &mut frames, max_held, &ctl);
+        };
+        route(first, &mut rooms, &mut frames, max_held, &ctl);
+        for _ in 1..WRITE_BATCH {
+            match rx.try_recv() {
+                Ok(out) => route(out, &mut rooms, &mut frames, max_held, &ctl),
+                Err(_) => break,
+            }
         }
         let now = now_micros();
         let mut delivered = 0u64;
@@ -591,17 +660,33 @@ async fn write_loop(
             }
             tokio::select! {
                 biased;
-                _ = ctl.token.cancelled() => break 'outer,
+                _ = &mut cancelled => break 'outer,
                 r = sink.feed(to_message(frame)) => if r.is_err() { ctl.close(DisconnectReason::Client); break 'outer; },
             }
         }
         metrics.messages_delivered.inc_by(delivered);
+        if frames.capacity() > WRITE_BATCH {
+            frames.shrink_to(WRITE_BATCH);
+        }
         tokio::select! {
             biased;
-            _ = ctl.token.cancelled() => break,
+            _ = &mut cancelled => break,
             r = sink.flush() => if r.is_err() { ctl.close(DisconnectReason::Client); break; },
         }
     }
+    // Boxed: the close phase's futures would otherwise sit in every writer task.
+    Box::pin(close_phase(sink, rx, &ctl, rooms, frames)).await;
+}
+
+/// Sends what is still queued (unless the client is gone or not reading) and the close
+/// frame that matches the reason, within [`CLOSE_GRACE`].
+async fn close_phase(
+    mut sink: SplitSink<WebSocket, Message>,
+    mut rx: mpsc::Receiver<Out>,
+    ctl: &SessionCtl,
+    mut rooms: RoomMap<RoomCursor>,
+    mut frames: VecDeque<(Utf8Bytes, u64)>,
+) {
     let reason = ctl.reason();
     let close = match reason {
         DisconnectReason::Client => None,
@@ -622,7 +707,7 @@ async fn write_loop(
             DisconnectReason::SlowConsumer | DisconnectReason::Heartbeat
         ) {
             while let Ok(out) = rx.try_recv() {
-                route(out, &mut rooms, &mut frames, usize::MAX, &ctl);
+                route(out, &mut rooms, &mut frames, usize::MAX, ctl);
             }
             for (frame, _) in frames.drain(..) {
                 if sink.feed(to_message(frame)).await.is_err() {
@@ -653,20 +738,16 @@ fn to_message(frame: Utf8Bytes) -> Message {
 /// (with the publish time for message frames, 0 otherwise).
 fn route(
     out: Out,
-    rooms: &mut HashMap<Arc<str>, RoomCursor>,
+    rooms: &mut RoomMap<RoomCursor>,
     frames: &mut VecDeque<(Utf8Bytes, u64)>,
     max_held: usize,
     ctl: &SessionCtl,
 ) {
     match out {
-        Out::Frame(frame) => frames.push_back((frame, 0)),
-        Out::Room {
-            room,
-            frame,
-            id,
-            ts_us,
-        } => {
-            let Some(cursor) = rooms.get_mut(&room) else {
+        Out::Frame(frame) => frames.push_back((*frame, 0)),
+        Out::Ping => frames.push_back((Utf8Bytes::from_static(""), 0)),
+        Out::Room(shared) => {
+            let Some(cursor) = rooms.get_mut(&shared.room) else {
                 return;
             };
             if let Some(held) = &mut cursor.held {
@@ -674,21 +755,16 @@ fn route(
                     ctl.close(DisconnectReason::SlowConsumer);
                     return;
                 }
-                held.push(Out::Room {
-                    room,
-                    frame,
-                    id,
-                    ts_us,
-                });
+                held.push(Out::Room(shared));
                 return;
             }
-            match id {
+            match shared.id {
                 Some(id) if id <= cursor.cursor => {}
                 Some(id) => {
                     cursor.cursor = id;
-                    frames.push_back((frame, ts_us));
+                    frames.push_back((shared.frame.clone(), shared.ts_us));
                 }
-                None => frames.push_back((frame, 0)),
+                None => frames.push_back((shared.frame.clone(), 0)),
             }
         }
         Out::Hold(room) => {
@@ -700,18 +776,19 @@ fn route(
                 },
             );
         }
-        Out::Release {
-            room,
-            joined,
-            replay,
-            cursor,
-        } => {
+        Out::Release(release) => {
+            let Release {
+                room,
+                joined,
+                replay,
+                cursor,
+            } = *release;
             let Some(state) = rooms.get_mut(&room) else {
                 return;
             };
             frames.push_back((joined, 0));
             let mut newest = cursor;
-            for (id, frame, _ts) in replay {
+            for (id, frame) in replay {
                 newest = newest.max(id);
                 // 1 marks a delivered message without a live latency sample.
                 frames.push_back((frame, 1));
@@ -725,9 +802,9 @@ fn route(
         Out::Abort(room) => {
             rooms.remove(&room);
         }
-        Out::Left { room, frame } => {
+        Out::Left(room) => {
             rooms.remove(&room);
-            frames.push_back((frame, 0));
+            frames.push_back((ServerFrame::Left { room: &room }.encode(), 0));
         }
     }
 }
@@ -771,7 +848,7 @@ mod tests {
         let task_room = room.clone();
         let session = tokio::spawn(async move {
             let mut memberships = Memberships {
-                rooms: HashMap::new(),
+                rooms: RoomMap::default(),
                 state: task_state,
                 key: 1,
             };
