@@ -227,29 +227,23 @@ async fn ws_upgrade(
     ws: WebSocketUpgrade,
 ) -> Response {
     let metrics = state.metrics();
-    if !state.inner.accepting.load(Ordering::Acquire) {
+    let refuse = |why: &'static str| {
         metrics
             .connections_total
             .with_label_values(&["rejected"])
             .inc();
-        return (
+        (
             StatusCode::SERVICE_UNAVAILABLE,
             [(header::RETRY_AFTER, "1")],
-            "draining",
+            why,
         )
-            .into_response();
+            .into_response()
+    };
+    if !state.inner.accepting.load(Ordering::Acquire) {
+        return refuse("draining");
     }
     let Ok(permit) = state.inner.connection_slots.clone().try_acquire_owned() else {
-        metrics
-            .connections_total
-            .with_label_values(&["rejected"])
-            .inc();
-        return (
-            StatusCode::SERVICE_UNAVAILABLE,
-            [(header::RETRY_AFTER, "1")],
-            "too many connections",
-        )
-            .into_response();
+        return refuse("too many connections");
     };
     metrics
         .connections_total
