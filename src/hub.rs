@@ -25,8 +25,9 @@ use crate::protocol::{MsgId, ServerFrame};
 use crate::session::SessionCtl;
 use crate::telemetry;
 
-/// One item in a session's outbound queue. Kept small (every connection's queue
-/// reserves slots for it); room frames are one shared allocation per message.
+/// One item in a session's outbound queue. Kept to 16 bytes (every connection's queue
+/// reserves a block of slots): rare items are boxed, and room frames are one shared
+/// allocation per message.
 #[derive(Debug)]
 pub enum Out {
     /// A frame not tied to a room (welcome, ack, error); boxed to keep slots small.
@@ -36,13 +37,13 @@ pub enum Out {
     /// A room frame, shared by every local recipient.
     Room(Arc<RoomFrame>),
     /// Start of a join: hold this room's frames until [`Out::Release`].
-    Hold(Arc<str>),
+    Hold(Box<Arc<str>>),
     /// End of a join: write `joined`, the replay, then held frames newer than `cursor`.
     Release(Box<Release>),
     /// A join failed: forget the held room.
-    Abort(Arc<str>),
+    Abort(Box<Arc<str>>),
     /// The room was left: write `left` and drop the room's later frames.
-    Left(Arc<str>),
+    Left(Box<Arc<str>>),
 }
 
 /// A message or presence frame for one room, encoded once per replica.
@@ -418,4 +419,12 @@ pub fn spawn_receiver(
         hub.run_receiver(rx, stop)
             .instrument(info_span!("bus_receiver")),
     )
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn queue_items_stay_small() {
+        assert!(std::mem::size_of::<super::Out>() <= 16);
+    }
 }

@@ -19,7 +19,7 @@ use axum::routing::get;
 use axum::serve::ListenerExt;
 use dashmap::DashMap;
 use tokio::net::TcpListener;
-use tokio::sync::Semaphore;
+use tokio::sync::{Semaphore, mpsc};
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 use tracing::{info, warn};
@@ -28,7 +28,7 @@ use crate::bus::memory::MemoryBus;
 use crate::bus::redis::RedisBus;
 use crate::bus::{Bus, BusReceiver, MemberRef};
 use crate::config::Config;
-use crate::hub::{self, Hub};
+use crate::hub::{self, Hub, Out};
 use crate::metrics::{DisconnectReason, Metrics};
 use crate::session::{self, SessionCtl};
 use crate::{admin, web};
@@ -61,7 +61,8 @@ struct StateInner {
     node: Arc<str>,
     hub: Hub,
     metrics: Arc<Metrics>,
-    sessions: DashMap<u64, Arc<SessionCtl>>,
+    /// Every open session: its control handle and its queue (for heartbeat pings).
+    sessions: DashMap<u64, (Arc<SessionCtl>, mpsc::Sender<Out>)>,
     tracker: TaskTracker,
     connection_slots: Arc<Semaphore>,
     draining: AtomicBool,
@@ -109,8 +110,8 @@ impl AppState {
     pub fn next_key(&self) -> u64 {
         self.inner.next_key.fetch_add(1, Ordering::Relaxed)
     }
-    pub fn register(&self, key: u64, ctl: Arc<SessionCtl>) {
-        self.inner.sessions.insert(key, ctl);
+    pub fn register(&self, key: u64, ctl: Arc<SessionCtl>, tx: mpsc::Sender<Out>) {
+        self.inner.sessions.insert(key, (ctl, tx));
     }
     pub fn unregister(&self, key: u64) {
         self.inner.sessions.remove(&key);
@@ -157,6 +158,7 @@ pub async fn run(
     let receiver_task = hub::spawn_receiver(hub.clone(), receiver, background.clone());
     let state = AppState::new(config, node.clone(), hub, metrics.clone());
     let liveness_task = tokio::spawn(liveness_loop(state.clone(), background.clone()));
+    let heartbeat_task = tokio::spawn(heartbeat_loop(state.clone(), background.clone()));
 
     let client_addr = listeners.client.local_addr()?;
     let admin_addr = listeners.admin.local_addr()?;
@@ -182,6 +184,7 @@ pub async fn run(
     let _ = admin_server.await;
     let _ = receiver_task.await;
     let _ = liveness_task.await;
+    let _ = heartbeat_task.await;
     if let Bus::Redis(redis) = &bus {
         if let Err(e) = redis.deregister().await {
             warn!(error = %e, "could not deregister this node");
@@ -306,6 +309,31 @@ async fn liveness_loop(state: AppState, stop: CancellationToken) {
     }
 }
 
+/// Pings every session each `heartbeat.interval` and closes those that sent nothing (no
+/// frame, no pong) for `heartbeat.timeout`. One task for the node instead of a timer per
+/// connection.
+async fn heartbeat_loop(state: AppState, stop: CancellationToken) {
+    let heartbeat = state.config().heartbeat.clone();
+    let mut tick = tokio::time::interval(heartbeat.interval);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    tick.tick().await;
+    loop {
+        tokio::select! {
+            _ = stop.cancelled() => return,
+            _ = tick.tick() => {}
+        }
+        let now_ms = crate::bus::now_micros() / 1000;
+        for session in state.inner.sessions.iter() {
+            let (ctl, tx) = session.value();
+            if ctl.silent_for(now_ms) > heartbeat.timeout {
+                ctl.close(DisconnectReason::Heartbeat);
+            } else if let Err(mpsc::error::TrySendError::Full(_)) = tx.try_send(Out::Ping) {
+                ctl.close(DisconnectReason::SlowConsumer);
+            }
+        }
+    }
+}
+
 /// Every local membership, for restoring presence.
 fn local_members(state: &AppState) -> Vec<(Arc<str>, MemberRef)> {
     state.hub().memberships()
@@ -331,7 +359,7 @@ async fn drain(state: &AppState) {
         .inner
         .sessions
         .iter()
-        .map(|s| s.value().clone())
+        .map(|s| s.value().0.clone())
         .collect();
     let n = sessions.len();
     if n > 0 {
@@ -353,7 +381,7 @@ async fn drain(state: &AppState) {
     }
     // Anything left (late joiners, or the deadline cut the spread short).
     for s in state.inner.sessions.iter() {
-        s.value().close(DisconnectReason::Drain);
+        s.value().0.close(DisconnectReason::Drain);
     }
     state.inner.tracker.close();
     if tokio::time::timeout_at(deadline, state.inner.tracker.wait())
@@ -365,7 +393,7 @@ async fn drain(state: &AppState) {
             "drain timeout; closing what is left"
         );
         for s in state.inner.sessions.iter() {
-            s.value().close(DisconnectReason::Drain);
+            s.value().0.close(DisconnectReason::Drain);
         }
         let _ = tokio::time::timeout(Duration::from_secs(1), state.inner.tracker.wait()).await;
     }

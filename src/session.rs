@@ -6,6 +6,7 @@
 
 use std::collections::VecDeque;
 use std::net::SocketAddr;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, OnceLock};
 use std::time::{Duration, Instant};
 
@@ -33,14 +34,38 @@ const CLOSE_GRACE: Duration = Duration::from_secs(1);
 /// Window in which `rate_limited` refusals are counted towards a close.
 const STRIKE_WINDOW: Duration = Duration::from_secs(10);
 
-/// The control handle of one session: who else (hub, drain) can close it, and why.
-#[derive(Debug, Default)]
+/// The control handle of one session: who else (hub, drain, heartbeat) can close it, and
+/// why; and when the client was last heard from.
+#[derive(Debug)]
 pub struct SessionCtl {
     reason: OnceLock<DisconnectReason>,
     token: CancellationToken,
+    /// Unix ms of the last frame (or pong) received from the client.
+    last_seen_ms: AtomicU64,
+}
+
+impl Default for SessionCtl {
+    fn default() -> Self {
+        SessionCtl {
+            reason: OnceLock::new(),
+            token: CancellationToken::new(),
+            last_seen_ms: AtomicU64::new(now_micros() / 1000),
+        }
+    }
 }
 
 impl SessionCtl {
+    /// Records that the client was heard from.
+    pub fn touch(&self) {
+        self.last_seen_ms
+            .store(now_micros() / 1000, Ordering::Relaxed);
+    }
+
+    /// How long the client has been silent, as of `now_ms`.
+    pub fn silent_for(&self, now_ms: u64) -> Duration {
+        Duration::from_millis(now_ms.saturating_sub(self.last_seen_ms.load(Ordering::Relaxed)))
+    }
+
     /// Closes the session; the first reason given wins.
     pub fn close(&self, reason: DisconnectReason) {
         let _ = self.reason.set(reason);
@@ -75,9 +100,9 @@ pub async fn run(
         let ctl = Arc::new(SessionCtl::default());
         let metrics = state.metrics().clone();
         metrics.connections.inc();
-        state.register(key, ctl.clone());
         let limits = &state.config().limits;
         let (tx, rx) = mpsc::channel(limits.outbound_queue);
+        state.register(key, ctl.clone(), tx.clone());
         let (sink, stream) = socket.split();
         let writer = tokio::spawn(
             write_loop(sink, rx, ctl.clone(), state.clone(), limits.outbound_queue)
@@ -144,24 +169,14 @@ impl Session {
     /// Reads and handles frames until the session ends; returns the stream so the
     /// caller can keep draining input while the close goes out.
     async fn read_loop(&mut self, mut stream: SplitStream<WebSocket>) -> SplitStream<WebSocket> {
-        let heartbeat = self.state.config().heartbeat.clone();
-        let mut tick = tokio::time::interval(heartbeat.interval);
-        tick.tick().await;
-        let mut last_seen = Instant::now();
+        // Pings and the silence check come from the node-wide heartbeat task
+        // (`server::heartbeat_loop`), so an idle connection holds no timer of its own.
         loop {
             let msg = tokio::select! {
                 _ = self.ctl.token.cancelled() => return stream,
-                _ = tick.tick() => {
-                    if last_seen.elapsed() > heartbeat.timeout {
-                        self.ctl.close(DisconnectReason::Heartbeat);
-                        return stream;
-                    }
-                    self.queue(Out::Ping);
-                    continue;
-                }
                 msg = stream.next() => msg,
             };
-            last_seen = Instant::now();
+            self.ctl.touch();
             match msg {
                 Some(Ok(Message::Text(text))) => {
                     if self.admit(Some(&text)) {
@@ -284,7 +299,7 @@ impl Session {
             user: User::new(name),
         };
         // Frames for the room are held by the writer until the join is answered.
-        self.queue(Out::Hold(room.clone()));
+        self.queue(Out::Hold(Box::new(room.clone())));
         let hub = self.state.hub();
         let local = Member {
             tx: self.tx.clone(),
@@ -297,7 +312,7 @@ impl Session {
             .await
         {
             warn!(%room, error = %e, "join: subscribe failed");
-            self.queue(Out::Abort(room));
+            self.queue(Out::Abort(Box::new(room)));
             return Err(unavailable());
         }
         self.memberships.rooms.insert(room.clone(), member.clone());
@@ -307,7 +322,7 @@ impl Session {
                 warn!(%room, error = %e, "join: presence/history failed");
                 self.memberships.rooms.remove(&room);
                 hub.leave(&room, self.key).await;
-                self.queue(Out::Abort(room));
+                self.queue(Out::Abort(Box::new(room)));
                 return Err(unavailable());
             }
         };
@@ -340,7 +355,7 @@ impl Session {
             return Err(not_joined(room));
         };
         Box::pin(self.memberships.leave_one(&room, &member)).await;
-        self.queue(Out::Left(room));
+        self.queue(Out::Left(Box::new(room)));
         Ok(())
     }
 
@@ -768,6 +783,7 @@ fn route(
             }
         }
         Out::Hold(room) => {
+            let room = *room;
             rooms.insert(
                 room,
                 RoomCursor {
@@ -800,9 +816,11 @@ fn route(
             }
         }
         Out::Abort(room) => {
+            let room = *room;
             rooms.remove(&room);
         }
         Out::Left(room) => {
+            let room = *room;
             rooms.remove(&room);
             frames.push_back((ServerFrame::Left { room: &room }.encode(), 0));
         }
