@@ -597,6 +597,40 @@ pub struct RawWs {
     buf: Vec<u8>,
 }
 
+/// Sends a WebSocket upgrade request by hand on `ws_url` and reads the response head.
+/// Returns the stream, the head (status line and headers) and any bytes after it.
+pub async fn upgrade_by_hand(ws_url: &str) -> (TcpStream, String, Vec<u8>) {
+    let host = host_port(ws_url);
+    let path = ws_url
+        .strip_prefix("ws://")
+        .and_then(|r| r.find('/').map(|i| r[i..].to_string()))
+        .unwrap_or_else(|| "/".into());
+    let mut stream = TcpStream::connect(&host).await.expect("connect");
+    let request = format!(
+        "GET {path} HTTP/1.1\r\nHost: {host}\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\
+         Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n\r\n"
+    );
+    stream
+        .write_all(request.as_bytes())
+        .await
+        .expect("write upgrade");
+    let mut buf = Vec::new();
+    let head_end = loop {
+        if let Some(i) = buf.windows(4).position(|w| w == b"\r\n\r\n") {
+            break i + 4;
+        }
+        let mut chunk = [0u8; 1024];
+        let n = tokio::time::timeout(FRAME_TIMEOUT, stream.read(&mut chunk))
+            .await
+            .expect("upgrade response timed out")
+            .expect("read upgrade response");
+        assert!(n > 0, "connection closed during the upgrade");
+        buf.extend_from_slice(&chunk[..n]);
+    };
+    let head = String::from_utf8_lossy(&buf[..head_end]).to_string();
+    (stream, head, buf[head_end..].to_vec())
+}
+
 /// Opcodes of the frames a [`RawWs`] reads.
 pub mod opcode {
     pub const TEXT: u8 = 0x1;
@@ -609,39 +643,9 @@ pub mod opcode {
 impl RawWs {
     /// Opens a TCP connection and performs the WebSocket upgrade handshake by hand.
     pub async fn connect(ws_url: &str) -> RawWs {
-        let host = host_port(ws_url);
-        let path = ws_url
-            .strip_prefix("ws://")
-            .and_then(|r| r.find('/').map(|i| r[i..].to_string()))
-            .unwrap_or_else(|| "/".into());
-        let mut stream = TcpStream::connect(&host).await.expect("connect");
-        let request = format!(
-            "GET {path} HTTP/1.1\r\nHost: {host}\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\
-             Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n\r\n"
-        );
-        stream
-            .write_all(request.as_bytes())
-            .await
-            .expect("write upgrade");
-        let mut buf = Vec::new();
-        let head_end = loop {
-            if let Some(i) = buf.windows(4).position(|w| w == b"\r\n\r\n") {
-                break i + 4;
-            }
-            let mut chunk = [0u8; 1024];
-            let n = tokio::time::timeout(FRAME_TIMEOUT, stream.read(&mut chunk))
-                .await
-                .expect("upgrade response timed out")
-                .expect("read upgrade response");
-            assert!(n > 0, "connection closed during the upgrade");
-            buf.extend_from_slice(&chunk[..n]);
-        };
-        let head = String::from_utf8_lossy(&buf[..head_end]).to_string();
+        let (stream, head, rest) = upgrade_by_hand(ws_url).await;
         assert!(head.starts_with("HTTP/1.1 101"), "upgrade refused: {head}");
-        RawWs {
-            stream,
-            buf: buf[head_end..].to_vec(),
-        }
+        RawWs { stream, buf: rest }
     }
 
     /// Reads one frame `(opcode, payload)`; `None` on EOF or reset. Panics after `wait`.

@@ -82,6 +82,11 @@ pub async fn wait_ready(base_url: &str, timeout: Duration) {
 /// The value of one Prometheus sample from `GET {admin_url}/metrics`: the metric `name` with
 /// every label in `labels` (other labels allowed). Absent samples read as 0.
 pub async fn metric_value(admin_url: &str, name: &str, labels: &[(&str, &str)]) -> f64 {
+    sample_value(&metrics_text(admin_url).await, name, labels).unwrap_or(0.0)
+}
+
+/// `GET {admin_url}/metrics`, which must answer 200; the body.
+pub async fn metrics_text(admin_url: &str) -> String {
     let (status, body) = http_get(&format!("{admin_url}/metrics"))
         .await
         .expect("GET /metrics");
@@ -89,7 +94,7 @@ pub async fn metric_value(admin_url: &str, name: &str, labels: &[(&str, &str)]) 
         status, 200,
         "GET {admin_url}/metrics answered {status}: {body}"
     );
-    sample_value(&body, name, labels).unwrap_or(0.0)
+    body
 }
 
 /// Finds a sample in a Prometheus text exposition (see [`metric_value`]).

@@ -8,8 +8,6 @@ use std::collections::{BTreeMap, HashMap, HashSet};
 use std::time::{Duration, Instant};
 
 use serde_json::Value;
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::net::TcpStream;
 
 use crate::common::http_get;
 
@@ -376,13 +374,7 @@ fn check_histogram(family: &Family) -> Result<(), String> {
 
 /// `GET {admin_url}/metrics`, which must answer 200 with a valid exposition.
 pub async fn scrape(admin_url: &str) -> Exposition {
-    let (status, body) = http_get(&format!("{admin_url}/metrics"))
-        .await
-        .expect("GET /metrics");
-    assert_eq!(
-        status, 200,
-        "GET {admin_url}/metrics answered {status}: {body}"
-    );
+    let body = crate::common::metrics_text(admin_url).await;
     Exposition::parse(&body)
         .unwrap_or_else(|e| panic!("/metrics is not valid Prometheus text: {e}\n{body}"))
 }
@@ -480,46 +472,13 @@ pub async fn assert_healthy(base_url: &str) {
 /// Tries a WebSocket upgrade by hand on `ws_url` and returns the HTTP status line's code and
 /// the response head (101 on success; the connection is then dropped).
 pub async fn upgrade_status(ws_url: &str) -> (u16, String) {
-    let rest = ws_url.strip_prefix("ws://").expect("a ws:// url");
-    let (host, path) = match rest.find('/') {
-        Some(i) => (&rest[..i], &rest[i..]),
-        None => (rest, "/"),
-    };
-    let attempt = async {
-        let mut stream = TcpStream::connect(host).await.expect("connect");
-        let request = format!(
-            "GET {path} HTTP/1.1\r\nHost: {host}\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\
-             Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n\r\n"
-        );
-        stream
-            .write_all(request.as_bytes())
-            .await
-            .expect("write upgrade");
-        let mut buf = Vec::new();
-        loop {
-            if let Some(i) = buf.windows(4).position(|w| w == b"\r\n\r\n") {
-                buf.truncate(i);
-                break;
-            }
-            let mut chunk = [0u8; 1024];
-            let n = stream
-                .read(&mut chunk)
-                .await
-                .expect("read upgrade response");
-            assert!(n > 0, "connection closed before the upgrade response");
-            buf.extend_from_slice(&chunk[..n]);
-        }
-        String::from_utf8_lossy(&buf).to_string()
-    };
-    let head = tokio::time::timeout(Duration::from_secs(10), attempt)
-        .await
-        .unwrap_or_else(|_| panic!("upgrade on {ws_url} got no response within 10 s"));
+    let (_stream, head, _rest) = crate::common::upgrade_by_hand(ws_url).await;
     let status = head
         .split_whitespace()
         .nth(1)
         .and_then(|s| s.parse().ok())
         .unwrap_or_else(|| panic!("bad status line: {head:?}"));
-    (status, head)
+    (status, head.trim_end().to_string())
 }
 
 #[cfg(test)]
