@@ -121,6 +121,14 @@ impl Hub {
         !self.inner.resubscribing.load(Ordering::Acquire)
     }
 
+    /// Whether this node has local members in `room`.
+    pub fn has_room(&self, room: &str) -> bool {
+        self.inner
+            .rooms
+            .get(room)
+            .is_some_and(|r| !r.members.is_empty())
+    }
+
     pub fn room_count(&self) -> usize {
         self.inner.rooms.len()
     }

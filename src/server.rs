@@ -68,6 +68,9 @@ struct StateInner {
     draining: AtomicBool,
     accepting: AtomicBool,
     next_key: AtomicU64,
+    /// Leaves whose presence update failed (bus down); retried by the liveness loop so no
+    /// departed member stays listed.
+    deferred_leaves: std::sync::Mutex<Vec<(Arc<str>, MemberRef)>>,
 }
 
 impl AppState {
@@ -85,6 +88,7 @@ impl AppState {
                 draining: AtomicBool::new(false),
                 accepting: AtomicBool::new(true),
                 next_key: AtomicU64::new(1),
+                deferred_leaves: std::sync::Mutex::new(Vec::new()),
             }),
         }
     }
@@ -116,6 +120,40 @@ impl AppState {
     pub fn unregister(&self, key: u64) {
         self.inner.sessions.remove(&key);
     }
+    /// Queues a leave whose presence update failed, for a retry once the bus is back.
+    pub fn defer_leave(&self, room: Arc<str>, member: MemberRef) {
+        self.inner
+            .deferred_leaves
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+            .push((room, member));
+    }
+
+    /// Retries deferred leaves; those that fail again stay queued.
+    async fn retry_deferred_leaves(&self) {
+        let pending = std::mem::take(
+            &mut *self
+                .inner
+                .deferred_leaves
+                .lock()
+                .unwrap_or_else(|poisoned| poisoned.into_inner()),
+        );
+        for (room, member) in pending {
+            // Whether this node still has members there may have changed meanwhile.
+            let last_local = !self.inner.hub.has_room(&room);
+            if self
+                .inner
+                .hub
+                .bus()
+                .leave(&room, &member, last_local)
+                .await
+                .is_err()
+            {
+                self.defer_leave(room, member);
+            }
+        }
+    }
+
     pub fn is_draining(&self) -> bool {
         self.inner.draining.load(Ordering::Acquire)
     }
@@ -278,6 +316,7 @@ async fn liveness_loop(state: AppState, stop: CancellationToken) {
             continue;
         }
         last_refresh = Some(Instant::now());
+        state.retry_deferred_leaves().await;
         match bus {
             Bus::Memory(memory) => memory.sweep(),
             Bus::Redis(redis) => {

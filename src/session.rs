@@ -546,7 +546,8 @@ async fn leave_room(state: &AppState, key: u64, room: &Arc<str>, member: &Member
     let last_local = hub.leave(room, key).await;
     state.metrics().leaves.inc();
     if let Err(e) = hub.bus().leave(room, member, last_local).await {
-        warn!(%room, error = %e, "leave: presence update failed");
+        warn!(%room, error = %e, "leave: presence update failed; will retry");
+        state.defer_leave(room.clone(), member.clone());
     }
 }
 

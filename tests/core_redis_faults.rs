@@ -66,3 +66,105 @@ async fn resume_from_before_redis_restart_is_not_recovered() {
         "a message from before the restart came back: {m:?}"
     );
 }
+
+/// A TCP proxy in front of Redis that the test can cut and restore: Redis unreachable for
+/// one replica while its data survives (a network partition, not a restart).
+struct CuttableProxy {
+    url: String,
+    cut: std::sync::Arc<std::sync::atomic::AtomicBool>,
+    conns: std::sync::Arc<tokio::sync::Mutex<Vec<tokio::task::JoinHandle<()>>>>,
+    _accept: tokio::task::JoinHandle<()>,
+}
+
+impl CuttableProxy {
+    async fn start(redis_port: u16) -> CuttableProxy {
+        use std::sync::atomic::Ordering;
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+            .await
+            .expect("bind");
+        let port = listener.local_addr().expect("addr").port();
+        let cut = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let conns = std::sync::Arc::new(tokio::sync::Mutex::new(Vec::new()));
+        let (c2, n2) = (cut.clone(), conns.clone());
+        let accept = tokio::spawn(async move {
+            loop {
+                let Ok((mut client, _)) = listener.accept().await else {
+                    return;
+                };
+                if c2.load(Ordering::Acquire) {
+                    continue; // refused: dropped at once
+                }
+                let Ok(mut server) =
+                    tokio::net::TcpStream::connect(("127.0.0.1", redis_port)).await
+                else {
+                    continue;
+                };
+                n2.lock().await.push(tokio::spawn(async move {
+                    let _ = tokio::io::copy_bidirectional(&mut client, &mut server).await;
+                }));
+            }
+        });
+        CuttableProxy {
+            url: format!("redis://127.0.0.1:{port}"),
+            cut,
+            conns,
+            _accept: accept,
+        }
+    }
+
+    async fn cut(&self) {
+        self.cut.store(true, std::sync::atomic::Ordering::Release);
+        for conn in self.conns.lock().await.drain(..) {
+            conn.abort();
+        }
+    }
+
+    fn restore(&self) {
+        self.cut.store(false, std::sync::atomic::Ordering::Release);
+    }
+}
+
+/// A member who leaves while its replica cannot reach Redis is still removed from the
+/// room's presence (and announced as left) once Redis is reachable again.
+#[tokio::test(flavor = "multi_thread")]
+async fn leave_during_a_redis_partition_is_applied_after_it_heals() {
+    let redis = RedisServer::start().await;
+    let proxy = CuttableProxy::start(redis.port).await;
+    let mut cfg_a = node_config(Some(&redis), "part-a");
+    cfg_a.redis.url = Some(proxy.url.clone());
+    let a = Node::start(cfg_a).await;
+    let b = Node::start(node_config(Some(&redis), "part-b")).await;
+
+    let mut watcher = Client::connect(&b.ws_url).await;
+    watcher.join(ROOM, "watcher").await;
+    let mut victim = Client::connect(&a.ws_url).await;
+    victim.join(ROOM, "victim").await;
+    watcher.wait_presence(ROOM, "join", "victim").await;
+
+    proxy.cut().await;
+    // Wait until replica A knows its bus is down.
+    let deadline = std::time::Instant::now() + Duration::from_secs(20);
+    loop {
+        let (status, _) = http_get(&format!("{}/readyz", a.admin_url))
+            .await
+            .expect("readyz");
+        if status == 503 {
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "replica A never noticed the cut"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    victim.close().await;
+    // The leave could not reach Redis: the victim is still listed there.
+    let key = format!("roomcast:{{{ROOM}}}:members");
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert_eq!(redis.redis_cmd(&["HLEN", &key]).await.trim(), "2");
+
+    proxy.restore();
+    watcher.wait_presence(ROOM, "leave", "victim").await;
+    assert_eq!(redis.redis_cmd(&["HLEN", &key]).await.trim(), "1");
+    drop(a);
+}

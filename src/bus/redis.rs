@@ -314,10 +314,9 @@ impl RedisBus {
     }
 
     pub async fn unsubscribe(&self, room: &str) -> Result<(), BusError> {
-        self.inner
-            .subscriber
-            .unsubscribe(self.key(room, "ch"))
-            .await?;
+        // Fails fast like every bus command: a reconnect starts with no subscriptions anyway.
+        let sub = self.inner.subscriber.with_options(&self.inner.options);
+        sub.unsubscribe(self.key(room, "ch")).await?;
         Ok(())
     }
 
