@@ -71,11 +71,16 @@ struct StateInner {
     /// Leaves whose presence update failed (bus down); retried by the liveness loop so no
     /// departed member stays listed.
     deferred_leaves: std::sync::Mutex<Vec<(Arc<str>, MemberRef)>>,
+    /// Set once this node's liveness entry is in Redis (always for the memory bus): only
+    /// then may members join, or a crash right after start would leave members no
+    /// reaper can find.
+    registered: AtomicBool,
 }
 
 impl AppState {
     /// State for one gateway (its sessions, limits and drain latches).
     pub fn new(config: Config, node: Arc<str>, hub: Hub, metrics: Arc<Metrics>) -> Self {
+        let registered = AtomicBool::new(!hub.bus().is_redis());
         AppState {
             inner: Arc::new(StateInner {
                 connection_slots: Arc::new(Semaphore::new(config.limits.max_connections)),
@@ -89,6 +94,7 @@ impl AppState {
                 accepting: AtomicBool::new(true),
                 next_key: AtomicU64::new(1),
                 deferred_leaves: std::sync::Mutex::new(Vec::new()),
+                registered,
             }),
         }
     }
@@ -154,6 +160,11 @@ impl AppState {
         }
     }
 
+    /// Whether this node's presence is registered, so members may join.
+    pub fn is_registered(&self) -> bool {
+        self.inner.registered.load(Ordering::Acquire)
+    }
+
     pub fn is_draining(&self) -> bool {
         self.inner.draining.load(Ordering::Acquire)
     }
@@ -164,6 +175,8 @@ impl AppState {
             Err("draining")
         } else if !self.inner.hub.bus().is_connected() {
             Err("bus_down")
+        } else if !self.is_registered() {
+            Err("starting")
         } else if !self.inner.hub.all_subscribed() {
             Err("resubscribing")
         } else {
@@ -321,10 +334,13 @@ async fn liveness_loop(state: AppState, stop: CancellationToken) {
             Bus::Memory(memory) => memory.sweep(),
             Bus::Redis(redis) => {
                 let now_ms = crate::bus::now_micros() / 1000;
-                match redis
+                let beat = redis
                     .heartbeat(now_ms + presence.ttl.as_millis() as u64)
-                    .await
-                {
+                    .await;
+                if beat.is_ok() {
+                    state.inner.registered.store(true, Ordering::Release);
+                }
+                match beat {
                     Ok(true) => {
                         let members = local_members(&state);
                         if !members.is_empty() {

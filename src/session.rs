@@ -272,6 +272,10 @@ impl Session {
         }
         validate_room(&room)?;
         let name = normalize_name(name)?;
+        if !self.state.is_registered() {
+            // The first presence heartbeat has not reached Redis yet (just started).
+            return Err(unavailable());
+        }
         let since = since.map(|s| s.parse::<MsgId>()).transpose().map_err(|_| {
             FrameError::new(
                 ErrorCode::BadRequest,
