@@ -342,7 +342,7 @@ async fn liveness_loop(state: AppState, stop: CancellationToken) {
                 }
                 match beat {
                     Ok(true) => {
-                        let members = local_members(&state);
+                        let members = state.hub().memberships();
                         if !members.is_empty() {
                             info!(
                                 members = members.len(),
@@ -387,11 +387,6 @@ async fn heartbeat_loop(state: AppState, stop: CancellationToken) {
             }
         }
     }
-}
-
-/// Every local membership, for restoring presence.
-fn local_members(state: &AppState) -> Vec<(Arc<str>, MemberRef)> {
-    state.hub().memberships()
 }
 
 /// The graceful drain; see the module docs for the order.
