@@ -303,13 +303,15 @@ impl Hub {
                     if !complete {
                         warn!(%room, %since, "room history lost or trimmed; members may have missed messages");
                     }
-                    for (id, envelope) in entries {
-                        let payload = crate::bus::memory::splice_id(&envelope, id);
-                        self.fan_out(&Incoming {
-                            room: room.clone(),
-                            payload: payload.into(),
-                        });
-                        replayed += 1;
+                    for (id, stored) in entries {
+                        // History entries carry no id in the envelope: the entry id is it.
+                        if let Some(mut envelope) = self.decode(&room, &stored) {
+                            if let Envelope::Message { id: slot, .. } = &mut envelope {
+                                *slot = Some(id.to_string());
+                            }
+                            self.fan_out_envelope(&room, envelope);
+                            replayed += 1;
+                        }
                     }
                 }
                 Err(e) => warn!(%room, error = %e, "catch-up failed"),
@@ -326,17 +328,30 @@ impl Hub {
     /// Decodes one envelope, encodes the client frame once, and queues it for every
     /// local member of the room.
     fn fan_out(&self, incoming: &Incoming) {
+        if let Some(envelope) = self.decode(&incoming.room, &incoming.payload) {
+            self.fan_out_envelope(&incoming.room, envelope);
+        }
+    }
+
+    /// Decodes one envelope received from the bus (counted; undecodable ones are logged,
+    /// counted and skipped).
+    fn decode(&self, room: &str, payload: &[u8]) -> Option<Envelope> {
         let metrics = &self.inner.metrics;
         metrics.bus_messages_received.inc();
-        let envelope: Envelope = match serde_json::from_slice(&incoming.payload) {
-            Ok(e) => e,
+        match serde_json::from_slice(payload) {
+            Ok(e) => Some(e),
             Err(e) => {
                 metrics.bus_decode_errors.inc();
-                warn!(room = %incoming.room, error = %e, "skipping undecodable bus payload");
-                return;
+                warn!(%room, error = %e, "skipping undecodable bus payload");
+                None
             }
-        };
-        let Some(mut room) = self.inner.rooms.get_mut(&*incoming.room) else {
+        }
+    }
+
+    /// Encodes the client frame once and queues it for every local member of the room.
+    fn fan_out_envelope(&self, room_name: &Arc<str>, envelope: Envelope) {
+        let metrics = &self.inner.metrics;
+        let Some(mut room) = self.inner.rooms.get_mut(&**room_name) else {
             return;
         };
         match envelope {
@@ -350,7 +365,7 @@ impl Hub {
             } => {
                 let Some(id) = id.as_deref().and_then(|s| s.parse::<MsgId>().ok()) else {
                     metrics.bus_decode_errors.inc();
-                    warn!(room = %incoming.room, "skipping bus message without a valid id");
+                    warn!(room = %room_name, "skipping bus message without a valid id");
                     return;
                 };
                 if id <= room.last_id {
@@ -359,13 +374,13 @@ impl Hub {
                 room.last_id = id;
                 room.counter.inc();
                 let span = tp.as_deref().map(|tp| {
-                    let span = info_span!("fan_out", node = %self.inner.node, room = %incoming.room, id = %id, members = room.members.len());
+                    let span = info_span!("fan_out", node = %self.inner.node, room = %room_name, id = %id, members = room.members.len());
                     telemetry::set_remote_parent(&span, tp);
                     span
                 });
                 let _entered = span.as_ref().map(|s| s.enter());
                 let frame = ServerFrame::Message {
-                    room: &incoming.room,
+                    room: room_name,
                     id: id.to_string(),
                     from: &from,
                     text: &text,
@@ -373,7 +388,7 @@ impl Hub {
                 }
                 .encode();
                 let shared = Arc::new(RoomFrame {
-                    room: incoming.room.clone(),
+                    room: room_name.clone(),
                     frame,
                     id: Some(id),
                     ts_us: ts,
@@ -386,13 +401,13 @@ impl Hub {
                 event, user, conn, ..
             } => {
                 let frame = ServerFrame::Presence {
-                    room: &incoming.room,
+                    room: room_name,
                     event: event.as_str(),
                     user: &user,
                 }
                 .encode();
                 let shared = Arc::new(RoomFrame {
-                    room: incoming.room.clone(),
+                    room: room_name.clone(),
                     frame,
                     id: None,
                     ts_us: 0,

@@ -133,7 +133,7 @@ impl MemoryBus {
 }
 
 /// The published form of a stored envelope: the same JSON object with `"id"` first.
-pub(crate) fn splice_id(envelope: &[u8], id: MsgId) -> String {
+fn splice_id(envelope: &[u8], id: MsgId) -> String {
     let body = std::str::from_utf8(envelope.get(1..).unwrap_or_default()).unwrap_or("}");
     format!("{{\"id\":\"{id}\",{body}")
 }
