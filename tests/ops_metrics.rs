@@ -207,18 +207,17 @@ async fn flow(admin: &str, room: &str) -> Flow {
 }
 
 async fn wait_flow(admin: &str, room: &str, what: &str, pred: impl Fn(&Flow) -> bool) -> Flow {
-    let deadline = std::time::Instant::now() + METRIC_TIMEOUT;
-    loop {
+    eventually(METRIC_TIMEOUT, || async {
         let f = flow(admin, room).await;
         if pred(&f) {
-            return f;
+            Ok(f)
+        } else {
+            Err(format!(
+                "{admin}: message metrics never showed {what}; last {f:?}"
+            ))
         }
-        assert!(
-            std::time::Instant::now() < deadline,
-            "{admin}: message metrics never showed {what}; last {f:?}"
-        );
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+    })
+    .await
 }
 
 /// Messages sent on replica 0 to a member on replica 1 (Redis bus): the sender's node counts
@@ -321,28 +320,27 @@ async fn disconnects(admin: &str) -> BTreeMap<String, f64> {
 
 /// Waits until exactly one disconnect was counted since `before`, under `reason`.
 async fn assert_one_disconnect(admin: &str, before: &BTreeMap<String, f64>, reason: &str) {
-    let deadline = std::time::Instant::now() + METRIC_TIMEOUT;
-    loop {
+    let moved = eventually(METRIC_TIMEOUT, || async {
         let now = disconnects(admin).await;
-        let moved: BTreeMap<&String, f64> = now
+        let moved: BTreeMap<String, f64> = now
             .iter()
-            .map(|(k, v)| (k, v - before.get(k).copied().unwrap_or(0.0)))
+            .map(|(k, v)| (k.clone(), v - before.get(k).copied().unwrap_or(0.0)))
             .filter(|(_, d)| *d != 0.0)
             .collect();
-        if !moved.is_empty() {
-            assert_eq!(
-                moved,
-                BTreeMap::from([(&reason.to_string(), 1.0)]),
-                "disconnects counted since the event"
-            );
-            return;
+        if moved.is_empty() {
+            Err(format!(
+                "no disconnect counted within {METRIC_TIMEOUT:?} (expected reason {reason})"
+            ))
+        } else {
+            Ok(moved)
         }
-        assert!(
-            std::time::Instant::now() < deadline,
-            "no disconnect counted within {METRIC_TIMEOUT:?} (expected reason {reason})"
-        );
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+    })
+    .await;
+    assert_eq!(
+        moved,
+        BTreeMap::from([(reason.to_string(), 1.0)]),
+        "disconnects counted since the event"
+    );
 }
 
 /// A client closing its connection counts as `reason="client"`.
@@ -557,8 +555,7 @@ async fn room_label_cap_puts_the_rest_under_other() {
         ("beta".to_string(), 2.0),
         ("_other".to_string(), 7.0),
     ]);
-    let deadline = std::time::Instant::now() + METRIC_TIMEOUT;
-    loop {
+    eventually(METRIC_TIMEOUT, || async {
         let got: BTreeMap<String, f64> = scrape(admin)
             .await
             .samples("roomcast_room_messages_total")
@@ -566,14 +563,14 @@ async fn room_label_cap_puts_the_rest_under_other() {
             .map(|s| (s.labels["room"].clone(), s.value))
             .collect();
         if got == expected {
-            break;
+            Ok(())
+        } else {
+            Err(format!(
+                "room_messages_total is {got:?}, expected {expected:?}"
+            ))
         }
-        assert!(
-            std::time::Instant::now() < deadline,
-            "room_messages_total is {got:?}, expected {expected:?}"
-        );
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+    })
+    .await;
 }
 
 fn one_connection(cfg: &mut roomcast::Config) {

@@ -117,3 +117,23 @@ pub fn sample_value(exposition: &str, name: &str, labels: &[(&str, &str)]) -> Op
             if all { value.trim().parse().ok() } else { None }
         })
 }
+
+/// Polls `probe` every 50 ms until it answers `Ok(value)`; after `timeout`, panics with
+/// the last `Err` (which should describe what was seen and what was expected).
+pub async fn eventually<T, F, Fut>(timeout: Duration, mut probe: F) -> T
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = Result<T, String>>,
+{
+    let deadline = std::time::Instant::now() + timeout;
+    loop {
+        match probe().await {
+            Ok(value) => return value,
+            Err(last) => assert!(
+                std::time::Instant::now() < deadline,
+                "{last} (waited {timeout:?})"
+            ),
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}

@@ -5,7 +5,7 @@
 #![allow(dead_code)]
 
 use std::collections::{BTreeMap, HashMap, HashSet};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use serde_json::Value;
 
@@ -393,18 +393,17 @@ pub async fn wait_metric(
     what: &str,
     pred: impl Fn(f64) -> bool,
 ) -> f64 {
-    let deadline = Instant::now() + METRIC_TIMEOUT;
-    loop {
+    crate::common::eventually(METRIC_TIMEOUT, || async {
         let v = metric(admin_url, name, labels).await;
         if pred(v) {
-            return v;
+            Ok(v)
+        } else {
+            Err(format!(
+                "{name}{labels:?} is {v} after {METRIC_TIMEOUT:?}; expected {what}"
+            ))
         }
-        assert!(
-            Instant::now() < deadline,
-            "{name}{labels:?} is {v} after {METRIC_TIMEOUT:?}; expected {what}"
-        );
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+    })
+    .await
 }
 
 /// `GET {base_url}/readyz`: the status and the JSON body.
@@ -446,18 +445,17 @@ pub async fn wait_readyz(
     what: &str,
     accept: impl Fn(&(u16, Value)) -> bool,
 ) -> (u16, Value) {
-    let deadline = Instant::now() + timeout;
-    loop {
+    crate::common::eventually(timeout, || async {
         let answer = readyz(base_url).await;
         if accept(&answer) {
-            return answer;
+            Ok(answer)
+        } else {
+            Err(format!(
+                "{base_url}/readyz never became {what} within {timeout:?}; last: {answer:?}"
+            ))
         }
-        assert!(
-            Instant::now() < deadline,
-            "{base_url}/readyz never became {what} within {timeout:?}; last: {answer:?}"
-        );
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+    })
+    .await
 }
 
 /// `GET {base_url}/healthz` must answer 200 `ok`.
