@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Prints the tables and ratios of one scripts/bench run from its JSON results:
-#   scripts/bench-report.sh DIR     (DIR holds fanout.json, socketio.json, idle.json, bus-*.json)
+#   scripts/bench-report.sh DIR     (DIR holds fanout.json, socketio.json, idle.json, bus-*.json,
+#                                    floor.json)
 # Targets are checked and reported, never asserted (machines are noisy).
 set -euo pipefail
 dir=${1:?usage: scripts/bench-report.sh RESULTS_DIR [--smoke]}
@@ -104,12 +105,66 @@ def saturated(r, rate):
     """True when the highest step also passed: the real limit is higher."""
     return rate is not None and rate == max(s["rate"] for s in r["steps"])
 
+def floor_table(fl):
+    print("\n## kernel floor: one thread writing one pre-encoded frame per delivery, nothing else")
+    print(f"{fl['connections']} loopback TCP connections, {fl['members']} sockets per publish, "
+          f"{fl['frame_bytes']} B frames, {fl.get('reader_threads', '?')} reader thread(s); "
+          "CPU = utime + stime of the sending thread")
+    hdr = ["rate/s", "deliv/s", "deliveries", "sender cpu s", "µs/deliv", "user µs", "sys µs",
+           "process µs/deliv", "machine busy%"]
+    rows = []
+    for s in fl["steps"]:
+        behind = "" if s.get("kept_up", True) else " (behind)"
+        rows.append([f"{s['rate']:g}", f"{floor_rate(s):.0f}{behind}", f"{s['deliveries']}",
+                     fmt(s["sender_cpu_s"]), fmt(s["us_per_delivery"]),
+                     fmt(s["user_us_per_delivery"]), fmt(s["sys_us_per_delivery"]),
+                     fmt(s.get("process_us_per_delivery")), fmt(s.get("machine_busy_pct"), 0)])
+    widths = [max(len(h), *(len(row[i]) for row in rows)) for i, h in enumerate(hdr)] if rows else []
+    print("  ".join(h.rjust(w) for h, w in zip(hdr, widths)))
+    for row in rows:
+        print("  ".join(c.rjust(w) for c, w in zip(row, widths)))
+    print("(the least CPU per delivery any server writing one frame per delivery pays here; "
+          "process = readers included)")
+
+def floor_rate(s):
+    return s["deliveries"] / s["seconds"] if s.get("seconds") else 0.0
+
+def ceiling(sio, fl, achieved=None):
+    """Socket.IO's server CPU per delivery over its healthy steps divided by the kernel
+    floor: the highest CPU ratio any server writing one frame per delivery could reach.
+    Each Socket.IO step is paired with the floor step closest in deliveries/s."""
+    fs = [f for f in fl["steps"] if f.get("us_per_delivery") and f.get("kept_up", True)]
+    steps = [s for s in sio["steps"] if healthy(s) and s.get("server_cpu_s")]
+    if not fs or not steps:
+        print("           ceiling: n/a (no usable kernel floor or Socket.IO step)")
+        return
+    pairs = [(s, min(fs, key=lambda f: abs(floor_rate(f) - s["deliveries_per_s"]))) for s in steps]
+    dl = sum(s["deliveries"] for s, _ in pairs)
+    sio_us = 1e6 * sum(s["server_cpu_s"] for s, _ in pairs) / dl
+    floor_us = sum(s["deliveries"] * f["us_per_delivery"] for s, f in pairs) / dl
+    lowest = min(f["us_per_delivery"] for f in fs)
+    c = sio_us / floor_us
+    print(f"           highest ratio any server writing one frame per delivery could reach on "
+          f"this machine: {c:.1f}x")
+    print(f"             = Socket.IO {sio_us:.1f} µs of server CPU per delivery (steps with p99 < 50 ms)"
+          f" / kernel floor {floor_us:.2f} µs; each Socket.IO step paired with the floor step "
+          "closest in deliveries/s:")
+    for s, f in pairs:
+        print(f"               {s['rate']:g}/s ({s['deliveries_per_s']:.0f} deliveries/s): Socket.IO "
+              f"{1e6 * s['server_cpu_s'] / s['deliveries']:.1f} µs / floor {f['us_per_delivery']:.2f} µs "
+              f"(floor step {floor_rate(f):.0f} deliveries/s)")
+    print(f"             with the lowest floor value instead ({lowest:.2f} µs, the most generous): "
+          f"{sio_us / lowest:.1f}x")
+    if achieved:
+        print(f"             roomcast's {achieved:.1f}x is {100 * achieved / c:.0f}% of that ceiling")
+
 def check(name, ok, text):
     mark = "met" if ok else ("MISSED" if ok is not None else "n/a")
     print(f"  [{mark:>6}] {name}: {text}")
 
 fan, sio, idle = load("fanout"), load("socketio"), load("idle")
 bmem, bred = load("bus-memory"), load("bus-redis")
+fl = load("floor")
 if fan: table("fanout: roomcast, 2 replicas + Redis", fan)
 if sio: table("socketio: Socket.IO 4 + redis-adapter, 2 node processes + Redis", sio)
 if fan and sio: side_by_side(fan, sio)
@@ -127,6 +182,7 @@ if idle:
           f"{idle['idle_cpu_s']} s over {idle['idle_seconds']} s = {idle['idle_cpu_pct']}% of a core")
 if bmem: table("bus: memory bus, one replica", bmem)
 if bred: table("bus: Redis bus, one replica", bred)
+if fl: floor_table(fl)
 
 print("\n## targets (reported, not asserted)")
 if smoke:
@@ -148,6 +204,8 @@ if fan and sio:
     if uf and us:
         print(f"           user-space CPU only: roomcast {uf:,.0f} vs Socket.IO {us:,.0f} "
               f"deliveries/user-cpu-s = {uf / us:.1f}x")
+    if fl:
+        ceiling(sio, fl, ef / es if ef and es else None)
     rf, rs = best_rate(fan), best_rate(sio)
     if rf and rs:
         more = " (roomcast passed every step: the ratio is a lower bound)" if saturated(fan, rf) else ""
@@ -156,6 +214,9 @@ if fan and sio:
     else:
         check(">= 5x highest publish rate with p99 < 50 ms", None,
               f"roomcast {rf}, Socket.IO {rs} (no step under 50 ms for one of them)")
+if sio and fl and not fan:
+    print("  kernel floor vs Socket.IO (no roomcast fanout run):")
+    ceiling(sio, fl)
 if idle:
     b = idle.get("rss_per_connection_bytes")
     if b is not None:
