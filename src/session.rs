@@ -5,16 +5,19 @@
 //! and subscriptions alike.
 
 use std::collections::VecDeque;
+use std::future::Future;
 use std::net::SocketAddr;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::pin::Pin;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, OnceLock};
+use std::task::{Context, Poll};
 use std::time::{Duration, Instant};
 
 use axum::extract::ws::{CloseFrame, Message, Utf8Bytes, WebSocket};
 use futures_util::stream::{SplitSink, SplitStream};
+use futures_util::task::AtomicWaker;
 use futures_util::{SinkExt, StreamExt};
 use tokio::sync::{OwnedSemaphorePermit, mpsc};
-use tokio_util::sync::CancellationToken;
 use tracing::{Instrument, debug, info_span, warn};
 
 use crate::bus::{Envelope, MemberRef, now_micros};
@@ -36,10 +39,16 @@ const STRIKE_WINDOW: Duration = Duration::from_secs(10);
 
 /// The control handle of one session: who else (hub, drain, heartbeat) can close it, and
 /// why; and when the client was last heard from.
+///
+/// The close signal is a flag and one waker per waiting task (read loop, writer) rather
+/// than a `CancellationToken`: the writer checks it on every wake-up, once per delivered
+/// frame, and a token's check takes a mutex (two, with its `Notified`) each time.
 #[derive(Debug)]
 pub struct SessionCtl {
     reason: OnceLock<DisconnectReason>,
-    token: CancellationToken,
+    closed: AtomicBool,
+    reader: AtomicWaker,
+    writer: AtomicWaker,
     /// Unix ms of the last frame (or pong) received from the client.
     last_seen_ms: AtomicU64,
 }
@@ -48,8 +57,35 @@ impl Default for SessionCtl {
     fn default() -> Self {
         SessionCtl {
             reason: OnceLock::new(),
-            token: CancellationToken::new(),
+            closed: AtomicBool::new(false),
+            reader: AtomicWaker::new(),
+            writer: AtomicWaker::new(),
             last_seen_ms: AtomicU64::new(now_micros() / 1000),
+        }
+    }
+}
+
+/// Resolves once the session is closed. Each of the session's two tasks has its own
+/// waker slot, so each must wait only through its own (`reader_closed`, `writer_closed`).
+#[derive(Debug)]
+pub struct Closed<'a> {
+    flag: &'a AtomicBool,
+    waker: &'a AtomicWaker,
+}
+
+impl Future for Closed<'_> {
+    type Output = ();
+
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<()> {
+        if self.flag.load(Ordering::Acquire) {
+            return Poll::Ready(());
+        }
+        self.waker.register(cx.waker());
+        // Checked again after registering: a close in between has woken the old waker.
+        if self.flag.load(Ordering::Acquire) {
+            Poll::Ready(())
+        } else {
+            Poll::Pending
         }
     }
 }
@@ -69,7 +105,25 @@ impl SessionCtl {
     /// Closes the session; the first reason given wins.
     pub fn close(&self, reason: DisconnectReason) {
         let _ = self.reason.set(reason);
-        self.token.cancel();
+        self.closed.store(true, Ordering::Release);
+        self.reader.wake();
+        self.writer.wake();
+    }
+
+    /// The read loop's wait for the close.
+    fn reader_closed(&self) -> Closed<'_> {
+        Closed {
+            flag: &self.closed,
+            waker: &self.reader,
+        }
+    }
+
+    /// The writer's wait for the close.
+    fn writer_closed(&self) -> Closed<'_> {
+        Closed {
+            flag: &self.closed,
+            waker: &self.writer,
+        }
     }
 
     pub fn reason(&self) -> DisconnectReason {
@@ -80,7 +134,7 @@ impl SessionCtl {
     }
 
     pub fn is_closed(&self) -> bool {
-        self.token.is_cancelled()
+        self.closed.load(Ordering::Acquire)
     }
 }
 
@@ -173,7 +227,7 @@ impl Session {
         // (`server::heartbeat_loop`), so an idle connection holds no timer of its own.
         loop {
             let msg = tokio::select! {
-                _ = self.ctl.token.cancelled() => return stream,
+                _ = self.ctl.reader_closed() => return stream,
                 msg = stream.next() => msg,
             };
             self.ctl.touch();
@@ -648,10 +702,9 @@ async fn write_loop(
     let mut rooms: RoomMap<RoomCursor> = RoomMap::default();
     // Grows with bursts and is trimmed after them: idle connections hold no batch memory.
     let mut frames: VecDeque<(Utf8Bytes, u64)> = VecDeque::new();
-    // One cancellation future for the writer's life, polled by every select below.
-    let cancelled = ctl.token.cancelled();
-    tokio::pin!(cancelled);
-    'outer: loop {
+    // One close future for the writer's life, polled by every select below.
+    let mut cancelled = ctl.writer_closed();
+    loop {
         let first = tokio::select! {
             biased;
             _ = &mut cancelled => break,
@@ -669,29 +722,38 @@ async fn write_loop(
         }
         let now = now_micros();
         let mut delivered = 0u64;
-        while let Some((frame, ts_us)) = frames.pop_front() {
-            if ts_us > 0 {
-                delivered += 1;
-                if ts_us > 1 {
-                    metrics
-                        .delivery_latency
-                        .observe(now.saturating_sub(ts_us) as f64 / 1e6);
+        // The whole batch (feeds, then one flush) races the close once; frames not
+        // written when the session closes stay in `frames` for the close phase.
+        let write = async {
+            while let Some((frame, ts_us)) = frames.pop_front() {
+                if ts_us > 0 {
+                    delivered += 1;
+                    if ts_us > 1 {
+                        metrics
+                            .delivery_latency
+                            .observe(now.saturating_sub(ts_us) as f64 / 1e6);
+                    }
                 }
+                sink.feed(to_message(frame)).await?;
             }
-            tokio::select! {
-                biased;
-                _ = &mut cancelled => break 'outer,
-                r = sink.feed(to_message(frame)) => if r.is_err() { ctl.close(DisconnectReason::Client); break 'outer; },
-            }
-        }
+            sink.flush().await
+        };
+        let written = tokio::select! {
+            biased;
+            _ = &mut cancelled => None,
+            r = write => Some(r),
+        };
         metrics.messages_delivered.inc_by(delivered);
+        match written {
+            None => break,
+            Some(Err(_)) => {
+                ctl.close(DisconnectReason::Client);
+                break;
+            }
+            Some(Ok(())) => {}
+        }
         if frames.capacity() > WRITE_BATCH {
             frames.shrink_to(WRITE_BATCH);
-        }
-        tokio::select! {
-            biased;
-            _ = &mut cancelled => break,
-            r = sink.flush() => if r.is_err() { ctl.close(DisconnectReason::Client); break; },
         }
     }
     // Boxed: the close phase's futures would otherwise sit in every writer task.
@@ -840,6 +902,33 @@ mod tests {
     use crate::config::Config;
     use crate::hub::{self, Hub};
     use crate::metrics::Metrics;
+    use tokio_util::sync::CancellationToken;
+
+    #[tokio::test]
+    async fn close_wakes_both_waiting_tasks_and_a_later_wait_ends_at_once() {
+        let ctl = Arc::new(SessionCtl::default());
+        let (c1, c2) = (ctl.clone(), ctl.clone());
+        let reader = tokio::spawn(async move { c1.reader_closed().await });
+        let writer = tokio::spawn(async move { c2.writer_closed().await });
+        tokio::task::yield_now().await;
+        assert!(!reader.is_finished() && !writer.is_finished());
+        ctl.close(DisconnectReason::Drain);
+        tokio::time::timeout(Duration::from_secs(5), async {
+            reader.await.expect("reader");
+            writer.await.expect("writer");
+        })
+        .await
+        .expect("both tasks saw the close");
+        ctl.writer_closed().await;
+        assert!(ctl.is_closed());
+        assert_eq!(ctl.reason(), DisconnectReason::Drain);
+        ctl.close(DisconnectReason::Client);
+        assert_eq!(
+            ctl.reason(),
+            DisconnectReason::Drain,
+            "the first reason wins"
+        );
+    }
 
     #[tokio::test]
     async fn a_panicking_session_still_leaves_its_rooms() {
