@@ -158,6 +158,25 @@ def ceiling(sio, fl, achieved=None):
     if achieved:
         print(f"             roomcast's {achieved:.1f}x is {100 * achieved / c:.0f}% of that ceiling")
 
+def rate_ceiling(fan, fl, sio_rate):
+    """What 5x Socket.IO's highest rate would need from this machine: at least the load
+    generator's own CPU per delivery (its cheapest healthy step in the roomcast run) plus the
+    kernel floor's (lowest value), Redis and the gateway's own work left out (generous)."""
+    gen = [1e6 * s["client_cpu_s"] / s["deliveries"] for s in fan["steps"]
+           if healthy(s) and s.get("client_cpu_s") and s["deliveries"]]
+    floors = [f["us_per_delivery"] for f in (fl or {}).get("steps", []) if f.get("us_per_delivery")]
+    if not gen or not floors:
+        return
+    g, f = min(gen), min(floors)
+    rate = 5 * sio_rate
+    deliveries = rate * fan["members_per_room"]
+    cores = deliveries * (g + f) / 1e6
+    have = os.cpu_count() or 1
+    verdict = "more than this machine has" if cores > have else "within this machine"
+    print(f"           5x Socket.IO's rate = {rate:g} msgs/s = {deliveries:,.0f} deliveries/s; the load "
+          f"generator alone needs {g:.1f} µs and the kernel floor {f:.1f} µs per delivery: "
+          f"{cores:.1f} cores of the {have} here ({verdict}; Redis and the gateway's own work not counted)")
+
 def check(name, ok, text):
     mark = "met" if ok else ("MISSED" if ok is not None else "n/a")
     print(f"  [{mark:>6}] {name}: {text}")
@@ -211,6 +230,7 @@ if fan and sio:
         more = " (roomcast passed every step: the ratio is a lower bound)" if saturated(fan, rf) else ""
         check(">= 5x highest publish rate with p99 < 50 ms", rf / rs >= 5,
               f"roomcast {rf:g}/s vs Socket.IO {rs:g}/s = {rf / rs:.1f}x{more}")
+        rate_ceiling(fan, fl, rs)
     else:
         check(">= 5x highest publish rate with p99 < 50 ms", None,
               f"roomcast {rf}, Socket.IO {rs} (no step under 50 ms for one of them)")
