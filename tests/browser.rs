@@ -442,6 +442,36 @@ impl Drop for Balancer {
     }
 }
 
+/// What most tests here start with: Redis, two replicas on it ("node-a", "node-b") and a
+/// browser. Fields drop in order: the browser first, Redis last.
+struct TwoReplicas {
+    browser: Browser,
+    node_a: Node,
+    node_b: Node,
+    _redis: RedisServer,
+}
+
+impl TwoReplicas {
+    async fn start() -> TwoReplicas {
+        let redis = RedisServer::start().await;
+        let node_a = Node::start(node_config(Some(&redis), "node-a")).await;
+        let node_b = Node::start(node_config(Some(&redis), "node-b")).await;
+        TwoReplicas {
+            browser: Browser::start().await,
+            node_a,
+            node_b,
+            _redis: redis,
+        }
+    }
+
+    /// One page on each replica: (node-a's, node-b's).
+    async fn pages(&self) -> (Page, Page) {
+        let a = self.browser.open(&page_url(&self.node_a)).await;
+        let b = self.browser.open(&page_url(&self.node_b)).await;
+        (a, b)
+    }
+}
+
 fn page_url(node: &Node) -> String {
     format!("{}/", node.http_url.trim_end_matches('/'))
 }
@@ -468,12 +498,8 @@ fn assert_unique_ids(lines: &[Line]) {
 
 #[tokio::test]
 async fn pages_on_two_replicas_see_each_others_messages_and_their_own_node() {
-    let redis = RedisServer::start().await;
-    let node_a = Node::start(node_config(Some(&redis), "node-a")).await;
-    let node_b = Node::start(node_config(Some(&redis), "node-b")).await;
-    let browser = Browser::start().await;
-    let alice = browser.open(&page_url(&node_a)).await;
-    let bob = browser.open(&page_url(&node_b)).await;
+    let env = TwoReplicas::start().await;
+    let (alice, bob) = env.pages().await;
 
     assert_eq!(alice.wait_connected().await, "node-a");
     assert_eq!(bob.wait_connected().await, "node-b");
@@ -527,12 +553,8 @@ async fn pages_on_two_replicas_see_each_others_messages_and_their_own_node() {
 #[tokio::test]
 async fn message_with_html_is_shown_as_text() {
     const EVIL: &str = "<img src=x onerror=alert(1)>";
-    let redis = RedisServer::start().await;
-    let node_a = Node::start(node_config(Some(&redis), "node-a")).await;
-    let node_b = Node::start(node_config(Some(&redis), "node-b")).await;
-    let browser = Browser::start().await;
-    let sender = browser.open(&page_url(&node_a)).await;
-    let reader = browser.open(&page_url(&node_b)).await;
+    let env = TwoReplicas::start().await;
+    let (sender, reader) = env.pages().await;
     sender.join("mallory", "lobby").await;
     reader.join("reader", "lobby").await;
 
@@ -571,12 +593,8 @@ async fn message_with_html_is_shown_as_text() {
 
 #[tokio::test]
 async fn presence_lines_appear_when_another_page_joins_and_leaves() {
-    let redis = RedisServer::start().await;
-    let node_a = Node::start(node_config(Some(&redis), "node-a")).await;
-    let node_b = Node::start(node_config(Some(&redis), "node-b")).await;
-    let browser = Browser::start().await;
-    let alice = browser.open(&page_url(&node_a)).await;
-    let bob = browser.open(&page_url(&node_b)).await;
+    let env = TwoReplicas::start().await;
+    let (alice, bob) = env.pages().await;
 
     alice.join("alice", "lobby").await;
     alice.wait_member("alice", 1).await;
@@ -600,12 +618,8 @@ async fn presence_lines_appear_when_another_page_joins_and_leaves() {
 
 #[tokio::test]
 async fn member_list_counts_connections_sharing_a_name() {
-    let redis = RedisServer::start().await;
-    let node_a = Node::start(node_config(Some(&redis), "node-a")).await;
-    let node_b = Node::start(node_config(Some(&redis), "node-b")).await;
-    let browser = Browser::start().await;
-    let alice = browser.open(&page_url(&node_a)).await;
-    let bob = browser.open(&page_url(&node_b)).await;
+    let env = TwoReplicas::start().await;
+    let (alice, bob) = env.pages().await;
     alice.join("alice", "lobby").await;
     bob.join("bob", "lobby").await;
     alice.wait_member("bob", 1).await;
@@ -618,7 +632,7 @@ async fn member_list_counts_connections_sharing_a_name() {
         .switch_to_window(tab.handle.clone())
         .await
         .expect("switch tab");
-    bob.goto(&page_url(&node_b)).await;
+    bob.goto(&page_url(&env.node_b)).await;
     bob.wait_joined("lobby").await;
     let name = bob
         .js("return document.getElementById('name').value;", Value::Null)
