@@ -68,7 +68,7 @@ impl Default for SessionCtl {
 /// Resolves once the session is closed. Each of the session's two tasks has its own
 /// waker slot, so each must wait only through its own (`reader_closed`, `writer_closed`).
 #[derive(Debug)]
-pub struct Closed<'a> {
+struct Closed<'a> {
     flag: &'a AtomicBool,
     waker: &'a AtomicWaker,
 }
