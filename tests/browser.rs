@@ -249,6 +249,15 @@ impl Page {
     }
 
     /// Waits until the page says it is connected and shows a node id; returns the node id.
+    async fn wait_disconnected(&self) {
+        self.wait_for(
+            "the page to notice the disconnect",
+            "return document.getElementById('status').dataset.state !== 'connected';",
+            Value::Null,
+        )
+        .await;
+    }
+
     async fn wait_connected(&self) -> String {
         self.wait_for(
             "the connection",
@@ -453,9 +462,19 @@ struct TwoReplicas {
 
 impl TwoReplicas {
     async fn start() -> TwoReplicas {
+        TwoReplicas::start_with(|_| {}).await
+    }
+
+    /// Both replicas with `tweak` applied to their configuration.
+    async fn start_with(tweak: fn(&mut roomcast::Config)) -> TwoReplicas {
         let redis = RedisServer::start().await;
-        let node_a = Node::start(node_config(Some(&redis), "node-a")).await;
-        let node_b = Node::start(node_config(Some(&redis), "node-b")).await;
+        let config = |id: &str| {
+            let mut cfg = node_config(Some(&redis), id);
+            tweak(&mut cfg);
+            cfg
+        };
+        let node_a = Node::start(config("node-a")).await;
+        let node_b = Node::start(config("node-b")).await;
         TwoReplicas {
             browser: Browser::start().await,
             node_a,
@@ -469,6 +488,15 @@ impl TwoReplicas {
         let a = self.browser.open(&page_url(&self.node_a)).await;
         let b = self.browser.open(&page_url(&self.node_b)).await;
         (a, b)
+    }
+
+    /// A page behind a balancer that routes to node-a (and can be cut or rerouted), and a
+    /// page on node-b.
+    async fn balanced_pages(&self) -> (Balancer, Page, Page) {
+        let balancer = Balancer::start(socket_addr(&self.node_a)).await;
+        let a = self.browser.open(&balancer.url()).await;
+        let b = self.browser.open(&page_url(&self.node_b)).await;
+        (balancer, a, b)
     }
 }
 
@@ -664,13 +692,8 @@ async fn member_list_counts_connections_sharing_a_name() {
 
 #[tokio::test]
 async fn page_reconnects_to_another_replica_and_resumes_without_gap_or_duplicate() {
-    let redis = RedisServer::start().await;
-    let node_a = Node::start(node_config(Some(&redis), "node-a")).await;
-    let node_b = Node::start(node_config(Some(&redis), "node-b")).await;
-    let balancer = Balancer::start(socket_addr(&node_a)).await;
-    let browser = Browser::start().await;
-    let alice = browser.open(&balancer.url()).await;
-    let bob = browser.open(&page_url(&node_b)).await;
+    let env = TwoReplicas::start().await;
+    let (balancer, alice, bob) = env.balanced_pages().await;
     assert_eq!(alice.wait_connected().await, "node-a");
     alice.join("alice", "lobby").await;
     bob.join("bob", "lobby").await;
@@ -679,19 +702,13 @@ async fn page_reconnects_to_another_replica_and_resumes_without_gap_or_duplicate
 
     // node-a's connection is cut and refused for a while; bob talks meanwhile.
     balancer.route(None);
-    alice
-        .wait_for(
-            "the page to notice the disconnect",
-            "return document.getElementById('status').dataset.state !== 'connected';",
-            Value::Null,
-        )
-        .await;
+    alice.wait_disconnected().await;
     bob.send("while away 1").await;
     bob.send("while away 2").await;
     bob.wait_message("bob", "while away 2").await;
 
     // The balancer now sends the page to node-b: it must resume the room from its cursor.
-    balancer.route(Some(socket_addr(&node_b)));
+    balancer.route(Some(socket_addr(&env.node_b)));
     assert_eq!(alice.wait_connected().await, "node-b");
     alice.wait_joined("lobby").await;
     bob.send("after").await;
@@ -718,38 +735,22 @@ async fn page_reconnects_to_another_replica_and_resumes_without_gap_or_duplicate
 
 #[tokio::test]
 async fn page_says_messages_were_missed_when_history_lost_its_cursor() {
-    let redis = RedisServer::start().await;
-    let small_history = |id: &str| {
-        let mut cfg = node_config(Some(&redis), id);
-        cfg.history.size = 2;
-        cfg
-    };
-    let node_a = Node::start(small_history("node-a")).await;
-    let node_b = Node::start(small_history("node-b")).await;
-    let balancer = Balancer::start(socket_addr(&node_a)).await;
-    let browser = Browser::start().await;
-    let alice = browser.open(&balancer.url()).await;
-    let bob = browser.open(&page_url(&node_b)).await;
+    let env = TwoReplicas::start_with(|cfg| cfg.history.size = 2).await;
+    let (balancer, alice, bob) = env.balanced_pages().await;
     alice.join("alice", "lobby").await;
     bob.join("bob", "lobby").await;
     bob.send("before").await;
     alice.wait_message("bob", "before").await;
 
     balancer.route(None);
-    alice
-        .wait_for(
-            "the page to notice the disconnect",
-            "return document.getElementById('status').dataset.state !== 'connected';",
-            Value::Null,
-        )
-        .await;
+    alice.wait_disconnected().await;
     // Three messages push "before" (alice's cursor) out of a history of two.
     for text in ["away 1", "away 2", "away 3"] {
         bob.send(text).await;
     }
     bob.wait_message("bob", "away 3").await;
 
-    balancer.route(Some(socket_addr(&node_b)));
+    balancer.route(Some(socket_addr(&env.node_b)));
     alice.wait_connected().await;
     alice
         .wait_system_line("missed", "some messages may have been missed")
