@@ -21,7 +21,7 @@ use tracing::{Instrument, debug, info_span, warn};
 
 use crate::bus::{Bus, BusError, BusEvent, BusReceiver, Envelope, Incoming, MemberRef};
 use crate::metrics::{DisconnectReason, Metrics};
-use crate::protocol::{MsgId, ServerFrame};
+use crate::protocol::{Encode, MsgId, ServerFrame};
 use crate::session::SessionCtl;
 use crate::telemetry;
 
@@ -381,7 +381,7 @@ impl Hub {
                 let _entered = span.as_ref().map(|s| s.enter());
                 let frame = ServerFrame::Message {
                     room: room_name,
-                    id: id.to_string(),
+                    id,
                     from: &from,
                     text: &text,
                     ts: ts / 1000,

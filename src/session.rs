@@ -24,7 +24,7 @@ use crate::bus::{Envelope, MemberRef, now_micros};
 use crate::hub::{Member, Out, Release};
 use crate::metrics::DisconnectReason;
 use crate::protocol::{
-    ClientFrame, ErrorCode, FrameError, MsgId, ServerFrame, User, normalize_name,
+    ClientFrame, Encode, ErrorCode, FrameError, MsgId, ServerFrame, User, normalize_name,
     parse_client_frame, validate_room,
 };
 use crate::server::AppState;
@@ -393,7 +393,7 @@ impl Session {
             room: &room,
             you: &member.user,
             members: &info.members,
-            offset: info.head.to_string(),
+            offset: info.head,
             recovered: info.recovered,
         }
         .encode();
@@ -464,11 +464,7 @@ impl Session {
         {
             Ok(id) => {
                 metrics.messages_published.inc();
-                let ack = ServerFrame::Ack {
-                    reference,
-                    id: id.to_string(),
-                }
-                .encode();
+                let ack = ServerFrame::Ack { reference, id }.encode();
                 self.queue(Out::Frame(Box::new(ack)));
                 Ok(())
             }
@@ -509,7 +505,7 @@ fn encode_replay(room: &str, id: MsgId, envelope: &[u8]) -> Option<(MsgId, Utf8B
         Ok(Envelope::Message { from, text, ts, .. }) => {
             let frame = ServerFrame::Message {
                 room,
-                id: id.to_string(),
+                id,
                 from: &from,
                 text: &text,
                 ts: ts / 1000,

@@ -1,0 +1,283 @@
+//! Frames: what clients send (parsed in one serde pass, diagnosed precisely when
+//! malformed) and what the server sends (serialised once per replica and shared).
+
+use serde::{Deserialize, Serialize};
+
+use crate::codes::ErrorCode;
+use crate::id::MsgId;
+use crate::rules::User;
+
+/// Longest `ref` a client may attach to a frame.
+pub const MAX_REF_BYTES: usize = 64;
+
+/// A frame from a client.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "type", rename_all = "lowercase")]
+pub enum ClientFrame {
+    Join {
+        room: String,
+        name: String,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        since: Option<String>,
+        #[serde(default, rename = "ref", skip_serializing_if = "Option::is_none")]
+        reference: Option<String>,
+    },
+    Leave {
+        room: String,
+        #[serde(default, rename = "ref", skip_serializing_if = "Option::is_none")]
+        reference: Option<String>,
+    },
+    Send {
+        room: String,
+        text: String,
+        #[serde(default, rename = "ref", skip_serializing_if = "Option::is_none")]
+        reference: Option<String>,
+    },
+}
+
+impl ClientFrame {
+    /// The client's `ref`, echoed in the answer.
+    pub fn reference(&self) -> Option<&str> {
+        match self {
+            ClientFrame::Join { reference, .. }
+            | ClientFrame::Leave { reference, .. }
+            | ClientFrame::Send { reference, .. } => reference.as_deref(),
+        }
+    }
+
+    /// The frame as JSON text (for clients: the load generator, probes, tests).
+    pub fn to_json(&self) -> String {
+        // Plain strings only: serialising cannot fail.
+        serde_json::to_string(self).unwrap_or_default()
+    }
+}
+
+/// A refusal to send back to the client as an `error` frame.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct FrameError {
+    pub code: ErrorCode,
+    pub message: String,
+    pub reference: Option<String>,
+}
+
+impl FrameError {
+    pub fn new(code: ErrorCode, message: impl Into<String>) -> Self {
+        Self {
+            code,
+            message: message.into(),
+            reference: None,
+        }
+    }
+
+    pub fn with_ref(mut self, reference: Option<&str>) -> Self {
+        self.reference = reference.map(str::to_owned);
+        self
+    }
+
+    /// The `error` frame as JSON text.
+    pub fn to_json(&self) -> String {
+        ServerFrame::Error {
+            code: self.code,
+            message: &self.message,
+            reference: self.reference.as_deref(),
+        }
+        .to_json()
+    }
+}
+
+/// Parses one client text frame. Well-formed frames take the fast path (one serde pass);
+/// anything else is diagnosed so the client gets the most precise error code.
+pub fn parse_client_frame(text: &str) -> Result<ClientFrame, FrameError> {
+    match serde_json::from_str::<ClientFrame>(text) {
+        Ok(frame) => {
+            if frame.reference().is_some_and(|r| r.len() > MAX_REF_BYTES) {
+                return Err(FrameError::new(
+                    ErrorCode::BadRequest,
+                    format!("`ref` is longer than {MAX_REF_BYTES} bytes"),
+                ));
+            }
+            Ok(frame)
+        }
+        Err(err) => Err(diagnose(text, &err)),
+    }
+}
+
+fn diagnose(text: &str, err: &serde_json::Error) -> FrameError {
+    let value: serde_json::Value = match serde_json::from_str(text) {
+        Ok(v) => v,
+        Err(e) => return FrameError::new(ErrorCode::BadRequest, format!("not valid JSON: {e}")),
+    };
+    let Some(obj) = value.as_object() else {
+        return FrameError::new(ErrorCode::BadRequest, "a frame must be a JSON object");
+    };
+    let reference = obj
+        .get("ref")
+        .and_then(|r| r.as_str())
+        .filter(|r| r.len() <= MAX_REF_BYTES);
+    let error = match obj.get("type") {
+        None => FrameError::new(ErrorCode::BadRequest, "missing field `type`"),
+        Some(serde_json::Value::String(t)) if !matches!(t.as_str(), "join" | "leave" | "send") => {
+            let shown: String = t.chars().take(32).collect();
+            FrameError::new(
+                ErrorCode::UnknownType,
+                format!("unknown type `{shown}`; expected join, leave or send"),
+            )
+        }
+        Some(serde_json::Value::String(_)) => {
+            // serde's message names the field; drop its position suffix.
+            let msg = err.to_string();
+            let msg = msg.split(" at line ").next().unwrap_or(&msg).to_string();
+            FrameError::new(ErrorCode::BadRequest, msg)
+        }
+        Some(_) => FrameError::new(ErrorCode::BadRequest, "`type` must be a string"),
+    };
+    error.with_ref(reference)
+}
+
+/// The `ref` of a frame that is refused before it is handled (e.g. rate-limited);
+/// `None` unless the frame is a JSON object with a string `ref` of acceptable length.
+pub fn peek_ref(text: &str) -> Option<String> {
+    #[derive(Deserialize)]
+    struct RefOnly {
+        #[serde(default, rename = "ref")]
+        reference: Option<String>,
+    }
+    serde_json::from_str::<RefOnly>(text)
+        .ok()?
+        .reference
+        .filter(|r| r.len() <= MAX_REF_BYTES)
+}
+
+/// A frame to a client, borrowing its parts; serialised once and shared.
+#[derive(Debug, Serialize)]
+#[serde(tag = "type", rename_all = "lowercase")]
+pub enum ServerFrame<'a> {
+    Welcome {
+        node: &'a str,
+        conn: &'a str,
+    },
+    Joined {
+        room: &'a str,
+        you: &'a User,
+        members: &'a [User],
+        offset: MsgId,
+        #[serde(skip_serializing_if = "Option::is_none")]
+        recovered: Option<bool>,
+    },
+    Message {
+        room: &'a str,
+        id: MsgId,
+        from: &'a User,
+        text: &'a str,
+        /// Publish time, Unix milliseconds.
+        ts: u64,
+    },
+    Presence {
+        room: &'a str,
+        event: &'a str,
+        user: &'a User,
+    },
+    Ack {
+        #[serde(rename = "ref")]
+        reference: Option<&'a str>,
+        id: MsgId,
+    },
+    Left {
+        room: &'a str,
+    },
+    Error {
+        code: ErrorCode,
+        message: &'a str,
+        #[serde(rename = "ref", skip_serializing_if = "Option::is_none")]
+        reference: Option<&'a str>,
+    },
+}
+
+impl ServerFrame<'_> {
+    /// The frame as JSON text.
+    pub fn to_json(&self) -> String {
+        // Plain structs: serialising cannot fail; keep a valid frame if it ever did.
+        serde_json::to_string(self).unwrap_or_else(|_| {
+            r#"{"type":"error","code":"internal","message":"encoding failed"}"#.to_string()
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn code(text: &str) -> ErrorCode {
+        parse_client_frame(text).unwrap_err().code
+    }
+
+    #[test]
+    fn parses_valid_frames() {
+        let f = parse_client_frame(r#"{"type":"send","room":"a","text":"hi","ref":"c1"}"#).unwrap();
+        assert_eq!(f.reference(), Some("c1"));
+        assert!(matches!(
+            parse_client_frame(r#"{"type":"join","room":"a","name":"x","since":"1-0"}"#),
+            Ok(ClientFrame::Join { since: Some(_), .. })
+        ));
+    }
+
+    #[test]
+    fn client_frames_round_trip() {
+        let frame = ClientFrame::Join {
+            room: "a".into(),
+            name: "x".into(),
+            since: None,
+            reference: Some("r1".into()),
+        };
+        assert_eq!(
+            frame.to_json(),
+            r#"{"type":"join","room":"a","name":"x","ref":"r1"}"#
+        );
+        assert_eq!(parse_client_frame(&frame.to_json()).unwrap(), frame);
+    }
+
+    #[test]
+    fn malformed_frames_get_precise_codes() {
+        assert_eq!(code("not json"), ErrorCode::BadRequest);
+        assert_eq!(code("null"), ErrorCode::BadRequest);
+        assert_eq!(code("42"), ErrorCode::BadRequest);
+        assert_eq!(code("[1,2]"), ErrorCode::BadRequest);
+        assert_eq!(code(r#"{"type":"dance"}"#), ErrorCode::UnknownType);
+        assert_eq!(code(r#"{"type":7}"#), ErrorCode::BadRequest);
+        assert_eq!(code(r#"{"type":"send","room":"a"}"#), ErrorCode::BadRequest);
+        assert_eq!(
+            code(r#"{"type":"send","room":1,"text":"x"}"#),
+            ErrorCode::BadRequest
+        );
+        let long_ref = format!(
+            r#"{{"type":"leave","room":"a","ref":"{}"}}"#,
+            "r".repeat(65)
+        );
+        assert_eq!(code(&long_ref), ErrorCode::BadRequest);
+    }
+
+    #[test]
+    fn error_echoes_ref() {
+        let e = parse_client_frame(r#"{"type":"send","room":"a","ref":"r9"}"#).unwrap_err();
+        assert_eq!(e.reference.as_deref(), Some("r9"));
+        assert_eq!(peek_ref(r#"{"ref":"r2","x":1}"#).as_deref(), Some("r2"));
+        assert_eq!(peek_ref("not json"), None);
+    }
+
+    #[test]
+    fn server_frames_encode_ids_as_strings() {
+        let user = User::new("alice".into());
+        let text = ServerFrame::Message {
+            room: "a",
+            id: MsgId { ms: 5, seq: 1 },
+            from: &user,
+            text: "hi",
+            ts: 5,
+        }
+        .to_json();
+        let v: serde_json::Value = serde_json::from_str(&text).unwrap();
+        assert_eq!(v["type"], "message");
+        assert_eq!(v["id"], "5-1");
+        assert_eq!(v["from"]["name"], "alice");
+    }
+}
