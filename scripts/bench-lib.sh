@@ -130,14 +130,14 @@ raise_fd_limit() {
   fi
 }
 
-# run_bench NAME ARGS...: runs the load generator with --json --fail-on-loss into
-# $BENCH_RESULTS/NAME.json; records a failure instead of exiting.
+# run_bench NAME ARGS...: runs the load generator ($BENCH_BIN, roomcast-bench) with --json
+# --fail-on-loss into $BENCH_RESULTS/NAME.json; records a failure instead of exiting.
 run_bench() {
   local name=$1
   shift
   local out="$BENCH_RESULTS/$name.json"
-  log "$name: roomcast bench $*"
-  if env -u ROOMCAST_BIN -u ROOMCAST_BENCH_BIN "$BENCH_BIN" bench --json --fail-on-loss "$@" >"$out" 2>"$BENCH_WORK/$name.bench.log"; then
+  log "$name: roomcast-bench $*"
+  if env -u ROOMCAST_BIN -u ROOMCAST_BENCH_BIN "$BENCH_BIN" --json --fail-on-loss "$@" >"$out" 2>"$BENCH_WORK/$name.bench.log"; then
     return 0
   fi
   log "$name: FAILED: $(tail -n 3 "$BENCH_WORK/$name.bench.log" | tr '\n' ' ')"

@@ -2,7 +2,7 @@
 # End-to-end check of the deployment topology without containers (deploy/local):
 #   1. starts Redis + 3 gateway replicas + haproxy + Prometheus (deploy/local/up.sh 3)
 #   2. sends a few refused frames through haproxy (so error and disconnect series exist),
-#      then drives a load through haproxy with the project's own client (roomcast bench)
+#      then drives a load through haproxy with the project's own client (roomcast-bench)
 #   3. while the load runs, evaluates EVERY PromQL expression of grafana/roomcast.json (and
 #      the dashboard's variable queries) against Prometheus' HTTP API; an expression that
 #      returns no data fails the check (e.g. a metric the gateway does not export)
@@ -12,6 +12,8 @@
 # Everything is torn down at the end, also on failure (logs are kept on failure).
 #
 # Env: ROOMCAST_BIN (default target/release/roomcast)
+#      ROOMCAST_BENCH_BIN (the load generator; default target/release/roomcast-bench, built
+#      with `cargo build --release -p roomcast-bench` when it is missing)
 #      CHECK_LOCAL_CONNECTIONS / CHECK_LOCAL_ROOMS / CHECK_LOCAL_RATE  (60 / 6 / 60)
 set -uo pipefail
 
@@ -19,6 +21,12 @@ ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 cd "$ROOT" || exit 1
 export ROOMCAST_BIN="${ROOMCAST_BIN:-$ROOT/target/release/roomcast}"
 case "$ROOMCAST_BIN" in /*) ;; *) ROOMCAST_BIN="$ROOT/$ROOMCAST_BIN" ;; esac
+# Not exported: the replicas read every ROOMCAST_* variable as configuration and refuse
+# unknown keys (deploy/local drops only ROOMCAST_BIN and ROOMCAST_LOCAL_*).
+BENCH_BIN_DEFAULT="$ROOT/target/release/roomcast-bench"
+ROOMCAST_BENCH_BIN="${ROOMCAST_BENCH_BIN:-$BENCH_BIN_DEFAULT}"
+export -n ROOMCAST_BENCH_BIN
+case "$ROOMCAST_BENCH_BIN" in /*) ;; *) ROOMCAST_BENCH_BIN="$ROOT/$ROOMCAST_BENCH_BIN" ;; esac
 OUT="$(mktemp -d /tmp/roomcast-check-local.XXXXXX)"
 export ROOMCAST_LOCAL_STATE="$OUT/state"
 CONNECTIONS="${CHECK_LOCAL_CONNECTIONS:-60}"
@@ -57,6 +65,12 @@ summary() {
 }
 
 [ -x "$ROOMCAST_BIN" ] || { echo "no gateway binary at $ROOMCAST_BIN (cargo build --release, or set ROOMCAST_BIN)" >&2; exit 1; }
+# The load generator is its own package: `cargo build --release` at the root does not build it.
+if [ ! -x "$ROOMCAST_BENCH_BIN" ] && [ "$ROOMCAST_BENCH_BIN" = "$BENCH_BIN_DEFAULT" ] && command -v cargo >/dev/null; then
+    echo "building the load generator (cargo build --release -p roomcast-bench)"
+    cargo build --release --quiet -p roomcast-bench
+fi
+[ -x "$ROOMCAST_BENCH_BIN" ] || { echo "no load generator binary at $ROOMCAST_BENCH_BIN (cargo build --release -p roomcast-bench, or set ROOMCAST_BENCH_BIN)" >&2; exit 1; }
 
 # Prometheus instant query; prints the JSON answer.
 prom() { curl -fsS --max-time 10 "http://127.0.0.1:$PROM_PORT/api/v1/query" --data-urlencode "query=$1"; }
@@ -206,8 +220,8 @@ else
 fi
 
 # ---------------------------------------------------------------------------------------
-step "load through haproxy: roomcast bench, $CONNECTIONS connections, $ROOMS rooms, $RATE msg/s"
-"$ROOMCAST_BIN" bench --url "$LB" --connections "$CONNECTIONS" --rooms "$ROOMS" --rate "$RATE" \
+step "load through haproxy: roomcast-bench, $CONNECTIONS connections, $ROOMS rooms, $RATE msg/s"
+"$ROOMCAST_BENCH_BIN" --url "$LB" --connections "$CONNECTIONS" --rooms "$ROOMS" --rate "$RATE" \
     --duration 45s --json --quiet --fail-on-loss >"$OUT/bench-load.json" 2>"$OUT/bench-load.err" &
 BENCH_PID=$!
 if wait_prom "sum(roomcast_connections)" "$CONNECTIONS" 90 \
@@ -303,7 +317,7 @@ fi
 
 # ---------------------------------------------------------------------------------------
 step "rolling restart under load: SIGTERM each replica in turn, bench --resume"
-"$ROOMCAST_BIN" bench --url "$LB" --connections "$CONNECTIONS" --rooms "$ROOMS" --rate "$RATE" \
+"$ROOMCAST_BENCH_BIN" --url "$LB" --connections "$CONNECTIONS" --rooms "$ROOMS" --rate "$RATE" \
     --duration 60s --resume --json --quiet --fail-on-loss \
     >"$OUT/bench-rolling.json" 2>"$OUT/bench-rolling.err" &
 BENCH_PID=$!

@@ -289,6 +289,7 @@ impl Config {
                 .filter(|v| !v.is_empty());
         }
         cfg.validate()?;
+        cfg.resolve_node_id();
         Ok(cfg)
     }
 
@@ -352,6 +353,12 @@ impl Config {
                 "must be more than twice presence.refresh",
             ));
         }
+        if self.drain.spread > self.drain.timeout {
+            return Err(invalid(
+                "drain.spread",
+                "must not be longer than drain.timeout: sessions still open at the deadline are cut",
+            ));
+        }
         if self.history.ttl < Duration::from_secs(1) {
             return Err(invalid("history.ttl", "must be at least 1s"));
         }
@@ -391,20 +398,25 @@ impl Config {
         Ok(())
     }
 
-    /// This node's id: configured, or hostname plus a short random suffix.
-    pub fn node_id(&self) -> String {
-        match &self.node.id {
-            Some(id) => id.clone(),
-            None => {
-                let host = gethostname::gethostname().to_string_lossy().into_owned();
-                let host: String = host
-                    .chars()
-                    .filter(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '.' | '_'))
-                    .take(48)
-                    .collect();
-                format!("{host}-{:04x}", rand::random::<u16>())
-            }
-        }
+    /// This node's id, resolved once: the configured `node.id`, or (when unset) the
+    /// hostname plus a short random suffix, stored back so every later reader (logs,
+    /// traces, the gateway) sees the same id.
+    pub fn resolve_node_id(&mut self) -> &str {
+        self.node.id.get_or_insert_with(|| {
+            let host = gethostname::gethostname().to_string_lossy().into_owned();
+            let host: String = host
+                .chars()
+                .filter(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '.' | '_'))
+                .take(48)
+                .collect();
+            format!("{host}-{:04x}", rand::random::<u16>())
+        })
+    }
+
+    /// This node's id as resolved by [`Config::load`] / [`Config::resolve_node_id`]
+    /// (empty before that).
+    pub fn node_id(&self) -> &str {
+        self.node.id.as_deref().unwrap_or_default()
     }
 
     /// The configuration as TOML with secrets redacted (for `roomcast config`).
@@ -527,6 +539,26 @@ mod tests {
         assert_eq!(cfg.redis.url.as_deref(), Some("redis://r:6379"));
         assert_eq!(cfg.limits.max_text_bytes, 100);
         assert!(known_keys().contains("drain.propagation_delay"));
+    }
+
+    #[test]
+    fn drain_spread_may_not_exceed_the_timeout() {
+        let mut cfg = Config::default();
+        cfg.drain.spread = cfg.drain.timeout;
+        cfg.validate().expect("equal is fine");
+        cfg.drain.spread = cfg.drain.timeout + Duration::from_secs(1);
+        let err = cfg.validate().unwrap_err().to_string();
+        assert!(err.contains("drain.spread"), "{err}");
+    }
+
+    #[test]
+    fn node_id_is_resolved_once() {
+        let mut cfg = Config::default();
+        let first = cfg.resolve_node_id().to_string();
+        assert_eq!(cfg.resolve_node_id(), first);
+        assert_eq!(cfg.node.id.as_deref(), Some(first.as_str()));
+        cfg.node.id = Some("fixed".into());
+        assert_eq!(cfg.resolve_node_id(), "fixed");
     }
 
     #[test]

@@ -3,34 +3,52 @@
 //! Clients join rooms over WebSocket and chat; any number of stateless replicas share
 //! every room through Redis, or a single node runs on an in-process bus.
 //!
-//! # Layout
+//! # Layout (bottom up: each layer imports only the ones above it in this list)
 //! - [`config`]: the typed configuration (defaults < file < `ROOMCAST_*` env), validated.
-//! - [`protocol`]: the client wire protocol v1, validation, message ids, colors.
-//! - [`server`]: wiring of one gateway, the client router, background tasks, the drain.
-//! - [`session`]: one task per WebSocket: read loop, batched writer, limits, cleanup guard.
-//! - [`hub`]: local rooms and members, subscription ref-counting, encode-once fan-out.
-//! - [`bus`]: the bus between replicas (memory or Redis): publish with room offsets,
-//!   presence with per-node expiry, per-room history for resume.
-//! - [`admin`]: `/metrics`, `/healthz`, `/readyz`.
-//! - [`metrics`]: the Prometheus metrics (names documented in `docs/operations.md`).
+//! - `protocol`: the client wire protocol, from the shared `roomcast-protocol` crate,
+//!   plus encoding frames to shared WebSocket bytes.
+//! - `clock`: wall-clock timestamps and the monotonic clock every timeout uses.
+//! - `metrics`: the Prometheus metrics (names documented in `docs/operations.md`).
 //! - [`telemetry`]: logs and OpenTelemetry trace export.
+//! - `bus`: the bus between replicas (memory or Redis), complete: publish with room
+//!   offsets, subscriptions, history, presence, node liveness and reaping, recovery,
+//!   shutdown. Nothing above it asks which bus runs.
+//! - `rooms`: the one owner of join, leave and publish; local members, ref-counted
+//!   subscriptions, encode-once fan-out, recovery after a bus reconnect.
+//! - `session`: one task per WebSocket: read loop, batched writer and its queue
+//!   protocol, limits, cleanup guard; the registry of sessions.
+//! - `admin`: `/metrics`, `/healthz`, `/readyz`.
+//! - `web`: the embedded chat page.
+//! - `server`: wiring of one gateway, listeners, background tasks, the drain ([`run`]).
 //! - [`shutdown`]: the process signal handling (SIGTERM/SIGINT).
-//! - [`web`]: the embedded chat page.
-//! - [`bench`]: the load generator (`roomcast bench`) and probe (`roomcast probe`).
+//! - [`probe`]: the end-to-end probe (`roomcast probe`).
+//!
+//! # Public API
+//! [`run`] a gateway on [`Listeners`] you bound, with a [`Config`] (usually from
+//! [`Config::load`]), until a shutdown token is cancelled; [`telemetry::init`] and
+//! [`shutdown::spawn_handler`] are what the binary adds around it.
 #![forbid(unsafe_code)]
 
-pub mod admin;
-pub mod bench;
-pub mod bus;
+// In layer order, bottom up (see the list above).
 pub mod config;
-pub mod hub;
-pub mod metrics;
-pub mod protocol;
-pub mod server;
-pub mod session;
-pub mod shutdown;
+mod protocol;
+
+mod clock;
+mod metrics;
 pub mod telemetry;
-pub mod web;
+
+mod bus;
+
+mod rooms;
+
+mod session;
+
+mod admin;
+mod server;
+mod web;
+
+pub mod probe;
+pub mod shutdown;
 
 pub use config::Config;
 pub use server::{Error, Listeners, run};

@@ -1,6 +1,6 @@
 //! The `roomcast` binary: parse the command line, load the configuration, start
 //! telemetry, bind the listeners and hand over to the library. Subcommands: `serve`
-//! (default), `config`, `probe`, `bench`.
+//! (default), `config`, `probe` (the load generator is its own binary, `roomcast-bench`).
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -34,9 +34,7 @@ enum Command {
         check: Option<PathBuf>,
     },
     /// Join a room, send a message and wait for it to come back (exit 0 on success).
-    Probe(roomcast::bench::ProbeArgs),
-    /// Drive gateways like a crowd of users and report throughput, latency and loss.
-    Bench(Box<roomcast::bench::BenchArgs>),
+    Probe(roomcast::probe::ProbeArgs),
 }
 
 fn main() -> ExitCode {
@@ -51,8 +49,7 @@ fn main() -> ExitCode {
     match cli.command.unwrap_or(Command::Serve) {
         Command::Serve => runtime.block_on(serve(cli.config)),
         Command::Config { check } => config_command(cli.config, check),
-        Command::Probe(args) => report(runtime.block_on(roomcast::bench::probe(args))),
-        Command::Bench(args) => report(runtime.block_on(roomcast::bench::run(*args))),
+        Command::Probe(args) => report(runtime.block_on(roomcast::probe::probe(args))),
     }
 }
 
@@ -93,12 +90,10 @@ fn config_command(file: Option<PathBuf>, check: Option<PathBuf>) -> ExitCode {
 }
 
 async fn serve(file: Option<PathBuf>) -> ExitCode {
-    let mut config = match load(file.as_deref()) {
+    let config = match load(file.as_deref()) {
         Ok(c) => c,
         Err(code) => return code,
     };
-    // Resolve the node id once so logs, traces and the gateway agree on it.
-    config.node.id = Some(config.node_id());
     let telemetry = match roomcast::telemetry::init(&config) {
         Ok(t) => t,
         Err(e) => {
@@ -106,14 +101,18 @@ async fn serve(file: Option<PathBuf>) -> ExitCode {
             return ExitCode::from(EXIT_CONFIG as u8);
         }
     };
-    let bind = |addr| async move {
-        tokio::net::TcpListener::bind(addr)
-            .await
-            .map_err(|e| anyhow::anyhow!("cannot listen on {addr}: {e}"))
+    // A port in use names the key to change, not only the address.
+    let bind = |key: &'static str, addr| async move {
+        tokio::net::TcpListener::bind(addr).await.map_err(|e| {
+            anyhow::anyhow!(
+                "cannot listen on {addr} ({key}; set it in the file or as ROOMCAST_{}): {e}",
+                key.to_uppercase().replace('.', "__")
+            )
+        })
     };
     let listeners = match (
-        bind(config.server.listen).await,
-        bind(config.admin.listen).await,
+        bind("server.listen", config.server.listen).await,
+        bind("admin.listen", config.admin.listen).await,
     ) {
         (Ok(client), Ok(admin)) => roomcast::Listeners { client, admin },
         (Err(e), _) | (_, Err(e)) => {

@@ -9,62 +9,26 @@ use prometheus::{
     Registry, TextEncoder,
 };
 
-use crate::protocol::ErrorCode;
+use crate::protocol::{DisconnectReason, ErrorCode};
 
-/// Why a session ended, as the `reason` label of `roomcast_disconnects_total`.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum DisconnectReason {
-    Client,
-    Drain,
-    SlowConsumer,
-    TooLarge,
-    Policy,
-    Heartbeat,
-    Error,
-}
-
-impl DisconnectReason {
-    pub const ALL: [DisconnectReason; 7] = [
-        DisconnectReason::Client,
-        DisconnectReason::Drain,
-        DisconnectReason::SlowConsumer,
-        DisconnectReason::TooLarge,
-        DisconnectReason::Policy,
-        DisconnectReason::Heartbeat,
-        DisconnectReason::Error,
-    ];
-
-    pub fn as_str(self) -> &'static str {
-        match self {
-            DisconnectReason::Client => "client",
-            DisconnectReason::Drain => "drain",
-            DisconnectReason::SlowConsumer => "slow_consumer",
-            DisconnectReason::TooLarge => "too_large",
-            DisconnectReason::Policy => "policy",
-            DisconnectReason::Heartbeat => "heartbeat",
-            DisconnectReason::Error => "error",
-        }
-    }
-}
-
-pub struct Metrics {
+pub(crate) struct Metrics {
     registry: Registry,
-    pub connections: IntGauge,
-    pub connections_total: IntCounterVec,
-    pub rooms: IntGauge,
-    pub joins: IntCounter,
-    pub leaves: IntCounter,
-    pub messages_received: IntCounter,
-    pub messages_published: IntCounter,
-    pub bus_messages_received: IntCounter,
-    pub bus_decode_errors: IntCounter,
-    pub messages_delivered: IntCounter,
-    pub delivery_latency: Histogram,
-    pub errors: IntCounterVec,
-    pub disconnects: IntCounterVec,
-    pub bus_up: IntGauge,
-    pub bus_reconnects: IntCounter,
-    pub draining: IntGauge,
+    pub(crate) connections: IntGauge,
+    pub(crate) connections_total: IntCounterVec,
+    pub(crate) rooms: IntGauge,
+    pub(crate) joins: IntCounter,
+    pub(crate) leaves: IntCounter,
+    pub(crate) messages_received: IntCounter,
+    pub(crate) messages_published: IntCounter,
+    pub(crate) bus_messages_received: IntCounter,
+    pub(crate) bus_decode_errors: IntCounter,
+    pub(crate) messages_delivered: IntCounter,
+    pub(crate) delivery_latency: Histogram,
+    pub(crate) errors: IntCounterVec,
+    pub(crate) disconnects: IntCounterVec,
+    pub(crate) bus_up: IntGauge,
+    pub(crate) bus_reconnects: IntCounter,
+    pub(crate) draining: IntGauge,
     room_messages: IntCounterVec,
     /// Rooms that have their own label; bounded by `metrics.room_label_cap`.
     labelled_rooms: Mutex<HashSet<String>>,
@@ -72,7 +36,7 @@ pub struct Metrics {
 }
 
 impl Metrics {
-    pub fn new(room_label_cap: usize) -> Self {
+    pub(crate) fn new(room_label_cap: usize) -> Self {
         let registry = Registry::new();
         let counter = |name: &str, help: &str| {
             let c = IntCounter::new(name, help).expect("valid metric");
@@ -190,16 +154,16 @@ impl Metrics {
         m
     }
 
-    pub fn error(&self, code: ErrorCode) {
+    pub(crate) fn error(&self, code: ErrorCode) {
         self.errors.with_label_values(&[code.as_str()]).inc();
     }
 
-    pub fn disconnect(&self, reason: DisconnectReason) {
+    pub(crate) fn disconnect(&self, reason: DisconnectReason) {
         self.disconnects.with_label_values(&[reason.as_str()]).inc();
     }
 
     /// The per-room message counter: the room's own label while under the cap, else `_other`.
-    pub fn room_counter(&self, room: &str) -> IntCounter {
+    pub(crate) fn room_counter(&self, room: &str) -> IntCounter {
         let label = {
             let mut rooms = self
                 .labelled_rooms
@@ -216,7 +180,7 @@ impl Metrics {
     }
 
     /// The registry in Prometheus text format.
-    pub fn render(&self) -> String {
+    pub(crate) fn render(&self) -> String {
         let mut buf = Vec::new();
         let encoder = TextEncoder::new();
         if let Err(e) = encoder.encode(&self.registry.gather(), &mut buf) {

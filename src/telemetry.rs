@@ -4,6 +4,7 @@
 //! bus envelopes, so a message's fan-out span on another replica joins the sender's trace.
 
 use std::collections::HashMap;
+use std::io::IsTerminal;
 use std::sync::atomic::{AtomicBool, Ordering};
 
 use opentelemetry::propagation::TextMapPropagator;
@@ -55,7 +56,11 @@ pub fn init(config: &Config) -> Result<Telemetry, TelemetryError> {
     }
     .map_err(|e| TelemetryError::Filter(e.to_string()))?;
     let fmt = match config.log.format {
-        LogFormat::Text => tracing_subscriber::fmt::layer().with_target(false).boxed(),
+        // Colour only on a terminal: escape codes in a log file or collector are noise.
+        LogFormat::Text => tracing_subscriber::fmt::layer()
+            .with_target(false)
+            .with_ansi(std::io::stdout().is_terminal())
+            .boxed(),
         LogFormat::Json => tracing_subscriber::fmt::layer()
             .json()
             .with_current_span(false)
@@ -64,7 +69,7 @@ pub fn init(config: &Config) -> Result<Telemetry, TelemetryError> {
     };
     let (otel, provider) = match &config.otel.endpoint {
         Some(endpoint) => {
-            let provider = tracer_provider(endpoint, &config.otel.service_name, &config.node_id())?;
+            let provider = tracer_provider(endpoint, &config.otel.service_name, config.node_id())?;
             let tracer = provider.tracer("roomcast");
             EXPORTING.store(true, Ordering::Release);
             (

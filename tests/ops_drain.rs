@@ -1,8 +1,10 @@
 //! Behaviour of the real binary on SIGTERM: readiness flips first, then sessions are closed
 //! with 1001 `draining` spread over `drain.spread`, then the process exits 0; clients of a
 //! draining replica resume on another one without gap or duplicate; a second SIGTERM exits
-//! at once. Also the `config` subcommand: `--check` exits 64 naming the key, and the
-//! printed configuration redacts the Redis password.
+//! at once. Also the `config` subcommand: `--check` exits 64 naming the key (a drain
+//! spread longer than the timeout too), and the
+//! printed configuration redacts the Redis password; a port in use names its key; text
+//! logs to a pipe carry no colour codes.
 
 mod common;
 mod ops_common;
@@ -383,5 +385,54 @@ async fn config_prints_effective_toml_with_the_redis_password_redacted() {
         printed["limits"]["max_text_bytes"].as_integer(),
         Some(777),
         "environment not applied"
+    );
+}
+
+/// `roomcast config --check` refuses a `drain.spread` longer than `drain.timeout` (the
+/// chart refuses it too: sessions still open at the deadline would be cut), naming the key.
+#[tokio::test(flavor = "multi_thread")]
+async fn config_check_refuses_a_drain_spread_longer_than_the_timeout() {
+    let dir = TempDir::new("spread");
+    let path = dir.file(
+        "spread.toml",
+        "[drain]\nspread = \"30s\"\ntimeout = \"20s\"\n",
+    );
+    let out = run_binary(&["config", "--check", &path], &[], Duration::from_secs(30)).await;
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(64), "{stderr}");
+    assert!(stderr.contains("drain.spread"), "{stderr}");
+}
+
+/// A port already in use is reported with the key to change (and its environment
+/// variable), and text logs written to a pipe or file carry no ANSI colour codes.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_port_in_use_names_its_key_and_text_logs_to_a_file_have_no_colour() {
+    let taken = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+    let addr = taken.local_addr().expect("addr").to_string();
+    let out = run_binary(
+        &["serve"],
+        &[
+            ("ROOMCAST_SERVER__LISTEN", addr.as_str()),
+            ("ROOMCAST_ADMIN__LISTEN", "127.0.0.1:0"),
+            ("ROOMCAST_LOG__FORMAT", "text"),
+            ("RUST_LOG", "info"),
+        ],
+        Duration::from_secs(30),
+    )
+    .await;
+    let output = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_eq!(out.status.code(), Some(1), "{output}");
+    assert!(output.contains(&addr), "{output}");
+    assert!(
+        output.contains("server.listen") && output.contains("ROOMCAST_SERVER__LISTEN"),
+        "the error does not name the key: {output}"
+    );
+    assert!(
+        !output.contains('\u{1b}'),
+        "colour codes in a log that is not a terminal: {output:?}"
     );
 }

@@ -188,7 +188,7 @@ for ((i = 1; i <= N; i++)); do
 done
 cat <<TXT
 
-  load:            $ROOMCAST_BIN bench --url ws://127.0.0.1:$LB_PORT/ws --connections 200 --rooms 10 --rate 100 --duration 30s
+  load:            ${ROOMCAST_BIN%/*}/roomcast-bench --url ws://127.0.0.1:$LB_PORT/ws --connections 200 --rooms 10 --rate 100 --duration 30s
   drain one:       deploy/local/replica.sh restart 2
   stop everything: deploy/local/down.sh
 TXT

@@ -1,19 +1,30 @@
 //! The bus carries each room's messages and presence between replicas and keeps each
-//! room's history. Two implementations behind one enum (no dynamic dispatch):
-//! [`memory::MemoryBus`] for a single node and [`redis::RedisBus`] (fred) for many.
+//! room's history; it also owns node liveness (heartbeat, reaping the members of dead
+//! nodes), recovery after a reconnect (resubscribe, catch up) and its own shutdown.
+//! Nothing outside this module asks which bus is running.
 //!
 //! The bus assigns each message its room offset ([`MsgId`]) atomically with the publish,
 //! so every replica sees one order per room, and the sender's own copy comes back
 //! through the bus too: one path, one order.
+//!
+//! # Adding a bus
+//! Implement [`Backend`] in a new file (see [`memory`] and [`redis`]; the contract is
+//! on each method), add a variant to [`Bus`] and [`BusReceiver`], and a branch to
+//! [`Bus::connect`] choosing it from the configuration. Enum dispatch keeps every call
+//! static (no boxed futures, no vtable) on the publish and fan-out paths.
 
-pub mod memory;
-pub mod redis;
+pub(crate) mod envelope;
+pub(crate) mod memory;
+pub(crate) mod redis;
 
+use std::future::Future;
 use std::sync::Arc;
 
 use bytes::Bytes;
-use serde::{Deserialize, Serialize};
 
+pub(crate) use envelope::{Envelope, PresenceEvent};
+
+use crate::config::Config;
 use crate::protocol::{MsgId, User};
 
 /// A bus failure; reaches clients only as the `unavailable` error code.
@@ -31,105 +42,63 @@ impl From<fred::error::Error> for BusError {
     }
 }
 
-/// What travels on a room's channel (JSON). Message envelopes get their `id` from the bus
-/// at publish time; the history keeps them without it (the entry id is the id).
-#[derive(Debug, Clone, Serialize, Deserialize)]
-#[serde(tag = "k")]
-pub enum Envelope {
-    #[serde(rename = "m")]
-    Message {
-        #[serde(default, skip_serializing_if = "Option::is_none")]
-        id: Option<String>,
-        #[serde(rename = "u")]
-        from: User,
-        #[serde(rename = "t")]
-        text: String,
-        /// Publish time, Unix microseconds.
-        ts: u64,
-        #[serde(rename = "n")]
-        node: String,
-        #[serde(rename = "c")]
-        conn: String,
-        /// W3C `traceparent` of the sending span, when tracing is exported.
-        #[serde(default, skip_serializing_if = "Option::is_none")]
-        tp: Option<String>,
-    },
-    #[serde(rename = "p")]
-    Presence {
-        #[serde(rename = "e")]
-        event: PresenceEvent,
-        #[serde(rename = "u")]
-        user: User,
-        #[serde(rename = "n")]
-        node: String,
-        #[serde(rename = "c")]
-        conn: String,
-    },
-}
-
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "lowercase")]
-pub enum PresenceEvent {
-    Join,
-    Leave,
-}
-
-impl PresenceEvent {
-    pub fn as_str(self) -> &'static str {
-        match self {
-            PresenceEvent::Join => "join",
-            PresenceEvent::Leave => "leave",
-        }
-    }
-}
-
 /// One local membership as the bus records it for presence.
 #[derive(Debug, Clone)]
-pub struct MemberRef {
-    pub node: Arc<str>,
-    pub conn: Arc<str>,
-    pub user: User,
+pub(crate) struct MemberRef {
+    pub(crate) node: Arc<str>,
+    pub(crate) conn: Arc<str>,
+    pub(crate) user: User,
 }
 
 impl MemberRef {
     /// The presence field: `node|conn`, so a dead node's entries can be found.
-    pub fn field(&self) -> String {
+    pub(crate) fn field(&self) -> String {
         format!("{}|{}", self.node, self.conn)
     }
 
-    pub fn presence(&self, event: PresenceEvent) -> String {
-        serde_json::to_string(&Envelope::Presence {
+    /// The presence envelope announcing `event` for this member.
+    pub(crate) fn presence(&self, event: PresenceEvent) -> String {
+        Envelope::Presence {
             event,
             user: self.user.clone(),
             node: self.node.to_string(),
             conn: self.conn.to_string(),
-        })
-        .unwrap_or_default()
+        }
+        .encode()
     }
 }
 
-/// A message (or presence event) received from the bus for one room.
+/// A message (with its id) or presence event (no id) received for one room.
 #[derive(Debug)]
-pub struct Incoming {
-    pub room: Arc<str>,
-    pub payload: Bytes,
+pub(crate) struct Incoming {
+    pub(crate) room: Arc<str>,
+    pub(crate) id: Option<MsgId>,
+    pub(crate) payload: Bytes,
 }
 
 /// The answer to a join: who is there, where the room's log stands, and the replay.
 #[derive(Debug, Default)]
-pub struct JoinInfo {
-    pub members: Vec<User>,
+pub(crate) struct JoinInfo {
+    pub(crate) members: Vec<User>,
     /// The newest message id in the room (`0-0` if none).
-    pub head: MsgId,
+    pub(crate) head: MsgId,
     /// `None` without `since`; otherwise whether every message after `since` is replayed.
-    pub recovered: Option<bool>,
-    /// History entries after `since`: (id, envelope without id).
-    pub replay: Vec<(MsgId, Bytes)>,
+    pub(crate) recovered: Option<bool>,
+    /// History entries after `since`: (id, envelope).
+    pub(crate) replay: Vec<(MsgId, Bytes)>,
 }
 
-/// An event from the bus to the hub's receive loop.
+/// Messages after a cursor still in a room's history.
+#[derive(Debug, Default)]
+pub(crate) struct CatchUp {
+    /// False when the history no longer reaches back to the cursor (trimmed or lost).
+    pub(crate) complete: bool,
+    pub(crate) entries: Vec<(MsgId, Bytes)>,
+}
+
+/// An event from the bus to the rooms' receive loop.
 #[derive(Debug)]
-pub enum BusEvent {
+pub(crate) enum BusEvent {
     Message(Incoming),
     /// The subscriber connection was re-established: subscriptions are gone and messages
     /// may have been missed in between.
@@ -139,111 +108,168 @@ pub enum BusEvent {
     Closed,
 }
 
-/// The bus, memory or Redis.
+/// What every bus implements. Each operation either happens completely or fails with a
+/// [`BusError`] (the Redis bus runs each multi-step one as a single script).
+pub(crate) trait Backend {
+    /// Whether the bus can carry messages now.
+    fn is_connected(&self) -> bool;
+    /// Whether this node's liveness is recorded, so its members' presence can be reaped
+    /// if it dies; joins wait for it.
+    fn is_registered(&self) -> bool;
+    /// Appends the envelope to the room's history and publishes it with the id assigned
+    /// atomically with the append; returns the id.
+    fn publish(
+        &self,
+        room: &str,
+        envelope: String,
+    ) -> impl Future<Output = Result<MsgId, BusError>> + Send;
+    /// Starts receiving the room's messages; done when this returns.
+    fn subscribe(&self, room: &str) -> impl Future<Output = Result<(), BusError>> + Send;
+    fn unsubscribe(&self, room: &str) -> impl Future<Output = Result<(), BusError>> + Send;
+    /// Subscribes every given room again (after a reconnect or lag).
+    fn resubscribe(&self, rooms: &[Arc<str>]) -> impl Future<Output = Result<(), BusError>> + Send;
+    /// Records the member's presence, announces it, and reads members and history.
+    fn join(
+        &self,
+        room: &str,
+        member: &MemberRef,
+        since: Option<MsgId>,
+    ) -> impl Future<Output = Result<JoinInfo, BusError>> + Send;
+    /// Removes the member's presence and announces the leave. `last_local` tells that
+    /// this node has no other member in the room.
+    fn leave(
+        &self,
+        room: &str,
+        member: &MemberRef,
+        last_local: bool,
+    ) -> impl Future<Output = Result<(), BusError>> + Send;
+    /// Messages after `since` still in the room's history.
+    fn catch_up(
+        &self,
+        room: &str,
+        since: MsgId,
+    ) -> impl Future<Output = Result<CatchUp, BusError>> + Send;
+    /// Periodic upkeep, every `presence.refresh`: keep this node's liveness, restore its
+    /// presence if the bus lost it (`memberships` lists every local membership), reap
+    /// dead nodes, forget idle rooms.
+    fn maintain(
+        &self,
+        memberships: impl FnOnce() -> Vec<(Arc<str>, MemberRef)> + Send,
+    ) -> impl Future<Output = ()> + Send;
+    /// Unregisters this node and closes connections (end of a drain).
+    fn shutdown(&self) -> impl Future<Output = ()> + Send;
+}
+
+/// The bus of this replica; cheap to clone.
 #[derive(Clone)]
-pub enum Bus {
+pub(crate) enum Bus {
     Memory(memory::MemoryBus),
     Redis(redis::RedisBus),
 }
 
-/// The receiving half of the bus, owned by the hub's receive loop.
-pub enum BusReceiver {
-    Memory(tokio::sync::mpsc::Receiver<Incoming>),
+/// The receiving half of the bus, owned by the rooms' receive loop.
+pub(crate) enum BusReceiver {
+    Memory(memory::MemoryReceiver),
     Redis(redis::RedisReceiver),
 }
 
+macro_rules! each {
+    ($bus:expr, $b:ident => $call:expr) => {
+        match $bus {
+            Bus::Memory($b) => $call,
+            Bus::Redis($b) => $call,
+        }
+    };
+}
+
 impl BusReceiver {
-    pub async fn next(&mut self) -> BusEvent {
+    pub(crate) async fn next(&mut self) -> BusEvent {
         match self {
-            BusReceiver::Memory(rx) => match rx.recv().await {
-                Some(m) => BusEvent::Message(m),
-                None => BusEvent::Closed,
-            },
+            BusReceiver::Memory(rx) => rx.next().await,
             BusReceiver::Redis(rx) => rx.next().await,
         }
     }
 }
 
 impl Bus {
-    pub fn is_redis(&self) -> bool {
-        matches!(self, Bus::Redis(_))
+    /// The bus the configuration asks for: Redis with `redis.url`, else in-process.
+    /// The Redis bus connects (and reconnects) in the background.
+    pub(crate) fn connect(config: &Config, node: Arc<str>) -> Result<(Bus, BusReceiver), BusError> {
+        Ok(match &config.redis.url {
+            None => {
+                let (bus, rx) = memory::MemoryBus::new(config.history.size, config.history.ttl);
+                (Bus::Memory(bus), BusReceiver::Memory(rx))
+            }
+            Some(url) => {
+                let (bus, rx) = redis::RedisBus::connect(config, url, node)?;
+                (Bus::Redis(bus), BusReceiver::Redis(rx))
+            }
+        })
     }
 
-    /// Whether the bus can carry messages now.
-    pub fn is_connected(&self) -> bool {
+    /// The bus's name, for logs.
+    pub(crate) fn kind(&self) -> &'static str {
         match self {
-            Bus::Memory(_) => true,
-            Bus::Redis(b) => b.is_connected(),
+            Bus::Memory(_) => "memory",
+            Bus::Redis(_) => "redis",
         }
     }
 
-    /// Publishes a message envelope (serialised without id); returns its room offset.
-    pub async fn publish(&self, room: &str, envelope: String) -> Result<MsgId, BusError> {
-        match self {
-            Bus::Memory(b) => b.publish(room, envelope).await,
-            Bus::Redis(b) => b.publish(room, envelope).await,
-        }
+    pub(crate) fn is_connected(&self) -> bool {
+        each!(self, b => b.is_connected())
     }
 
-    pub async fn subscribe(&self, room: &str) -> Result<(), BusError> {
-        match self {
-            Bus::Memory(_) => Ok(()),
-            Bus::Redis(b) => b.subscribe(room).await,
-        }
+    pub(crate) fn is_registered(&self) -> bool {
+        each!(self, b => b.is_registered())
     }
 
-    pub async fn unsubscribe(&self, room: &str) -> Result<(), BusError> {
-        match self {
-            Bus::Memory(_) => Ok(()),
-            Bus::Redis(b) => b.unsubscribe(room).await,
-        }
+    pub(crate) async fn publish(&self, room: &str, envelope: &Envelope) -> Result<MsgId, BusError> {
+        let envelope = envelope.encode();
+        each!(self, b => b.publish(room, envelope).await)
     }
 
-    /// Records the member's presence, announces it, and reads members and history.
-    pub async fn join(
+    pub(crate) async fn subscribe(&self, room: &str) -> Result<(), BusError> {
+        each!(self, b => b.subscribe(room).await)
+    }
+
+    pub(crate) async fn unsubscribe(&self, room: &str) -> Result<(), BusError> {
+        each!(self, b => b.unsubscribe(room).await)
+    }
+
+    pub(crate) async fn resubscribe(&self, rooms: &[Arc<str>]) -> Result<(), BusError> {
+        each!(self, b => b.resubscribe(rooms).await)
+    }
+
+    pub(crate) async fn join(
         &self,
         room: &str,
         member: &MemberRef,
         since: Option<MsgId>,
     ) -> Result<JoinInfo, BusError> {
-        match self {
-            Bus::Memory(b) => b.join(room, member, since).await,
-            Bus::Redis(b) => b.join(room, member, since).await,
-        }
+        each!(self, b => b.join(room, member, since).await)
     }
 
-    /// Removes the member's presence and announces the leave. `last_local` tells that
-    /// this node has no other member in the room.
-    pub async fn leave(
+    pub(crate) async fn leave(
         &self,
         room: &str,
         member: &MemberRef,
         last_local: bool,
     ) -> Result<(), BusError> {
-        match self {
-            Bus::Memory(b) => b.leave(room, member).await,
-            Bus::Redis(b) => b.leave(room, member, last_local).await,
-        }
+        each!(self, b => b.leave(room, member, last_local).await)
     }
 
-    /// Messages after `since` still in the room's history, and whether that is all of
-    /// them (false when the history no longer reaches back that far).
-    pub async fn catch_up(
+    pub(crate) async fn catch_up(&self, room: &str, since: MsgId) -> Result<CatchUp, BusError> {
+        each!(self, b => b.catch_up(room, since).await)
+    }
+
+    pub(crate) async fn maintain(
         &self,
-        room: &str,
-        since: MsgId,
-    ) -> Result<(bool, Vec<(MsgId, Bytes)>), BusError> {
-        match self {
-            Bus::Memory(_) => Ok((true, Vec::new())),
-            Bus::Redis(b) => b.catch_up(room, since).await,
-        }
+        memberships: impl FnOnce() -> Vec<(Arc<str>, MemberRef)> + Send,
+    ) {
+        each!(self, b => b.maintain(memberships).await)
     }
-}
 
-/// Microseconds since the Unix epoch.
-pub fn now_micros() -> u64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.as_micros() as u64)
-        .unwrap_or(0)
+    pub(crate) async fn shutdown(&self) {
+        each!(self, b => b.shutdown().await)
+    }
 }

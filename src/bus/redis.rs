@@ -5,8 +5,9 @@
 //! history), `{prefix}:{room}:members` (presence hash `node|conn` -> user JSON).
 //! Per node: `{prefix}:nodes` (sorted set of node -> liveness deadline) and
 //! `{prefix}:node:{node}:rooms` (rooms where the node has members, for reaping).
-//! Each multi-step operation is one Lua script, so it is atomic and one round trip:
-//! publishing is XADD + PEXPIRE + PUBLISH with the assigned id.
+//! Each multi-step operation is one Lua script (`lua/*.lua`), so it is atomic and one
+//! round trip: publishing is XADD + PEXPIRE + PUBLISH of `"<id> <envelope>"`. A member's
+//! presence value is its leave envelope, so a reaper announces the leave verbatim.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -20,89 +21,21 @@ use fred::types::{CustomCommand, Message};
 use tokio::sync::broadcast;
 use tokio::sync::broadcast::error::RecvError;
 
-use super::{BusError, BusEvent, Incoming, JoinInfo, MemberRef};
+use std::sync::atomic::{AtomicBool, Ordering};
+
+use super::envelope::split_channel_frame;
+use super::{
+    Backend, BusError, BusEvent, CatchUp, Envelope, Incoming, JoinInfo, MemberRef, PresenceEvent,
+};
+use crate::clock;
 use crate::config::Config;
 use crate::protocol::{MsgId, User};
 
-/// XADD + PEXPIRE + PUBLISH; the published payload is the envelope with `"id"` spliced in.
-const PUBLISH_LUA: &str = r#"
-local id = redis.call('XADD', KEYS[1], 'MAXLEN', ARGV[1], '*', 'e', ARGV[4])
-redis.call('PEXPIRE', KEYS[1], ARGV[2])
-redis.call('PUBLISH', ARGV[3], '{"id":"' .. id .. '",' .. string.sub(ARGV[4], 2))
-return id
-"#;
-
-/// Presence add + announce, then members, log head and (with `since`) the replay.
-/// Returns {members, head, recovered (-1 = no since, 0, 1), entries}.
-const JOIN_LUA: &str = r#"
-redis.call('HSET', KEYS[1], ARGV[1], ARGV[2])
-redis.call('SADD', KEYS[3], ARGV[7])
-redis.call('PUBLISH', ARGV[3], ARGV[4])
-local members = redis.call('HVALS', KEYS[1])
-local head, maxdel = '0-0', '0-0'
-local exists = redis.call('EXISTS', KEYS[2]) == 1
-if exists then
-  local info = redis.call('XINFO', 'STREAM', KEYS[2])
-  for i = 1, #info, 2 do
-    if info[i] == 'last-generated-id' then head = info[i + 1]
-    elseif info[i] == 'max-deleted-entry-id' then maxdel = info[i + 1] end
-  end
-end
-if ARGV[5] == '' then return {members, head, -1, {}} end
-local since = ARGV[5]
-local recovered = 0
-if since == maxdel then recovered = 1
-elseif exists and #redis.call('XRANGE', KEYS[2], since, since) == 1 then recovered = 1 end
-local entries = {}
-if exists then entries = redis.call('XRANGE', KEYS[2], '(' .. since, '+', 'COUNT', ARGV[6]) end
-return {members, head, recovered, entries}
-"#;
-
-/// Messages after `since`, or {0} when the history no longer reaches back that far.
-const CATCH_UP_LUA: &str = r#"
-local since = ARGV[1]
-if redis.call('EXISTS', KEYS[1]) == 0 then return {0, {}} end
-local maxdel = '0-0'
-local info = redis.call('XINFO', 'STREAM', KEYS[1])
-for i = 1, #info, 2 do
-  if info[i] == 'max-deleted-entry-id' then maxdel = info[i + 1] end
-end
-local ok = 0
-if since == maxdel or #redis.call('XRANGE', KEYS[1], since, since) == 1 then ok = 1 end
-return {ok, redis.call('XRANGE', KEYS[1], '(' .. since, '+', 'COUNT', ARGV[2])}
-"#;
-
-/// Presence remove + announce.
-const LEAVE_LUA: &str = r#"
-local removed = redis.call('HDEL', KEYS[1], ARGV[1])
-if ARGV[5] == '1' then redis.call('SREM', KEYS[2], ARGV[4]) end
-if removed == 1 then redis.call('PUBLISH', ARGV[2], ARGV[3]) end
-return removed
-"#;
-
-/// Removes a dead node (once: ZREM decides which reaper wins) and every member it had,
-/// announcing each as left. Returns how many members were removed.
-const REAP_LUA: &str = r#"
-if redis.call('ZREM', KEYS[1], ARGV[1]) == 0 then return 0 end
-local setkey = ARGV[2] .. ':node:' .. ARGV[1] .. ':rooms'
-local pfx = ARGV[1] .. '|'
-local n = 0
-for _, room in ipairs(redis.call('SMEMBERS', setkey)) do
-  local mkey = ARGV[2] .. ':{' .. room .. '}:members'
-  local ch = ARGV[2] .. ':{' .. room .. '}:ch'
-  local all = redis.call('HGETALL', mkey)
-  for i = 1, #all, 2 do
-    if string.sub(all[i], 1, #pfx) == pfx then
-      redis.call('HDEL', mkey, all[i])
-      local conn = string.sub(all[i], #pfx + 1)
-      redis.call('PUBLISH', ch, '{"k":"p","e":"leave","u":' .. all[i + 1] .. ',"n":"' .. ARGV[1] .. '","c":"' .. conn .. '"}')
-      n = n + 1
-    end
-  end
-end
-redis.call('DEL', setkey)
-return n
-"#;
+const PUBLISH_LUA: &str = include_str!("lua/publish.lua");
+const JOIN_LUA: &str = include_str!("lua/join.lua");
+const CATCH_UP_LUA: &str = include_str!("lua/catch_up.lua");
+const LEAVE_LUA: &str = include_str!("lua/leave.lua");
+const REAP_LUA: &str = include_str!("lua/reap.lua");
 
 /// How long a bus command may take before the client is told `unavailable`.
 const COMMAND_TIMEOUT: Duration = Duration::from_secs(2);
@@ -110,7 +43,7 @@ const COMMAND_TIMEOUT: Duration = Duration::from_secs(2);
 const BROADCAST_CAPACITY: usize = 1 << 16;
 
 #[derive(Clone)]
-pub struct RedisBus {
+pub(crate) struct RedisBus {
     inner: Arc<Inner>,
 }
 
@@ -121,6 +54,10 @@ struct Inner {
     node: Arc<str>,
     history_size: usize,
     history_ttl_ms: u64,
+    presence_ttl_ms: u64,
+    /// Set once this node's liveness entry is in Redis: only then may members join, or
+    /// a crash right after start would leave members no reaper can find.
+    registered: AtomicBool,
     options: Options,
     publish: Script,
     join: Script,
@@ -130,7 +67,7 @@ struct Inner {
 }
 
 /// The receiving half: fred's broadcast of channel messages plus reconnect events.
-pub struct RedisReceiver {
+pub(crate) struct RedisReceiver {
     messages: broadcast::Receiver<Message>,
     reconnects: broadcast::Receiver<fred::types::config::Server>,
     channel_prefix: String,
@@ -139,7 +76,7 @@ pub struct RedisReceiver {
 }
 
 impl RedisReceiver {
-    pub async fn next(&mut self) -> BusEvent {
+    pub(crate) async fn next(&mut self) -> BusEvent {
         loop {
             tokio::select! {
                 biased;
@@ -160,12 +97,16 @@ impl RedisReceiver {
                         else {
                             continue;
                         };
-                        let payload = match msg.value {
+                        let frame = match msg.value {
                             Value::String(s) => s.into_inner(),
                             Value::Bytes(b) => b,
                             _ => continue,
                         };
-                        return BusEvent::Message(Incoming { room: Arc::from(room), payload });
+                        let Some((id, payload)) = split_channel_frame(frame) else {
+                            tracing::warn!(%room, "skipping a channel frame that is neither a message nor presence");
+                            continue;
+                        };
+                        return BusEvent::Message(Incoming { room: Arc::from(room), id, payload });
                     }
                     Err(RecvError::Lagged(n)) => return BusEvent::Lagged(n),
                     Err(RecvError::Closed) => return BusEvent::Closed,
@@ -178,7 +119,7 @@ impl RedisReceiver {
 impl RedisBus {
     /// Creates the clients and starts connecting in the background (reconnecting forever
     /// with backoff); readiness reports when the bus is up.
-    pub fn connect(
+    pub(crate) fn connect(
         config: &Config,
         url: &str,
         node: Arc<str>,
@@ -223,6 +164,8 @@ impl RedisBus {
             node,
             history_size: config.history.size,
             history_ttl_ms: config.history.ttl.as_millis() as u64,
+            presence_ttl_ms: config.presence.ttl.as_millis() as u64,
+            registered: AtomicBool::new(false),
             options,
             publish: Script::from_lua(PUBLISH_LUA),
             join: Script::from_lua(JOIN_LUA),
@@ -236,15 +179,6 @@ impl RedisBus {
             },
             receiver,
         ))
-    }
-
-    pub fn is_connected(&self) -> bool {
-        self.inner.client.is_connected() && self.inner.subscriber.is_connected()
-    }
-
-    /// The command client, for operations outside the bus proper (tests, tools).
-    pub fn client(&self) -> &Client {
-        &self.inner.client
     }
 
     fn key(&self, room: &str, suffix: &str) -> String {
@@ -291,143 +225,10 @@ impl RedisBus {
         }
     }
 
-    pub async fn publish(&self, room: &str, envelope: String) -> Result<MsgId, BusError> {
-        let reply = self
-            .eval(
-                &self.inner.publish,
-                vec![self.key(room, "log")],
-                vec![
-                    Value::from(self.inner.history_size as i64),
-                    Value::from(self.inner.history_ttl_ms as i64),
-                    Value::from(self.key(room, "ch")),
-                    Value::from(envelope),
-                ],
-            )
-            .await?;
-        parse_id(&reply)
-    }
-
-    pub async fn subscribe(&self, room: &str) -> Result<(), BusError> {
-        let sub = self.inner.subscriber.with_options(&self.inner.options);
-        sub.subscribe(self.key(room, "ch")).await?;
-        Ok(())
-    }
-
-    pub async fn unsubscribe(&self, room: &str) -> Result<(), BusError> {
-        // Fails fast like every bus command: a reconnect starts with no subscriptions anyway.
-        let sub = self.inner.subscriber.with_options(&self.inner.options);
-        sub.unsubscribe(self.key(room, "ch")).await?;
-        Ok(())
-    }
-
-    pub async fn join(
-        &self,
-        room: &str,
-        member: &MemberRef,
-        since: Option<MsgId>,
-    ) -> Result<JoinInfo, BusError> {
-        let user_json = serde_json::to_string(&member.user).unwrap_or_default();
-        let reply = self
-            .eval(
-                &self.inner.join,
-                vec![
-                    self.key(room, "members"),
-                    self.key(room, "log"),
-                    self.node_rooms_key(&member.node),
-                ],
-                vec![
-                    Value::from(member.field()),
-                    Value::from(user_json),
-                    Value::from(self.key(room, "ch")),
-                    Value::from(member.presence(super::PresenceEvent::Join)),
-                    Value::from(since.map(|s| s.to_string()).unwrap_or_default()),
-                    Value::from(self.inner.history_size as i64),
-                    Value::from(room),
-                ],
-            )
-            .await?;
-        let Value::Array(parts) = reply else {
-            return Err(BusError::Protocol("join: expected an array".into()));
-        };
-        let mut parts = parts.into_iter();
-        let (Some(members), Some(head), Some(recovered), Some(entries)) =
-            (parts.next(), parts.next(), parts.next(), parts.next())
-        else {
-            return Err(BusError::Protocol("join: expected four parts".into()));
-        };
-        let members = match members {
-            Value::Array(values) => values
-                .into_iter()
-                .filter_map(|v| {
-                    v.as_bytes()
-                        .and_then(|b| serde_json::from_slice::<User>(b).ok())
-                })
-                .collect(),
-            _ => Vec::new(),
-        };
-        let recovered = match recovered.as_i64() {
-            Some(-1) | None => None,
-            Some(n) => Some(n == 1),
-        };
-        Ok(JoinInfo {
-            members,
-            head: parse_id(&head)?,
-            recovered,
-            replay: parse_entries(entries)?,
-        })
-    }
-
-    pub async fn leave(
-        &self,
-        room: &str,
-        member: &MemberRef,
-        last_local: bool,
-    ) -> Result<(), BusError> {
-        self.eval(
-            &self.inner.leave,
-            vec![self.key(room, "members"), self.node_rooms_key(&member.node)],
-            vec![
-                Value::from(member.field()),
-                Value::from(self.key(room, "ch")),
-                Value::from(member.presence(super::PresenceEvent::Leave)),
-                Value::from(room),
-                Value::from(if last_local { "1" } else { "0" }),
-            ],
-        )
-        .await?;
-        Ok(())
-    }
-
-    /// Messages after `since` still in the room's log, and whether that is everything
-    /// after `since` (false when the log was trimmed past it or lost).
-    pub async fn catch_up(
-        &self,
-        room: &str,
-        since: MsgId,
-    ) -> Result<(bool, Vec<(MsgId, Bytes)>), BusError> {
-        let reply = self
-            .eval(
-                &self.inner.catch_up,
-                vec![self.key(room, "log")],
-                vec![
-                    Value::from(since.to_string()),
-                    Value::from(self.inner.history_size as i64),
-                ],
-            )
-            .await?;
-        let Value::Array(parts) = reply else {
-            return Err(BusError::Protocol("catch_up: expected an array".into()));
-        };
-        let mut parts = parts.into_iter();
-        let complete = parts.next().and_then(|v| v.as_i64()) == Some(1);
-        let entries = parse_entries(parts.next().unwrap_or(Value::Null))?;
-        Ok((complete, entries))
-    }
-
     /// Refreshes this node's liveness deadline. Returns true if the node was not
     /// registered (first beat, reaped by a peer, or Redis lost its data), in which case
-    /// the caller re-records its members.
-    pub async fn heartbeat(&self, deadline_ms: u64) -> Result<bool, BusError> {
+    /// the caller records its members again.
+    async fn heartbeat(&self, deadline_ms: u64) -> Result<bool, BusError> {
         let added: i64 = self
             .inner
             .client
@@ -445,12 +246,14 @@ impl RedisBus {
     }
 
     /// Records members again after a heartbeat found this node unregistered.
-    pub async fn restore(&self, members: &[(Arc<str>, MemberRef)]) -> Result<(), BusError> {
+    async fn restore(&self, members: &[(Arc<str>, MemberRef)]) -> Result<(), BusError> {
         let pipeline = self.inner.client.pipeline();
         for (room, member) in members {
-            let user_json = serde_json::to_string(&member.user).unwrap_or_default();
             let _: () = pipeline
-                .hset(self.key(room, "members"), (member.field(), user_json))
+                .hset(
+                    self.key(room, "members"),
+                    (member.field(), member.presence(PresenceEvent::Leave)),
+                )
                 .await?;
             let _: () = pipeline
                 .sadd(self.node_rooms_key(&member.node), room.to_string())
@@ -461,7 +264,7 @@ impl RedisBus {
     }
 
     /// Reaps nodes whose deadline passed; returns how many members were removed.
-    pub async fn reap(&self, now_ms: u64) -> Result<u64, BusError> {
+    async fn reap(&self, now_ms: u64) -> Result<u64, BusError> {
         let dead: Vec<String> = self
             .inner
             .client
@@ -497,20 +300,47 @@ impl RedisBus {
         }
         Ok(removed)
     }
+}
 
-    /// Unregisters this node (end of a drain).
-    pub async fn deregister(&self) -> Result<(), BusError> {
-        let _: i64 = self
-            .inner
-            .client
-            .with_options(&self.inner.options)
-            .zrem(self.nodes_key(), self.inner.node.to_string())
+impl Backend for RedisBus {
+    fn is_connected(&self) -> bool {
+        self.inner.client.is_connected() && self.inner.subscriber.is_connected()
+    }
+
+    fn is_registered(&self) -> bool {
+        self.inner.registered.load(Ordering::Acquire)
+    }
+
+    async fn publish(&self, room: &str, envelope: String) -> Result<MsgId, BusError> {
+        let reply = self
+            .eval(
+                &self.inner.publish,
+                vec![self.key(room, "log")],
+                vec![
+                    Value::from(self.inner.history_size as i64),
+                    Value::from(self.inner.history_ttl_ms as i64),
+                    Value::from(self.key(room, "ch")),
+                    Value::from(envelope),
+                ],
+            )
             .await?;
+        parse_id(&reply)
+    }
+
+    async fn subscribe(&self, room: &str) -> Result<(), BusError> {
+        let sub = self.inner.subscriber.with_options(&self.inner.options);
+        sub.subscribe(self.key(room, "ch")).await?;
         Ok(())
     }
 
-    /// Re-subscribes every given room (after a reconnect).
-    pub async fn resubscribe(&self, rooms: &[Arc<str>]) -> Result<(), BusError> {
+    async fn unsubscribe(&self, room: &str) -> Result<(), BusError> {
+        // Fails fast like every bus command: a reconnect starts with no subscriptions anyway.
+        let sub = self.inner.subscriber.with_options(&self.inner.options);
+        sub.unsubscribe(self.key(room, "ch")).await?;
+        Ok(())
+    }
+
+    async fn resubscribe(&self, rooms: &[Arc<str>]) -> Result<(), BusError> {
         if rooms.is_empty() {
             return Ok(());
         }
@@ -520,9 +350,151 @@ impl RedisBus {
         Ok(())
     }
 
-    pub async fn quit(&self) {
+    async fn join(
+        &self,
+        room: &str,
+        member: &MemberRef,
+        since: Option<MsgId>,
+    ) -> Result<JoinInfo, BusError> {
+        let reply = self
+            .eval(
+                &self.inner.join,
+                vec![
+                    self.key(room, "members"),
+                    self.key(room, "log"),
+                    self.node_rooms_key(&member.node),
+                ],
+                vec![
+                    Value::from(member.field()),
+                    Value::from(member.presence(PresenceEvent::Leave)),
+                    Value::from(self.key(room, "ch")),
+                    Value::from(member.presence(PresenceEvent::Join)),
+                    Value::from(since.map(|s| s.to_string()).unwrap_or_default()),
+                    Value::from(self.inner.history_size as i64),
+                    Value::from(room),
+                ],
+            )
+            .await?;
+        let Value::Array(parts) = reply else {
+            return Err(BusError::Protocol("join: expected an array".into()));
+        };
+        let mut parts = parts.into_iter();
+        let (Some(members), Some(head), Some(recovered), Some(entries)) =
+            (parts.next(), parts.next(), parts.next(), parts.next())
+        else {
+            return Err(BusError::Protocol("join: expected four parts".into()));
+        };
+        let members = match members {
+            Value::Array(values) => values
+                .into_iter()
+                .filter_map(|v| v.as_bytes().and_then(member_user))
+                .collect(),
+            _ => Vec::new(),
+        };
+        let recovered = match recovered.as_i64() {
+            Some(-1) | None => None,
+            Some(n) => Some(n == 1),
+        };
+        Ok(JoinInfo {
+            members,
+            head: parse_id(&head)?,
+            recovered,
+            replay: parse_entries(entries)?,
+        })
+    }
+
+    async fn leave(
+        &self,
+        room: &str,
+        member: &MemberRef,
+        last_local: bool,
+    ) -> Result<(), BusError> {
+        self.eval(
+            &self.inner.leave,
+            vec![self.key(room, "members"), self.node_rooms_key(&member.node)],
+            vec![
+                Value::from(member.field()),
+                Value::from(self.key(room, "ch")),
+                Value::from(member.presence(PresenceEvent::Leave)),
+                Value::from(room),
+                Value::from(if last_local { "1" } else { "0" }),
+            ],
+        )
+        .await?;
+        Ok(())
+    }
+
+    async fn catch_up(&self, room: &str, since: MsgId) -> Result<CatchUp, BusError> {
+        let reply = self
+            .eval(
+                &self.inner.catch_up,
+                vec![self.key(room, "log")],
+                vec![
+                    Value::from(since.to_string()),
+                    Value::from(self.inner.history_size as i64),
+                ],
+            )
+            .await?;
+        let Value::Array(parts) = reply else {
+            return Err(BusError::Protocol("catch_up: expected an array".into()));
+        };
+        let mut parts = parts.into_iter();
+        let complete = parts.next().and_then(|v| v.as_i64()) == Some(1);
+        let entries = parse_entries(parts.next().unwrap_or(Value::Null))?;
+        Ok(CatchUp { complete, entries })
+    }
+
+    async fn maintain(&self, memberships: impl FnOnce() -> Vec<(Arc<str>, MemberRef)> + Send) {
+        if !self.is_connected() {
+            return;
+        }
+        let now_ms = clock::unix_micros() / 1000;
+        match self.heartbeat(now_ms + self.inner.presence_ttl_ms).await {
+            Ok(unregistered) => {
+                self.inner.registered.store(true, Ordering::Release);
+                let members = if unregistered {
+                    memberships()
+                } else {
+                    Vec::new()
+                };
+                if !members.is_empty() {
+                    tracing::info!(
+                        members = members.len(),
+                        "node was not registered; restoring presence"
+                    );
+                    if let Err(e) = self.restore(&members).await {
+                        tracing::warn!(error = %e, "presence restore failed");
+                    }
+                }
+            }
+            Err(e) => tracing::warn!(error = %e, "presence heartbeat failed"),
+        }
+        if let Err(e) = self.reap(now_ms).await {
+            tracing::warn!(error = %e, "reaping dead nodes failed");
+        }
+    }
+
+    async fn shutdown(&self) {
+        let unregister: Result<i64, _> = self
+            .inner
+            .client
+            .with_options(&self.inner.options)
+            .zrem(self.nodes_key(), self.inner.node.to_string())
+            .await;
+        if let Err(e) = unregister {
+            tracing::warn!(error = %e, "could not deregister this node");
+        }
         let _ = self.inner.subscriber.quit().await;
         let _ = self.inner.client.quit().await;
+    }
+}
+
+/// The user of one presence value: the member's leave envelope (or, as written by
+/// earlier versions, the bare user).
+fn member_user(value: &[u8]) -> Option<User> {
+    match Envelope::decode(value) {
+        Ok(Envelope::Presence { user, .. }) => Some(user),
+        _ => serde_json::from_slice(value).ok(),
     }
 }
 

@@ -6,6 +6,7 @@ use std::collections::{HashMap, VecDeque};
 use std::time::{Duration, Instant};
 
 use futures_util::{SinkExt, StreamExt};
+use roomcast_protocol::MsgId;
 use serde_json::{Value, json};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpSocket, TcpStream};
@@ -550,16 +551,10 @@ fn host_port(ws_url: &str) -> String {
     rest.split('/').next().unwrap_or(rest).to_string()
 }
 
-/// A message id `"<ms>-<seq>"` as a comparable pair.
-pub fn parse_id(id: &str) -> (u64, u64) {
-    let (ms, seq) = id
-        .split_once('-')
-        .unwrap_or_else(|| panic!("message id is not <ms>-<seq>: {id:?}"));
-    (
-        ms.parse().unwrap_or_else(|_| panic!("bad ms in id {id:?}")),
-        seq.parse()
-            .unwrap_or_else(|_| panic!("bad seq in id {id:?}")),
-    )
+/// A message id `"<ms>-<seq>"`, comparable (`ms` first, then `seq`).
+pub fn parse_id(id: &str) -> MsgId {
+    id.parse()
+        .unwrap_or_else(|e| panic!("message id {id:?}: {e}"))
 }
 
 /// The `id` of a `message` or `ack` frame.

@@ -289,7 +289,7 @@ impl Report {
     /// Prints the human-readable report.
     pub fn print(&self) {
         println!(
-            "roomcast bench ({:?}): {} connections over {} URL(s), {} rooms x {} members, {} publishers/room, {} B messages{}",
+            "roomcast-bench ({:?}): {} connections over {} URL(s), {} rooms x {} members, {} publishers/room, {} B messages{}",
             self.protocol,
             self.connections,
             self.urls.len(),

@@ -5,7 +5,7 @@
 //! against Socket.IO there. `scripts/bench floor` runs it; BENCHMARKS.md describes it.
 //!
 //! ```text
-//! cargo bench --bench kernel_floor -- [--connections 2000] [--members 100]
+//! cargo bench -p roomcast-bench --bench kernel_floor -- [--connections 2000] [--members 100]
 //!     [--rates 20000,40000,80000] [--seconds 5] [--warmup 1] [--reader-threads 2] [--json]
 //! ```
 //!
@@ -34,8 +34,9 @@
 //! (`/proc/stat`). On loopback the sender's `sendto` also runs the receiving socket's TCP
 //! receive path (softirq in the sender's context) and the wake-up of the reader: with
 //! `CONFIG_IRQ_TIME_ACCOUNTING` off (as on the measuring VM) that time is charged to the
-//! sender's stime, exactly as it is charged to a gateway's, whose CPU `roomcast bench
+//! sender's stime, exactly as it is charged to a gateway's, whose CPU `roomcast-bench
 //! --server-pid` reads from the same `/proc` fields.
+#![forbid(unsafe_code)]
 
 use std::io::{self, Write};
 use std::net::{SocketAddr, TcpListener, TcpStream};
@@ -58,7 +59,7 @@ const DRAIN_TIMEOUT: Duration = Duration::from_secs(30);
 const USAGE: &str = "\
 kernel_floor: CPU a sender thread spends per delivered 100-byte WebSocket frame on loopback TCP
 
-usage: cargo bench --bench kernel_floor -- [options]
+usage: cargo bench -p roomcast-bench --bench kernel_floor -- [options]
   --connections N      loopback TCP connections (default 2000; 2 descriptors each)
   --members M          sockets written per publish, one \"room\" (default 100)
   --rates R1,R2,...    delivery rates, frames per second, one step each (default 20000,40000,80000)

@@ -7,29 +7,29 @@
 use std::collections::BTreeSet;
 use std::ops::Bound;
 
-use super::wire::Id;
+use roomcast_protocol::MsgId;
 
 /// Ids published to one room during the run.
 #[derive(Default, Debug)]
 pub struct RoomLedger {
-    pub ids: BTreeSet<Id>,
+    pub ids: BTreeSet<MsgId>,
 }
 
 impl RoomLedger {
     /// Records an id seen in an ack or a delivery.
-    pub fn observe(&mut self, id: Id) {
+    pub fn observe(&mut self, id: MsgId) {
         self.ids.insert(id);
     }
 
     /// Number of ids strictly after `offset`.
-    pub fn count_after(&self, offset: Id) -> u64 {
+    pub fn count_after(&self, offset: MsgId) -> u64 {
         self.ids
             .range((Bound::Excluded(offset), Bound::Unbounded))
             .count() as u64
     }
 
     /// The newest id published to the room.
-    pub fn newest(&self) -> Option<Id> {
+    pub fn newest(&self) -> Option<MsgId> {
         self.ids.last().copied()
     }
 }
@@ -45,9 +45,9 @@ pub struct MemberLedger {
     /// Whether this member publishes.
     pub publisher: bool,
     /// Offset from the first `joined`: the member expects every id after it.
-    pub join_offset: Option<Id>,
+    pub join_offset: Option<MsgId>,
     /// Id of the last message received (the resume cursor).
-    pub cursor: Option<Id>,
+    pub cursor: Option<MsgId>,
     /// Distinct messages received with an id after the join offset.
     pub received: u64,
     /// Messages received again, or with an id not after the cursor (roomcast ids never go
@@ -81,7 +81,7 @@ impl MemberLedger {
     }
 
     /// Applies a `joined` answer. The first one fixes the join offset.
-    pub fn joined(&mut self, offset: Option<Id>, recovered: Option<bool>) {
+    pub fn joined(&mut self, offset: Option<MsgId>, recovered: Option<bool>) {
         if self.join_offset.is_none() {
             let offset = offset.unwrap_or_default();
             self.join_offset = Some(offset);
@@ -95,7 +95,7 @@ impl MemberLedger {
     }
 
     /// Applies a delivery. Returns false when the delivery predates the join (ignored).
-    pub fn deliver(&mut self, id: Id) -> bool {
+    pub fn deliver(&mut self, id: MsgId) -> bool {
         let Some(offset) = self.join_offset else {
             // A message before our `joined` answer: the server sends `joined` first, so this
             // only happens with the Socket.IO peer racing its own join; not expected of us.
@@ -143,8 +143,8 @@ impl MemberLedger {
 mod tests {
     use super::*;
 
-    fn id(ms: u64, seq: u64) -> Id {
-        Id { ms, seq }
+    fn id(ms: u64, seq: u64) -> MsgId {
+        MsgId { ms, seq }
     }
 
     #[test]

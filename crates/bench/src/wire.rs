@@ -2,10 +2,14 @@
 //! `docs/protocol.md`) and Socket.IO v4 over Engine.IO v4 WebSocket framing (for the peer in
 //! `benches/peers/socketio`). Both are decoded into one [`Event`] so the rest of the bench is
 //! protocol-agnostic. Also the payload header the bench embeds in every message text.
+//!
+//! roomcast client frames and message ids are `roomcast-protocol`'s ([`ClientFrame`],
+//! [`MsgId`]); decoding server frames stays here: one serde pass into borrowed fields
+//! ([`decode`]), which is the hot path of a bench holding thousands of connections.
 
 use std::borrow::Cow;
-use std::fmt;
 
+use roomcast_protocol::{ClientFrame, MsgId};
 use serde::Deserialize;
 use serde_json::json;
 
@@ -19,34 +23,18 @@ pub enum Protocol {
     Socketio,
 }
 
-/// A message id, i.e. the room offset: roomcast writes `"<ms>-<seq>"`, the Socket.IO peer a
-/// per-room counter `"<n>"` (stored as `ms = n, seq = 0`). Ordered like the protocol says:
-/// `ms` first, then `seq`.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, Default)]
-pub struct Id {
-    pub ms: u64,
-    pub seq: u64,
-}
-
-impl Id {
-    /// Parses `"<ms>-<seq>"` or `"<n>"`.
-    pub fn parse(s: &str) -> Option<Id> {
-        match s.split_once('-') {
-            Some((ms, seq)) => Some(Id {
-                ms: ms.parse().ok()?,
-                seq: seq.parse().ok()?,
-            }),
-            None => Some(Id {
+/// Parses a message id, i.e. a room offset. roomcast writes [`MsgId`]s (`"<ms>-<seq>"`);
+/// the Socket.IO peer a per-room counter `"<n>"`, read as `MsgId { ms: n, seq: 0 }` so both
+/// order alike (`ms` first, then `seq`).
+pub fn parse_id(protocol: Protocol, s: &str) -> Option<MsgId> {
+    match protocol {
+        Protocol::Roomcast => s.parse().ok(),
+        Protocol::Socketio => s.parse().ok().or_else(|| {
+            Some(MsgId {
                 ms: s.parse().ok()?,
                 seq: 0,
-            }),
-        }
-    }
-}
-
-impl fmt::Display for Id {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "{}-{}", self.ms, self.seq)
+            })
+        }),
     }
 }
 
@@ -64,19 +52,19 @@ pub enum Event<'a> {
     /// Answer to a join.
     Joined {
         room: Cow<'a, str>,
-        offset: Option<Id>,
+        offset: Option<MsgId>,
         recovered: Option<bool>,
     },
     /// A chat message in a joined room.
     Message {
         room: Cow<'a, str>,
-        id: Option<Id>,
+        id: Option<MsgId>,
         text: Cow<'a, str>,
     },
     /// Answer to a send.
     Ack {
         reference: Option<Cow<'a, str>>,
-        id: Option<Id>,
+        id: Option<MsgId>,
     },
     /// A refused frame.
     Error {
@@ -109,25 +97,22 @@ struct Fields<'a> {
     code: Option<Cow<'a, str>>,
 }
 
-fn parse_id(s: &Option<Cow<'_, str>>) -> Option<Id> {
-    s.as_deref().and_then(Id::parse)
-}
-
-fn event_from<'a>(kind: &str, f: Fields<'a>) -> Event<'a> {
+fn event_from<'a>(protocol: Protocol, kind: &str, f: Fields<'a>) -> Event<'a> {
+    let id = |s: &Option<Cow<'_, str>>| s.as_deref().and_then(|s| parse_id(protocol, s));
     match kind {
         "welcome" => Event::Welcome,
         "joined" => Event::Joined {
             room: f.room.unwrap_or_default(),
-            offset: parse_id(&f.offset),
+            offset: id(&f.offset),
             recovered: f.recovered,
         },
         "message" => Event::Message {
-            id: parse_id(&f.id),
+            id: id(&f.id),
             room: f.room.unwrap_or_default(),
             text: f.text.unwrap_or_default(),
         },
         "ack" => Event::Ack {
-            id: parse_id(&f.id),
+            id: id(&f.id),
             reference: f.reference,
         },
         "error" => Event::Error {
@@ -145,7 +130,7 @@ pub fn decode(protocol: Protocol, frame: &str) -> Result<Event<'_>, String> {
             let f: Fields<'_> =
                 serde_json::from_str(frame).map_err(|e| format!("bad frame: {e}"))?;
             let kind = f.ty.clone().unwrap_or_default();
-            Ok(event_from(&kind, f))
+            Ok(event_from(Protocol::Roomcast, &kind, f))
         }
         Protocol::Socketio => decode_socketio(frame),
     }
@@ -165,7 +150,7 @@ fn decode_socketio(frame: &str) -> Result<Event<'_>, String> {
             let body = body.trim_start_matches(|c: char| c.is_ascii_digit());
             let (name, f): (Cow<'_, str>, Fields<'_>) =
                 serde_json::from_str(body).map_err(|e| format!("bad socket.io event: {e}"))?;
-            Ok(event_from(&name, f))
+            Ok(event_from(Protocol::Socketio, &name, f))
         }
         (Some('4'), Some('4')) => Ok(Event::Error {
             code: Cow::Borrowed("connect_error"),
@@ -181,35 +166,37 @@ pub fn join(
     protocol: Protocol,
     room: &str,
     name: &str,
-    since: Option<Id>,
+    since: Option<MsgId>,
     reference: &str,
 ) -> String {
-    let mut v = json!({"room": room, "name": name, "ref": reference});
-    if let Some(since) = since {
-        v["since"] = json!(since_string(protocol, since));
-    }
     match protocol {
-        Protocol::Roomcast => {
-            v["type"] = json!("join");
-            v.to_string()
+        Protocol::Roomcast => ClientFrame::Join {
+            room: room.to_owned(),
+            name: name.to_owned(),
+            since: since.map(|id| id.to_string()),
+            reference: Some(reference.to_owned()),
         }
-        Protocol::Socketio => format!("42{}", json!(["join", v])),
-    }
-}
-
-fn since_string(protocol: Protocol, id: Id) -> String {
-    match protocol {
-        Protocol::Roomcast => id.to_string(),
-        Protocol::Socketio => id.ms.to_string(),
+        .to_json(),
+        Protocol::Socketio => {
+            let mut v = json!({"room": room, "name": name, "ref": reference});
+            if let Some(since) = since {
+                // The peer's ids are plain counters.
+                v["since"] = json!(since.ms.to_string());
+            }
+            format!("42{}", json!(["join", v]))
+        }
     }
 }
 
 /// Encodes a send frame.
 pub fn send(protocol: Protocol, room: &str, text: &str, reference: &str) -> String {
     match protocol {
-        Protocol::Roomcast => {
-            json!({"type": "send", "room": room, "text": text, "ref": reference}).to_string()
+        Protocol::Roomcast => ClientFrame::Send {
+            room: room.to_owned(),
+            text: text.to_owned(),
+            reference: Some(reference.to_owned()),
         }
+        .to_json(),
         Protocol::Socketio => format!(
             "42{}",
             json!(["send", {"room": room, "text": text, "ref": reference}])
@@ -282,11 +269,46 @@ mod tests {
 
     #[test]
     fn ids_order_ms_first() {
-        let a = Id::parse("1732258000000-5").unwrap();
-        let b = Id::parse("1732258000001-0").unwrap();
+        let a = parse_id(Protocol::Roomcast, "1732258000000-5").unwrap();
+        let b = parse_id(Protocol::Roomcast, "1732258000001-0").unwrap();
         assert!(a < b);
-        assert_eq!(Id::parse("17").unwrap(), Id { ms: 17, seq: 0 });
-        assert_eq!(Id::parse("x-1"), None);
+        assert_eq!(
+            parse_id(Protocol::Socketio, "17").unwrap(),
+            MsgId { ms: 17, seq: 0 }
+        );
+        assert_eq!(
+            parse_id(Protocol::Socketio, "5-1"),
+            Some(MsgId { ms: 5, seq: 1 })
+        );
+        assert_eq!(
+            parse_id(Protocol::Roomcast, "17"),
+            None,
+            "not a roomcast id"
+        );
+        assert_eq!(parse_id(Protocol::Roomcast, "x-1"), None);
+        assert_eq!(parse_id(Protocol::Socketio, "x-1"), None);
+    }
+
+    #[test]
+    fn roomcast_client_frames_are_the_protocol_crate_frames() {
+        let join = join(
+            Protocol::Roomcast,
+            "r",
+            "n",
+            Some(MsgId { ms: 4, seq: 2 }),
+            "j0",
+        );
+        assert_eq!(
+            roomcast_protocol::parse_client_frame(&join).unwrap(),
+            ClientFrame::Join {
+                room: "r".into(),
+                name: "n".into(),
+                since: Some("4-2".into()),
+                reference: Some("j0".into()),
+            }
+        );
+        let send = send(Protocol::Roomcast, "r", "hi", "7");
+        assert_eq!(send, r#"{"type":"send","room":"r","text":"hi","ref":"7"}"#);
     }
 
     #[test]
@@ -310,7 +332,7 @@ mod tests {
         match decode(Protocol::Roomcast, f).unwrap() {
             Event::Message { room, id, text } => {
                 assert_eq!(room, "r");
-                assert_eq!(id, Some(Id { ms: 5, seq: 1 }));
+                assert_eq!(id, Some(MsgId { ms: 5, seq: 1 }));
                 assert_eq!(text, "hi");
             }
             e => panic!("unexpected {e:?}"),
@@ -334,7 +356,7 @@ mod tests {
         match decode(Protocol::Socketio, r#"42["ack",{"ref":"3","id":"12"}]"#).unwrap() {
             Event::Ack { reference, id } => {
                 assert_eq!(reference.as_deref(), Some("3"));
-                assert_eq!(id, Some(Id { ms: 12, seq: 0 }));
+                assert_eq!(id, Some(MsgId { ms: 12, seq: 0 }));
             }
             e => panic!("unexpected {e:?}"),
         }
@@ -343,7 +365,7 @@ mod tests {
                 Protocol::Socketio,
                 "r",
                 "n",
-                Some(Id { ms: 4, seq: 0 }),
+                Some(MsgId { ms: 4, seq: 0 }),
                 "j0"
             ),
             r#"42["join",{"name":"n","ref":"j0","room":"r","since":"4"}]"#

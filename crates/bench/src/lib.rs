@@ -1,15 +1,17 @@
-//! The load generator (`roomcast bench`) and the health probe (`roomcast probe`).
+//! roomcast-bench: the load generator of roomcast (the `roomcast-bench` binary).
 //!
-//! `bench` drives one or more gateways like a crowd: N connections spread round-robin over
-//! the URLs, R rooms of M members, publishers at a total (optionally stepped) rate. Every
+//! It drives one or more gateways like a crowd: N connections spread round-robin over the
+//! URLs, R rooms of M members, publishers at a total (optionally stepped) rate. Every
 //! message text carries its send time and step, so each delivery gives a latency sample;
 //! every member keeps a ledger of the room offsets it received, so the report counts lost
 //! and duplicated messages per room. It can also speak Socket.IO v4 to the comparison peer
 //! in `benches/peers/socketio`, and sample the CPU time and RSS of the server processes
 //! from `/proc`. See BENCHMARKS.md.
 //!
-//! This module depends only on external crates (no `crate::` imports), so it builds on its
-//! own.
+//! What the roomcast protocol defines (message ids, room names, client frames) comes from
+//! `roomcast-protocol`; this crate adds only what a client needs on top: fast borrowed
+//! decoding of server frames, the Socket.IO framing, the payload header. It does not
+//! depend on the gateway.
 //!
 //! Layout:
 //! - [`wire`]: the two wire protocols and the payload header;
@@ -18,6 +20,7 @@
 //! - [`ledger`]: loss / duplicate accounting;
 //! - [`stats`]: histograms, counters, `/proc` sampling;
 //! - [`report`]: the printed and JSON report.
+#![forbid(unsafe_code)]
 
 pub mod conn;
 pub mod ledger;
@@ -31,13 +34,12 @@ use std::sync::Arc;
 use std::sync::atomic::Ordering;
 use std::time::Duration;
 
-use anyhow::{Context, bail};
-use futures_util::{SinkExt, StreamExt};
+use anyhow::bail;
 use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
 use rand::Rng;
+use roomcast_protocol::rules::{MAX_ROOM_CHARS, is_valid_room};
 use tokio::sync::{Semaphore, mpsc, watch};
 use tokio::time::Instant;
-use tokio_tungstenite::tungstenite::Message;
 
 use conn::{ConnSpec, SendCmd, Shared};
 use ledger::MemberLedger;
@@ -70,12 +72,18 @@ fn parse_duration(s: &str) -> Result<Duration, String> {
     humantime::parse_duration(s).map_err(|e| e.to_string())
 }
 
-/// `roomcast bench`: a load generator that measures delivery latency, throughput and loss.
+/// The command line of `roomcast-bench`: a load generator that measures delivery latency,
+/// throughput and loss.
 ///
 /// Example: 2,000 users in 20 rooms over two replicas, publishers at stepped rates:
-///   roomcast bench --url ws://127.0.0.1:8080/ws --url ws://127.0.0.1:8081/ws
+///   roomcast-bench --url ws://127.0.0.1:8080/ws --url ws://127.0.0.1:8081/ws
 ///     --connections 2000 --rooms 20 --publishers 5 --rate-steps 100,200,400 --duration 15s
 #[derive(clap::Args, Debug)]
+// The help text is the binary's (`long_about = None`: not this doc comment).
+#[command(
+    about = "Drive gateways like a crowd of users and report throughput, latency and loss",
+    long_about = None
+)]
 pub struct BenchArgs {
     /// Gateway WebSocket URL; repeat (or comma-separate) to spread connections round-robin
     /// over several replicas. roomcast: `ws://HOST:PORT/ws` (`/ws` is added when there is no
@@ -199,22 +207,6 @@ pub struct BenchArgs {
     pub quiet: bool,
 }
 
-/// `roomcast probe`: join a room, send a message, wait for it to come back.
-#[derive(clap::Args, Debug)]
-pub struct ProbeArgs {
-    /// Gateway WebSocket URL, e.g. `ws://roomcast:8080/ws` (`/ws` is added when there is no path).
-    #[arg(long)]
-    pub url: String,
-
-    /// Room to join.
-    #[arg(long, default_value = "probe")]
-    pub room: String,
-
-    /// Give up after this long.
-    #[arg(long, default_value = "10s", value_parser = parse_duration)]
-    pub timeout: Duration,
-}
-
 /// The workload: who is in which room and who publishes.
 struct Plan {
     members: usize,
@@ -289,12 +281,6 @@ impl Pacer {
     }
 }
 
-fn valid_room_name(s: &str) -> bool {
-    (1..=64).contains(&s.len())
-        && s.chars()
-            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | ':' | '-'))
-}
-
 fn progress(args: &BenchArgs, len: u64) -> ProgressBar {
     let pb = ProgressBar::new(len);
     if args.json || args.quiet || !std::io::stdout().is_terminal() {
@@ -326,8 +312,10 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<()> {
     let room_names: Vec<String> = (0..args.rooms)
         .map(|i| format!("{}-{run_id:04x}-{i}", args.room_prefix))
         .collect();
-    if !room_names.iter().all(|n| valid_room_name(n)) {
-        bail!("--room-prefix gives invalid room names (allowed: A-Z a-z 0-9 . _ : -, at most 64)");
+    if !room_names.iter().all(|n| is_valid_room(n)) {
+        bail!(
+            "--room-prefix gives invalid room names (allowed: A-Z a-z 0-9 . _ : -, at most {MAX_ROOM_CHARS})"
+        );
     }
     let mut targets = Vec::new();
     for u in &args.urls {
@@ -598,90 +586,6 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<()> {
         bail!("bench failed: {}", failures.join("; "));
     }
     Ok(())
-}
-
-/// Joins `--room`, sends a message and waits for it to come back. Ok means the gateway
-/// accepted the WebSocket, the join, and delivered the message through its bus.
-pub async fn probe(args: ProbeArgs) -> anyhow::Result<()> {
-    if !valid_room_name(&args.room) {
-        bail!("invalid room name {:?}", args.room);
-    }
-    let started = Instant::now();
-    let fut = async {
-        let target = Target::resolve(&args.url, Protocol::Roomcast).await?;
-        let mut ws = net::connect(&target, None, args.timeout).await?;
-        let nonce: u64 = rand::rng().random();
-        let name = format!("probe-{:04x}", nonce & 0xffff);
-        let text = format!("probe {nonce:016x}");
-        ws.send(Message::text(wire::join(
-            Protocol::Roomcast,
-            &args.room,
-            &name,
-            None,
-            "probe-join",
-        )))
-        .await?;
-        let mut sent = false;
-        let mut acked = false;
-        let mut echoed = false;
-        while let Some(msg) = ws.next().await {
-            let msg = msg.context("connection failed")?;
-            let frame = match msg {
-                Message::Text(t) => t,
-                Message::Close(f) => bail!("gateway closed the connection: {f:?}"),
-                _ => continue,
-            };
-            match wire::decode(Protocol::Roomcast, &frame).map_err(anyhow::Error::msg)? {
-                wire::Event::Joined { room, .. } if room == args.room && !sent => {
-                    ws.send(Message::text(wire::send(
-                        Protocol::Roomcast,
-                        &args.room,
-                        &text,
-                        "probe-send",
-                    )))
-                    .await?;
-                    sent = true;
-                }
-                wire::Event::Error { code, reference } => {
-                    bail!(
-                        "gateway refused {}: {code}",
-                        reference.as_deref().unwrap_or("a frame")
-                    )
-                }
-                wire::Event::Ack { reference, .. }
-                    if reference.as_deref() == Some("probe-send") =>
-                {
-                    acked = true;
-                }
-                wire::Event::Message { room, text: t, .. } if room == args.room && t == text => {
-                    echoed = true;
-                }
-                _ => {}
-            }
-            if acked && echoed {
-                let _ = ws.close(None).await;
-                return anyhow::Ok(());
-            }
-        }
-        bail!("connection closed before the message came back")
-    };
-    match tokio::time::timeout(args.timeout, fut).await {
-        Ok(Ok(())) => {
-            println!(
-                "probe ok: {} room {} round trip {} ms",
-                args.url,
-                args.room,
-                started.elapsed().as_millis()
-            );
-            Ok(())
-        }
-        Ok(Err(e)) => Err(e.context(format!("probe {} failed", args.url))),
-        Err(_) => bail!(
-            "probe {} failed: no echo within {:?}",
-            args.url,
-            args.timeout
-        ),
-    }
 }
 
 #[cfg(test)]

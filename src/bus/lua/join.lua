@@ -1,0 +1,29 @@
+-- Join: record the member's presence and announce it, then read the members, where the
+-- room's log stands and (with since) the replay.
+-- KEYS[1] room members hash   KEYS[2] room stream   KEYS[3] this node's room set
+-- ARGV[1] member field (node|conn)   ARGV[2] the member's leave envelope (kept as the
+-- hash value, so a reaper can announce the leave verbatim)   ARGV[3] room channel
+-- ARGV[4] join envelope   ARGV[5] since ('' for none)   ARGV[6] replay limit
+-- ARGV[7] room name
+-- Returns {member values, head, recovered (-1 = no since, 0, 1), entries}.
+redis.call('HSET', KEYS[1], ARGV[1], ARGV[2])
+redis.call('SADD', KEYS[3], ARGV[7])
+redis.call('PUBLISH', ARGV[3], ARGV[4])
+local members = redis.call('HVALS', KEYS[1])
+local head, maxdel = '0-0', '0-0'
+local exists = redis.call('EXISTS', KEYS[2]) == 1
+if exists then
+  local info = redis.call('XINFO', 'STREAM', KEYS[2])
+  for i = 1, #info, 2 do
+    if info[i] == 'last-generated-id' then head = info[i + 1]
+    elseif info[i] == 'max-deleted-entry-id' then maxdel = info[i + 1] end
+  end
+end
+if ARGV[5] == '' then return {members, head, -1, {}} end
+local since = ARGV[5]
+local recovered = 0
+if since == maxdel then recovered = 1
+elseif exists and #redis.call('XRANGE', KEYS[2], since, since) == 1 then recovered = 1 end
+local entries = {}
+if exists then entries = redis.call('XRANGE', KEYS[2], '(' .. since, '+', 'COUNT', ARGV[6]) end
+return {members, head, recovered, entries}

@@ -1,0 +1,764 @@
+//! Rooms: the one owner of room operations on this replica — join (subscribe, presence,
+//! replay, undo on failure), leave (including the retry of leaves that could not reach
+//! the bus) and publish — for every caller (WebSocket sessions today, an HTTP API next).
+//!
+//! It keeps the local members of each room and ref-counts the room's bus subscription:
+//! subscribed when the first local member joins, unsubscribed after the last leaves. A
+//! per-room async lock serialises those transitions, so concurrent joins and leaves
+//! never strand a member without a subscription or keep a channel with no member.
+//!
+//! Its receive loop decodes each bus envelope once, encodes the client frame once, and
+//! hands the same bytes to every local member ([`Member::deliver`] never waits: a member
+//! that cannot keep up closes itself). After a bus reconnect it resubscribes every room
+//! and replays what each missed from the history before any newer message.
+
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use axum::extract::ws::Utf8Bytes;
+use bytes::Bytes;
+use dashmap::DashMap;
+use prometheus::IntCounter;
+use tokio_util::sync::CancellationToken;
+use tracing::{Instrument, info, info_span, warn};
+
+use crate::bus::{Bus, BusError, BusEvent, BusReceiver, Envelope, Incoming, MemberRef};
+use crate::clock;
+use crate::metrics::Metrics;
+use crate::protocol::{Encode, MsgId, ServerFrame, User};
+use crate::telemetry;
+
+/// A local member of a room, as the rooms see it: somewhere to put frames.
+pub(crate) trait Member: Send + Sync {
+    /// Queues a room frame without waiting. A member that cannot take it (its queue is
+    /// full) closes itself as a slow consumer; it never delays the other members.
+    fn deliver(&self, frame: Arc<RoomFrame>);
+}
+
+/// A message or presence frame for one room, encoded once per replica and shared by
+/// every local recipient.
+#[derive(Debug)]
+pub(crate) struct RoomFrame {
+    pub(crate) room: Arc<str>,
+    pub(crate) frame: Utf8Bytes,
+    /// The message id; `None` for presence.
+    pub(crate) id: Option<MsgId>,
+    /// Publish time, Unix µs (0 for presence).
+    pub(crate) ts_us: u64,
+}
+
+/// A completed join: who is there, where the room's log stands, and the replay
+/// (already encoded as `message` frames).
+#[derive(Debug)]
+pub(crate) struct Joined {
+    pub(crate) members: Vec<User>,
+    pub(crate) head: MsgId,
+    pub(crate) recovered: Option<bool>,
+    pub(crate) replay: Vec<(MsgId, Utf8Bytes)>,
+}
+
+/// Why a room operation was refused; nothing was done.
+#[derive(Debug, thiserror::Error)]
+pub(crate) enum RoomError {
+    /// The node is draining: join elsewhere.
+    #[error("this node is draining")]
+    Draining,
+    /// The node's liveness is not recorded yet (just started), or the bus failed.
+    #[error("the bus is unavailable")]
+    Unavailable,
+}
+
+impl From<BusError> for RoomError {
+    fn from(_: BusError) -> Self {
+        RoomError::Unavailable
+    }
+}
+
+struct Local {
+    member: Arc<dyn Member>,
+    /// Who this is, as presence records it (node, connection, user).
+    presence: MemberRef,
+}
+
+struct Room {
+    members: HashMap<u64, Local>,
+    /// `true` while the bus channel is subscribed; the lock serialises transitions.
+    subscribed: Arc<tokio::sync::Mutex<bool>>,
+    /// Newest message id fanned out; older or equal ids are duplicates and skipped.
+    last_id: MsgId,
+    counter: IntCounter,
+}
+
+/// Cheap to clone; all clones share one registry.
+#[derive(Clone)]
+pub(crate) struct Rooms {
+    inner: Arc<Inner>,
+}
+
+struct Inner {
+    node: Arc<str>,
+    bus: Bus,
+    rooms: DashMap<Arc<str>, Room>,
+    metrics: Arc<Metrics>,
+    /// True from a bus reconnect until every room is subscribed again.
+    resubscribing: AtomicBool,
+    /// Set at the start of a drain: joins are refused from then on.
+    draining: AtomicBool,
+    /// Leaves whose presence update failed (bus down); retried by [`Rooms::maintain`]
+    /// so no departed member stays listed.
+    deferred_leaves: Mutex<Vec<(Arc<str>, MemberRef)>>,
+}
+
+impl Rooms {
+    pub(crate) fn new(node: Arc<str>, bus: Bus, metrics: Arc<Metrics>) -> Self {
+        Rooms {
+            inner: Arc::new(Inner {
+                node,
+                bus,
+                rooms: DashMap::new(),
+                metrics,
+                resubscribing: AtomicBool::new(false),
+                draining: AtomicBool::new(false),
+                deferred_leaves: Mutex::new(Vec::new()),
+            }),
+        }
+    }
+
+    pub(crate) fn node(&self) -> &Arc<str> {
+        &self.inner.node
+    }
+
+    /// Why this node should get no traffic from the rooms' point of view, if any.
+    pub(crate) fn readiness(&self) -> Result<(), &'static str> {
+        if !self.inner.bus.is_connected() {
+            Err("bus_down")
+        } else if !self.inner.bus.is_registered() {
+            Err("starting")
+        } else if self.inner.resubscribing.load(Ordering::Acquire) {
+            Err("resubscribing")
+        } else {
+            Ok(())
+        }
+    }
+
+    pub(crate) fn bus_connected(&self) -> bool {
+        self.inner.bus.is_connected()
+    }
+
+    pub(crate) fn bus_kind(&self) -> &'static str {
+        self.inner.bus.kind()
+    }
+
+    /// Refuses joins from now on (the drain has started).
+    pub(crate) fn stop_joins(&self) {
+        self.inner.draining.store(true, Ordering::Release);
+    }
+
+    pub(crate) fn room_count(&self) -> usize {
+        self.inner.rooms.len()
+    }
+
+    /// Joins `presence` to `room` as local member `key`: registers the member (its frames
+    /// for the room flow from now on), subscribes the room's channel if it is the first
+    /// local member, records and announces presence, and reads members and replay.
+    /// On failure every step is undone and nothing is left behind.
+    pub(crate) async fn join(
+        &self,
+        room: &Arc<str>,
+        key: u64,
+        member: Arc<dyn Member>,
+        presence: MemberRef,
+        since: Option<MsgId>,
+    ) -> Result<Joined, RoomError> {
+        if self.inner.draining.load(Ordering::Acquire) {
+            return Err(RoomError::Draining);
+        }
+        if !self.inner.bus.is_registered() {
+            // The first presence heartbeat has not reached the bus yet (just started).
+            return Err(RoomError::Unavailable);
+        }
+        if let Err(e) = self.add_local(room, key, member, presence.clone()).await {
+            warn!(%room, error = %e, "join: subscribe failed");
+            return Err(e.into());
+        }
+        let info = match self.inner.bus.join(room, &presence, since).await {
+            Ok(info) => info,
+            Err(e) => {
+                warn!(%room, error = %e, "join: presence/history failed");
+                self.remove_local(room, key).await;
+                return Err(e.into());
+            }
+        };
+        self.inner.metrics.joins.inc();
+        let replay = info
+            .replay
+            .iter()
+            .filter_map(|(id, payload)| replay_frame(room, *id, payload))
+            .collect();
+        Ok(Joined {
+            members: info.members,
+            head: info.head,
+            recovered: info.recovered,
+            replay,
+        })
+    }
+
+    /// Removes local member `key` from `room` (unsubscribing after the last) and its
+    /// presence (announcing the leave). A presence update that cannot reach the bus is
+    /// retried by [`Rooms::maintain`] until it does.
+    pub(crate) async fn leave(&self, room: &Arc<str>, key: u64, presence: &MemberRef) {
+        let last_local = self.remove_local(room, key).await;
+        self.inner.metrics.leaves.inc();
+        if let Err(e) = self.inner.bus.leave(room, presence, last_local).await {
+            warn!(%room, error = %e, "leave: presence update failed; will retry");
+            self.defer_leave(room.clone(), presence.clone());
+        }
+    }
+
+    /// Publishes a message from `from` (on connection `conn`) to `room`; returns its id.
+    /// Every member on every replica, the sender included, receives it through the bus.
+    pub(crate) async fn publish(
+        &self,
+        room: &str,
+        from: &User,
+        conn: &str,
+        text: String,
+        traceparent: Option<String>,
+    ) -> Result<MsgId, RoomError> {
+        let envelope = Envelope::Message {
+            from: from.clone(),
+            text,
+            ts: clock::unix_micros(),
+            node: self.inner.node.to_string(),
+            conn: conn.to_string(),
+            tp: traceparent,
+        };
+        match self.inner.bus.publish(room, &envelope).await {
+            Ok(id) => {
+                self.inner.metrics.messages_published.inc();
+                Ok(id)
+            }
+            Err(e) => {
+                warn!(%room, error = %e, "publish failed");
+                Err(e.into())
+            }
+        }
+    }
+
+    /// Periodic upkeep (every `presence.refresh`): the bus's liveness, presence restore
+    /// and reaping, then the leaves that could not reach the bus before.
+    pub(crate) async fn maintain(&self) {
+        if !self.inner.bus.is_connected() {
+            return;
+        }
+        self.inner.bus.maintain(|| self.memberships()).await;
+        self.retry_deferred_leaves().await;
+    }
+
+    /// Unregisters this node from the bus and closes it (end of a drain).
+    pub(crate) async fn shutdown(&self) {
+        self.inner.bus.shutdown().await;
+    }
+
+    /// Registers a local member and makes sure the room's channel is subscribed before
+    /// returning, so no message published after this call is missed.
+    async fn add_local(
+        &self,
+        room: &Arc<str>,
+        key: u64,
+        member: Arc<dyn Member>,
+        presence: MemberRef,
+    ) -> Result<(), BusError> {
+        let subscribed = {
+            let mut entry = self
+                .inner
+                .rooms
+                .entry(room.clone())
+                .or_insert_with(|| Room {
+                    members: HashMap::new(),
+                    subscribed: Arc::new(tokio::sync::Mutex::new(false)),
+                    last_id: MsgId::ZERO,
+                    counter: self.inner.metrics.room_counter(room),
+                });
+            entry.members.insert(key, Local { member, presence });
+            entry.subscribed.clone()
+        };
+        self.inner.metrics.rooms.set(self.inner.rooms.len() as i64);
+        let mut is_subscribed = subscribed.lock().await;
+        if !*is_subscribed {
+            if let Err(e) = self.inner.bus.subscribe(room).await {
+                drop(is_subscribed);
+                self.remove_local(room, key).await;
+                return Err(e);
+            }
+            *is_subscribed = true;
+        }
+        Ok(())
+    }
+
+    /// Removes a local member. Returns true if it was the room's last local member, in
+    /// which case the channel has been unsubscribed when this returns.
+    async fn remove_local(&self, room: &Arc<str>, key: u64) -> bool {
+        let emptied = {
+            let Some(mut entry) = self.inner.rooms.get_mut(&**room) else {
+                return false;
+            };
+            if entry.members.remove(&key).is_none() {
+                return false;
+            }
+            entry.members.is_empty().then(|| entry.subscribed.clone())
+        };
+        match emptied {
+            Some(subscribed) => {
+                self.release(room, subscribed).await;
+                true
+            }
+            None => false,
+        }
+    }
+
+    /// Unsubscribes an emptied room unless someone joined meanwhile, then forgets it.
+    async fn release(&self, room: &Arc<str>, subscribed: Arc<tokio::sync::Mutex<bool>>) {
+        let mut is_subscribed = subscribed.lock().await;
+        let still_empty = self
+            .inner
+            .rooms
+            .get(room)
+            .is_none_or(|r| r.members.is_empty());
+        if !still_empty {
+            return;
+        }
+        if *is_subscribed {
+            if let Err(e) = self.inner.bus.unsubscribe(room).await {
+                warn!(%room, error = %e, "unsubscribe failed");
+            }
+            *is_subscribed = false;
+        }
+        self.inner.rooms.remove_if(room, |_, r| {
+            r.members.is_empty() && Arc::ptr_eq(&r.subscribed, &subscribed)
+        });
+        self.inner.metrics.rooms.set(self.inner.rooms.len() as i64);
+    }
+
+    fn defer_leave(&self, room: Arc<str>, member: MemberRef) {
+        self.inner
+            .deferred_leaves
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+            .push((room, member));
+    }
+
+    /// Retries deferred leaves; those that fail again stay queued.
+    async fn retry_deferred_leaves(&self) {
+        let pending = std::mem::take(
+            &mut *self
+                .inner
+                .deferred_leaves
+                .lock()
+                .unwrap_or_else(|poisoned| poisoned.into_inner()),
+        );
+        for (room, member) in pending {
+            // Whether this node still has members there may have changed meanwhile.
+            let last_local = !self.has_local_members(&room);
+            if self
+                .inner
+                .bus
+                .leave(&room, &member, last_local)
+                .await
+                .is_err()
+            {
+                self.defer_leave(room, member);
+            }
+        }
+    }
+
+    fn has_local_members(&self, room: &str) -> bool {
+        self.inner
+            .rooms
+            .get(room)
+            .is_some_and(|r| !r.members.is_empty())
+    }
+
+    /// Every local membership (for restoring presence).
+    fn memberships(&self) -> Vec<(Arc<str>, MemberRef)> {
+        self.inner
+            .rooms
+            .iter()
+            .flat_map(|r| {
+                let room = r.key().clone();
+                r.members
+                    .values()
+                    .map(|m| (room.clone(), m.presence.clone()))
+                    .collect::<Vec<_>>()
+            })
+            .collect()
+    }
+
+    /// Spawns the receive loop, which runs until the bus closes or `stop` is cancelled.
+    pub(crate) fn spawn_receiver(
+        &self,
+        rx: BusReceiver,
+        stop: CancellationToken,
+    ) -> tokio::task::JoinHandle<()> {
+        tokio::spawn(
+            self.clone()
+                .run_receiver(rx, stop)
+                .instrument(info_span!("bus_receiver")),
+        )
+    }
+
+    async fn run_receiver(self, mut rx: BusReceiver, stop: CancellationToken) {
+        loop {
+            let event = tokio::select! {
+                _ = stop.cancelled() => return,
+                e = rx.next() => e,
+            };
+            match event {
+                BusEvent::Message(incoming) => self.fan_out(&incoming),
+                BusEvent::Reconnected => {
+                    self.inner.metrics.bus_reconnects.inc();
+                    self.recover("reconnect").await;
+                }
+                BusEvent::Lagged(n) => {
+                    warn!(
+                        dropped = n,
+                        "bus receive loop lagged; catching up from history"
+                    );
+                    self.recover("lagged").await;
+                }
+                BusEvent::Closed => return,
+            }
+        }
+    }
+
+    /// After a reconnect or lag: subscribe every room again, then replay what each room
+    /// missed from its history (duplicates are skipped by id), before any newer message:
+    /// the loop handles no live message until the catch-up is done.
+    async fn recover(&self, why: &'static str) {
+        self.inner.resubscribing.store(true, Ordering::Release);
+        let rooms: Vec<Arc<str>> = self.inner.rooms.iter().map(|r| r.key().clone()).collect();
+        let mut attempt = 0u32;
+        while let Err(e) = self.inner.bus.resubscribe(&rooms).await {
+            attempt += 1;
+            warn!(error = %e, attempt, "resubscribe failed; retrying");
+            tokio::time::sleep(Duration::from_millis(200 * u64::from(attempt.min(10)))).await;
+        }
+        self.inner.resubscribing.store(false, Ordering::Release);
+        let cursors: Vec<(Arc<str>, MsgId)> = self
+            .inner
+            .rooms
+            .iter()
+            .filter(|r| r.last_id != MsgId::ZERO)
+            .map(|r| (r.key().clone(), r.last_id))
+            .collect();
+        // The subscriber may reconnect before the command client: wait for both.
+        let waited = tokio::time::timeout(Duration::from_secs(10), async {
+            while !self.inner.bus.is_connected() {
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+        })
+        .await;
+        if waited.is_err() {
+            warn!("bus command connection still down; catch-up may fail");
+        }
+        let mut replayed = 0usize;
+        for (room, since) in cursors {
+            let mut result = self.inner.bus.catch_up(&room, since).await;
+            for attempt in 1..=3u64 {
+                if result.is_ok() {
+                    break;
+                }
+                tokio::time::sleep(Duration::from_millis(100 * attempt)).await;
+                result = self.inner.bus.catch_up(&room, since).await;
+            }
+            match result {
+                Ok(catch_up) => {
+                    if !catch_up.complete {
+                        warn!(%room, %since, "room history lost or trimmed; members may have missed messages");
+                    }
+                    for (id, payload) in catch_up.entries {
+                        if let Some(envelope) = self.decode(&room, &payload) {
+                            self.fan_out_envelope(&room, Some(id), envelope);
+                            replayed += 1;
+                        }
+                    }
+                }
+                Err(e) => warn!(%room, error = %e, "catch-up failed"),
+            }
+        }
+        info!(
+            reason = why,
+            rooms = self.room_count(),
+            replayed,
+            "bus subscriptions restored"
+        );
+    }
+
+    fn fan_out(&self, incoming: &Incoming) {
+        if let Some(envelope) = self.decode(&incoming.room, &incoming.payload) {
+            self.fan_out_envelope(&incoming.room, incoming.id, envelope);
+        }
+    }
+
+    /// Decodes one envelope received from the bus (counted; undecodable ones are logged,
+    /// counted and skipped).
+    fn decode(&self, room: &str, payload: &[u8]) -> Option<Envelope> {
+        let metrics = &self.inner.metrics;
+        metrics.bus_messages_received.inc();
+        match Envelope::decode(payload) {
+            Ok(e) => Some(e),
+            Err(e) => {
+                metrics.bus_decode_errors.inc();
+                warn!(%room, error = %e, "skipping undecodable bus payload");
+                None
+            }
+        }
+    }
+
+    /// Encodes the client frame once and hands it to every local member of the room.
+    fn fan_out_envelope(&self, room_name: &Arc<str>, id: Option<MsgId>, envelope: Envelope) {
+        let metrics = &self.inner.metrics;
+        let Some(mut room) = self.inner.rooms.get_mut(&**room_name) else {
+            return;
+        };
+        match envelope {
+            Envelope::Message {
+                from, text, ts, tp, ..
+            } => {
+                let Some(id) = id else {
+                    metrics.bus_decode_errors.inc();
+                    warn!(room = %room_name, "skipping bus message without an id");
+                    return;
+                };
+                if id <= room.last_id {
+                    return;
+                }
+                room.last_id = id;
+                room.counter.inc();
+                let span = tp.as_deref().map(|tp| {
+                    let span = info_span!("fan_out", node = %self.inner.node, room = %room_name, id = %id, members = room.members.len());
+                    telemetry::set_remote_parent(&span, tp);
+                    span
+                });
+                let _entered = span.as_ref().map(|s| s.enter());
+                let shared = Arc::new(RoomFrame {
+                    room: room_name.clone(),
+                    frame: message_frame(room_name, id, &from, &text, ts),
+                    id: Some(id),
+                    ts_us: ts,
+                });
+                for local in room.members.values() {
+                    local.member.deliver(shared.clone());
+                }
+            }
+            Envelope::Presence {
+                event, user, conn, ..
+            } => {
+                let frame = ServerFrame::Presence {
+                    room: room_name,
+                    event: event.as_str(),
+                    user: &user,
+                }
+                .encode();
+                let shared = Arc::new(RoomFrame {
+                    room: room_name.clone(),
+                    frame,
+                    id: None,
+                    ts_us: 0,
+                });
+                // A member is not told about its own join or leave.
+                for local in room.members.values().filter(|m| *m.presence.conn != *conn) {
+                    local.member.deliver(shared.clone());
+                }
+            }
+        }
+    }
+}
+
+/// The `message` frame of one message: the same bytes live and in a replay.
+fn message_frame(room: &str, id: MsgId, from: &User, text: &str, ts_us: u64) -> Utf8Bytes {
+    ServerFrame::Message {
+        room,
+        id,
+        from,
+        text,
+        ts: ts_us / 1000,
+    }
+    .encode()
+}
+
+/// Encodes one history entry as a `message` frame for a replay.
+fn replay_frame(room: &str, id: MsgId, payload: &Bytes) -> Option<(MsgId, Utf8Bytes)> {
+    match Envelope::decode(payload) {
+        Ok(Envelope::Message { from, text, ts, .. }) => {
+            Some((id, message_frame(room, id, &from, &text, ts)))
+        }
+        Ok(Envelope::Presence { .. }) => None,
+        Err(e) => {
+            warn!(%room, %id, error = %e, "skipping undecodable history entry");
+            None
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::bus::memory::MemoryBus;
+    use std::sync::atomic::AtomicUsize;
+
+    /// A member that counts what it is handed.
+    #[derive(Default)]
+    struct Inbox(AtomicUsize);
+
+    impl Member for Inbox {
+        fn deliver(&self, _frame: Arc<RoomFrame>) {
+            self.0.fetch_add(1, Ordering::Relaxed);
+        }
+    }
+
+    fn rooms() -> (Rooms, CancellationToken) {
+        let (bus, rx) = MemoryBus::new(100, Duration::from_secs(60));
+        let rooms = Rooms::new(
+            Arc::from("n1"),
+            Bus::Memory(bus),
+            Arc::new(Metrics::new(10)),
+        );
+        let stop = CancellationToken::new();
+        rooms.spawn_receiver(crate::bus::BusReceiver::Memory(rx), stop.clone());
+        (rooms, stop)
+    }
+
+    fn presence(key: u64) -> MemberRef {
+        MemberRef {
+            node: Arc::from("n1"),
+            conn: Arc::from(format!("c{key}")),
+            user: User::new(format!("u{key}")),
+        }
+    }
+
+    /// The room's state as (local members, subscribed), or `None` when forgotten.
+    fn state(rooms: &Rooms, room: &str) -> Option<(usize, bool)> {
+        let r = rooms.inner.rooms.get(room)?;
+        let subscribed = *r.subscribed.try_lock().expect("no transition in progress");
+        Some((r.members.len(), subscribed))
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+    async fn concurrent_joins_and_leaves_keep_the_subscription_iff_members_remain() {
+        let (rooms, stop) = rooms();
+        let room: Arc<str> = Arc::from("hall");
+        for round in 0..20u64 {
+            // 40 members join at once; the odd ones leave again at once, racing the joins.
+            let mut tasks = Vec::new();
+            let inboxes: Vec<Arc<Inbox>> = (0..40).map(|_| Arc::default()).collect();
+            for (i, inbox) in inboxes.iter().enumerate() {
+                let (rooms, room, inbox) = (rooms.clone(), room.clone(), inbox.clone());
+                let key = round * 100 + i as u64;
+                tasks.push(tokio::spawn(async move {
+                    rooms
+                        .join(&room, key, inbox, presence(key), None)
+                        .await
+                        .expect("join");
+                    if i % 2 == 1 {
+                        rooms.leave(&room, key, &presence(key)).await;
+                    }
+                }));
+            }
+            for t in tasks {
+                t.await.expect("task");
+            }
+            assert_eq!(state(&rooms, "hall"), Some((20, true)), "round {round}");
+
+            // One message reaches each remaining member exactly once.
+            rooms
+                .publish("hall", &User::new("x".into()), "c", "hi".into(), None)
+                .await
+                .expect("publish");
+            tokio::time::timeout(Duration::from_secs(5), async {
+                while inboxes
+                    .iter()
+                    .step_by(2)
+                    .any(|i| i.0.load(Ordering::Relaxed) == 0)
+                {
+                    tokio::time::sleep(Duration::from_millis(5)).await;
+                }
+            })
+            .await
+            .expect("the message reached every member");
+
+            // Everyone left concurrently: the room is unsubscribed and forgotten.
+            let mut tasks = Vec::new();
+            for i in (0..40).step_by(2) {
+                let (rooms, room) = (rooms.clone(), room.clone());
+                let key = round * 100 + i as u64;
+                tasks.push(tokio::spawn(async move {
+                    rooms.leave(&room, key, &presence(key)).await;
+                }));
+            }
+            for t in tasks {
+                t.await.expect("task");
+            }
+            assert_eq!(state(&rooms, "hall"), None, "round {round}");
+            assert_eq!(rooms.room_count(), 0);
+        }
+        stop.cancel();
+    }
+
+    #[tokio::test]
+    async fn joins_are_refused_while_draining_and_nothing_is_left_behind() {
+        let (rooms, stop) = rooms();
+        rooms.stop_joins();
+        let err = rooms
+            .join(
+                &Arc::from("a"),
+                1,
+                Arc::new(Inbox::default()),
+                presence(1),
+                None,
+            )
+            .await
+            .expect_err("draining");
+        assert!(matches!(err, RoomError::Draining));
+        assert_eq!(rooms.room_count(), 0);
+        stop.cancel();
+    }
+
+    #[tokio::test]
+    async fn a_join_replays_history_after_since_as_message_frames() {
+        let (rooms, stop) = rooms();
+        let from = User::new("alice".into());
+        let mut ids = Vec::new();
+        for text in ["one", "two", "three"] {
+            ids.push(
+                rooms
+                    .publish("a", &from, "c", text.into(), None)
+                    .await
+                    .unwrap(),
+            );
+        }
+        let joined = rooms
+            .join(
+                &Arc::from("a"),
+                1,
+                Arc::new(Inbox::default()),
+                presence(1),
+                Some(ids[0]),
+            )
+            .await
+            .expect("join");
+        assert_eq!((joined.head, joined.recovered), (ids[2], Some(true)));
+        let replay: Vec<serde_json::Value> = joined
+            .replay
+            .iter()
+            .map(|(_, f)| serde_json::from_str(f.as_str()).unwrap())
+            .collect();
+        assert_eq!(replay.len(), 2);
+        assert_eq!(replay[0]["type"], "message");
+        assert_eq!(replay[0]["id"], ids[1].to_string());
+        assert_eq!(replay[1]["text"], "three");
+        stop.cancel();
+    }
+}

@@ -1,0 +1,639 @@
+//! One task per WebSocket connection: the read loop (parse, validate, rate-limit, act)
+//! runs in the connection's task; a writer task ([`writer`]) drains the bounded outbound
+//! queue in batches. Room operations go to [`Rooms`]; the session keeps only what is
+//! per connection: its memberships (in a Drop guard that leaves every room, so a
+//! disconnect, an early return or a panic cleans up presence and subscriptions alike),
+//! its limits, and its control handle.
+//!
+//! [`Sessions`] is the one registry of this node's sessions: the drain closes them and
+//! the node-wide heartbeat pings them through it; the rooms hold the same handles as
+//! their members.
+
+mod ctl;
+mod limits;
+mod room_map;
+mod writer;
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Duration;
+
+use axum::extract::ws::{Message, WebSocket};
+use dashmap::DashMap;
+use futures_util::StreamExt;
+use futures_util::stream::SplitStream;
+use tokio::sync::{OwnedSemaphorePermit, mpsc};
+use tokio_util::task::TaskTracker;
+use tracing::{Instrument, debug, info_span};
+
+use self::ctl::SessionCtl;
+use self::limits::{Strikes, TokenBucket};
+use self::room_map::RoomMap;
+pub(crate) use self::writer::Out;
+use self::writer::{CLOSE_GRACE, Release};
+use crate::bus::MemberRef;
+use crate::clock;
+use crate::config::Config;
+use crate::metrics::Metrics;
+use crate::protocol::{
+    ClientFrame, DisconnectReason, Encode, ErrorCode, FrameError, MsgId, ServerFrame, User,
+    normalize_name, parse_client_frame, peek_ref, validate_room,
+};
+use crate::rooms::{Member, RoomError, RoomFrame, Rooms};
+use crate::telemetry;
+
+/// What every session of this node shares; cheap to clone.
+#[derive(Clone)]
+pub(crate) struct Env {
+    inner: Arc<EnvInner>,
+}
+
+struct EnvInner {
+    config: Config,
+    rooms: Rooms,
+    metrics: Arc<Metrics>,
+    sessions: Sessions,
+}
+
+impl Env {
+    pub(crate) fn new(config: Config, rooms: Rooms, metrics: Arc<Metrics>) -> Self {
+        Env {
+            inner: Arc::new(EnvInner {
+                config,
+                rooms,
+                metrics,
+                sessions: Sessions::default(),
+            }),
+        }
+    }
+
+    pub(crate) fn config(&self) -> &Config {
+        &self.inner.config
+    }
+
+    pub(crate) fn rooms(&self) -> &Rooms {
+        &self.inner.rooms
+    }
+
+    pub(crate) fn metrics(&self) -> &Arc<Metrics> {
+        &self.inner.metrics
+    }
+
+    pub(crate) fn sessions(&self) -> &Sessions {
+        &self.inner.sessions
+    }
+}
+
+/// One session as others see it: its outbound queue and its control handle.
+pub(crate) struct Handle {
+    tx: mpsc::Sender<Out>,
+    ctl: SessionCtl,
+}
+
+impl Handle {
+    /// Queues an item for the writer; a full queue means the client is not reading, and
+    /// closes the session as a slow consumer.
+    fn push(&self, out: Out) {
+        if let Err(mpsc::error::TrySendError::Full(_)) = self.tx.try_send(out) {
+            debug!("outbound queue full: slow consumer");
+            self.ctl.close(DisconnectReason::SlowConsumer);
+        }
+    }
+
+    pub(crate) fn close(&self, reason: DisconnectReason) {
+        self.ctl.close(reason);
+    }
+}
+
+impl Member for Handle {
+    fn deliver(&self, frame: Arc<RoomFrame>) {
+        self.push(Out::Room(frame));
+    }
+}
+
+/// The registry of this node's open sessions.
+#[derive(Default)]
+pub(crate) struct Sessions {
+    open: DashMap<u64, Arc<Handle>>,
+    next_key: AtomicU64,
+    /// Every session task, so the drain can wait for them.
+    tracker: TaskTracker,
+}
+
+impl Sessions {
+    fn register(&self, handle: Arc<Handle>) -> u64 {
+        let key = self.next_key.fetch_add(1, Ordering::Relaxed) + 1;
+        self.open.insert(key, handle);
+        key
+    }
+
+    fn unregister(&self, key: u64) {
+        self.open.remove(&key);
+    }
+
+    pub(crate) fn len(&self) -> usize {
+        self.open.len()
+    }
+
+    pub(crate) fn tracker(&self) -> &TaskTracker {
+        &self.tracker
+    }
+
+    /// Every open session's handle (for closing them in batches).
+    pub(crate) fn handles(&self) -> Vec<Arc<Handle>> {
+        self.open.iter().map(|s| s.value().clone()).collect()
+    }
+
+    pub(crate) fn close_all(&self, reason: DisconnectReason) {
+        for s in self.open.iter() {
+            s.value().close(reason);
+        }
+    }
+
+    /// One heartbeat round: closes sessions that sent nothing (no frame, no pong) for
+    /// `timeout` and pings the others.
+    pub(crate) fn heartbeat(&self, timeout: Duration) {
+        let now_ms = clock::monotonic_ms();
+        for session in self.open.iter() {
+            let handle = session.value();
+            if handle.ctl.silent_for(now_ms) > timeout {
+                handle.close(DisconnectReason::Heartbeat);
+            } else {
+                handle.push(Out::Ping);
+            }
+        }
+    }
+}
+
+/// Runs one session to its end. `permit` holds the connection's slot in
+/// `limits.max_connections` until the session is gone.
+pub(crate) async fn run(
+    socket: WebSocket,
+    env: Env,
+    peer: SocketAddr,
+    permit: OwnedSemaphorePermit,
+) {
+    let conn: Arc<str> = Arc::from(format!("{:012x}", rand::random::<u64>() >> 16));
+    let node = env.rooms().node().clone();
+    let span = info_span!("connection", node = %node, conn = %conn, %peer);
+    async move {
+        debug!("connected");
+        let metrics = env.metrics().clone();
+        metrics.connections.inc();
+        let limits = &env.config().limits;
+        let (tx, rx) = mpsc::channel(limits.outbound_queue);
+        let handle = Arc::new(Handle {
+            tx,
+            ctl: SessionCtl::default(),
+        });
+        let key = env.sessions().register(handle.clone());
+        let (sink, stream) = socket.split();
+        let writer = {
+            let handle = handle.clone();
+            let metrics = metrics.clone();
+            let max_held = limits.outbound_queue;
+            tokio::spawn(
+                async move { writer::write_loop(sink, rx, &handle.ctl, metrics, max_held).await }
+                    .instrument(tracing::Span::current()),
+            )
+        };
+        let mut session = Session {
+            env: env.clone(),
+            key,
+            conn: conn.clone(),
+            handle: handle.clone(),
+            memberships: Memberships {
+                rooms: RoomMap::default(),
+                env: env.clone(),
+                key,
+            },
+            bucket: TokenBucket::new(limits.messages_per_second, limits.burst),
+            strikes: Strikes::default(),
+        };
+        let welcome = ServerFrame::Welcome {
+            node: &node,
+            conn: &conn,
+        }
+        .encode();
+        handle.push(Out::Frame(Box::new(welcome)));
+        let stream = session.read_loop(stream).await;
+        // Leave every room (announcing it) before the socket goes away.
+        Box::pin(session.memberships.leave_all()).await;
+        drop(session);
+        // Keep reading (and discarding) until the peer closes: closing a socket with
+        // unread input makes the kernel send a reset, which can destroy the frames we
+        // just sent (an error explaining the close, the close frame itself).
+        let drain_input = async move {
+            let mut stream = stream;
+            while let Some(Ok(_)) = stream.next().await {}
+        };
+        let _ = tokio::time::timeout(CLOSE_GRACE * 2, async {
+            let _ = tokio::join!(writer, drain_input);
+        })
+        .await;
+        let reason = handle.ctl.reason();
+        metrics.disconnect(reason);
+        metrics.connections.dec();
+        env.sessions().unregister(key);
+        drop(permit);
+        debug!(reason = reason.as_str(), "disconnected");
+    }
+    .instrument(span)
+    .await
+}
+
+struct Session {
+    env: Env,
+    key: u64,
+    conn: Arc<str>,
+    handle: Arc<Handle>,
+    memberships: Memberships,
+    bucket: TokenBucket,
+    strikes: Strikes,
+}
+
+impl Session {
+    /// Reads and handles frames until the session ends; returns the stream so the
+    /// caller can keep draining input while the close goes out.
+    async fn read_loop(&mut self, mut stream: SplitStream<WebSocket>) -> SplitStream<WebSocket> {
+        // Pings and the silence check come from the node-wide heartbeat task
+        // ([`Sessions::heartbeat`]), so an idle connection holds no timer of its own.
+        loop {
+            let msg = tokio::select! {
+                _ = self.handle.ctl.reader_closed() => return stream,
+                msg = stream.next() => msg,
+            };
+            self.handle.ctl.touch();
+            match msg {
+                Some(Ok(Message::Text(text))) => {
+                    if self.admit(Some(&text)) {
+                        self.handle_text(&text).await;
+                    }
+                }
+                Some(Ok(Message::Binary(_))) => {
+                    if self.admit(None) {
+                        self.send_error(FrameError::new(
+                            ErrorCode::BadRequest,
+                            "binary frames are not supported; send JSON text frames",
+                        ));
+                    }
+                }
+                Some(Ok(Message::Ping(_) | Message::Pong(_))) => {}
+                Some(Ok(Message::Close(_))) | None => {
+                    self.handle.close(DisconnectReason::Client);
+                    return stream;
+                }
+                Some(Err(e)) => {
+                    let reason = if is_capacity_error(&e) {
+                        DisconnectReason::TooLarge
+                    } else {
+                        DisconnectReason::Client
+                    };
+                    debug!(error = %e, "read failed");
+                    self.handle.close(reason);
+                    return stream;
+                }
+            }
+        }
+    }
+
+    /// Applies the rate limit: refuses the frame with `rate_limited` (echoing its `ref`),
+    /// and closes the connection when refusals keep coming.
+    fn admit(&mut self, text: Option<&str>) -> bool {
+        if self.bucket.take() {
+            return true;
+        }
+        let limits = &self.env.config().limits;
+        if self.strikes.add() >= limits.rate_limit_strikes {
+            debug!("rate limit exceeded repeatedly; closing");
+            self.handle.close(DisconnectReason::Policy);
+            return false;
+        }
+        let reference = text.and_then(peek_ref);
+        self.send_error(
+            FrameError::new(
+                ErrorCode::RateLimited,
+                format!(
+                    "more than {} frames per second; frame dropped",
+                    limits.messages_per_second
+                ),
+            )
+            .with_ref(reference.as_deref()),
+        );
+        false
+    }
+
+    async fn handle_text(&mut self, text: &str) {
+        let frame = match parse_client_frame(text) {
+            Ok(f) => f,
+            Err(e) => return self.send_error(e),
+        };
+        let reference = frame.reference().map(str::to_owned);
+        let result = match frame {
+            // Boxed: the bus futures are large and only live while a frame is handled,
+            // so an idle connection's task stays small.
+            ClientFrame::Join {
+                room, name, since, ..
+            } => Box::pin(self.join(room, &name, since.as_deref())).await,
+            ClientFrame::Leave { room, .. } => Box::pin(self.leave(&room)).await,
+            ClientFrame::Send { room, text, .. } => {
+                Box::pin(self.send(&room, text, reference.as_deref())).await
+            }
+        };
+        if let Err(e) = result {
+            self.send_error(e.with_ref(reference.as_deref()));
+        }
+    }
+
+    async fn join(
+        &mut self,
+        room: String,
+        name: &str,
+        since: Option<&str>,
+    ) -> Result<(), FrameError> {
+        validate_room(&room)?;
+        let name = normalize_name(name)?;
+        let since = since.map(|s| s.parse::<MsgId>()).transpose().map_err(|_| {
+            FrameError::new(
+                ErrorCode::BadRequest,
+                "`since` must be a message id like \"1732258000000-0\"",
+            )
+        })?;
+        if self.memberships.rooms.contains_key(&room) {
+            return Err(FrameError::new(
+                ErrorCode::AlreadyJoined,
+                format!("already joined {room}"),
+            ));
+        }
+        let max = self.env.config().limits.max_rooms_per_connection;
+        if self.memberships.rooms.len() >= max {
+            return Err(FrameError::new(
+                ErrorCode::TooManyRooms,
+                format!("at most {max} rooms per connection"),
+            ));
+        }
+        let room: Arc<str> = Arc::from(room);
+        let member = MemberRef {
+            node: self.env.rooms().node().clone(),
+            conn: self.conn.clone(),
+            user: User::new(name),
+        };
+        // Frames for the room are held by the writer until the join is answered.
+        self.handle.push(Out::Hold(Box::new(room.clone())));
+        let joined = self
+            .env
+            .rooms()
+            .join(&room, self.key, self.handle.clone(), member.clone(), since)
+            .instrument(info_span!("join", room = %room))
+            .await;
+        let joined = match joined {
+            Ok(joined) => joined,
+            Err(e) => {
+                self.handle.push(Out::Abort(Box::new(room)));
+                return Err(refusal(e));
+            }
+        };
+        let frame = ServerFrame::Joined {
+            room: &room,
+            you: &member.user,
+            members: &joined.members,
+            offset: joined.head,
+            recovered: joined.recovered,
+        }
+        .encode();
+        self.memberships.rooms.insert(room.clone(), member);
+        self.handle.push(Out::Release(Box::new(Release {
+            room,
+            joined: frame,
+            replay: joined.replay,
+            cursor: joined.head,
+        })));
+        Ok(())
+    }
+
+    async fn leave(&mut self, room: &str) -> Result<(), FrameError> {
+        validate_room(room)?;
+        let Some((room, member)) = self.memberships.rooms.remove(room) else {
+            return Err(not_joined(room));
+        };
+        Box::pin(self.env.rooms().leave(&room, self.key, &member)).await;
+        self.handle.push(Out::Left(Box::new(room)));
+        Ok(())
+    }
+
+    async fn send(
+        &mut self,
+        room: &str,
+        text: String,
+        reference: Option<&str>,
+    ) -> Result<(), FrameError> {
+        validate_room(room)?;
+        let Some(member) = self.memberships.rooms.get(room) else {
+            return Err(not_joined(room));
+        };
+        let max = self.env.config().limits.max_text_bytes;
+        if text.len() > max {
+            return Err(FrameError::new(
+                ErrorCode::TooLarge,
+                format!("text is {} bytes; the limit is {max}", text.len()),
+            ));
+        }
+        if text.is_empty() {
+            return Err(FrameError::new(
+                ErrorCode::BadRequest,
+                "text must not be empty",
+            ));
+        }
+        self.env.metrics().messages_received.inc();
+        let rooms = self.env.rooms();
+        let span = info_span!("send", node = %rooms.node(), room = %room);
+        let id = rooms
+            .publish(
+                room,
+                &member.user,
+                &self.conn,
+                text,
+                telemetry::traceparent(&span),
+            )
+            .instrument(span)
+            .await
+            .map_err(refusal)?;
+        let ack = ServerFrame::Ack { reference, id }.encode();
+        self.handle.push(Out::Frame(Box::new(ack)));
+        Ok(())
+    }
+
+    fn send_error(&self, error: FrameError) {
+        self.env.metrics().error(error.code);
+        self.handle.push(Out::Frame(Box::new(error.encode())));
+    }
+}
+
+/// What the client is told when the rooms refuse an operation.
+fn refusal(e: RoomError) -> FrameError {
+    match e {
+        RoomError::Draining => FrameError::new(
+            ErrorCode::Draining,
+            "this node is draining; reconnect to another",
+        ),
+        RoomError::Unavailable => FrameError::new(
+            ErrorCode::Unavailable,
+            "the message bus is unavailable; nothing was done, retry later",
+        ),
+    }
+}
+
+fn not_joined(room: &str) -> FrameError {
+    FrameError::new(ErrorCode::NotJoined, format!("not joined to {room}"))
+}
+
+fn is_capacity_error(e: &axum::Error) -> bool {
+    let text = e.to_string();
+    text.contains("Space limit exceeded") || text.contains("too long") || text.contains("capacity")
+}
+
+/// This session's rooms; dropping it leaves all of them (announced by a spawned task),
+/// so nothing is left behind if the session ends early or panics.
+struct Memberships {
+    rooms: RoomMap<MemberRef>,
+    env: Env,
+    key: u64,
+}
+
+impl Memberships {
+    async fn leave_all(&mut self) {
+        for (room, member) in std::mem::take(&mut self.rooms) {
+            self.env.rooms().leave(&room, self.key, &member).await;
+        }
+    }
+}
+
+impl Drop for Memberships {
+    fn drop(&mut self) {
+        if self.rooms.is_empty() {
+            return;
+        }
+        let rooms = std::mem::take(&mut self.rooms);
+        let env = self.env.clone();
+        let key = self.key;
+        // Only reached on an early exit or a panic; the normal path awaits leave_all.
+        self.env.sessions().tracker().spawn(async move {
+            for (room, member) in rooms {
+                env.rooms().leave(&room, key, &member).await;
+            }
+        });
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::bus::Bus;
+    use tokio_util::sync::CancellationToken;
+
+    fn env() -> (Env, CancellationToken) {
+        let config = Config::default();
+        let node: Arc<str> = Arc::from("n1");
+        let (bus, rx) = Bus::connect(&config, node.clone()).expect("memory bus");
+        let metrics = Arc::new(Metrics::new(10));
+        let rooms = Rooms::new(node, bus, metrics.clone());
+        let stop = CancellationToken::new();
+        rooms.spawn_receiver(rx, stop.clone());
+        (Env::new(config, rooms, metrics), stop)
+    }
+
+    fn handle(queue: usize) -> (Arc<Handle>, mpsc::Receiver<Out>) {
+        let (tx, rx) = mpsc::channel(queue);
+        let handle = Arc::new(Handle {
+            tx,
+            ctl: SessionCtl::default(),
+        });
+        (handle, rx)
+    }
+
+    fn member(conn: &str, name: &str) -> MemberRef {
+        MemberRef {
+            node: Arc::from("n1"),
+            conn: Arc::from(conn),
+            user: User::new(name.into()),
+        }
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn heartbeat_closes_only_sessions_silent_past_the_timeout() {
+        let sessions = Sessions::default();
+        let (quiet, _q1) = handle(4);
+        let (chatty, mut q2) = handle(4);
+        sessions.register(quiet.clone());
+        sessions.register(chatty.clone());
+        let timeout = Duration::from_secs(60);
+        tokio::time::advance(Duration::from_secs(59)).await;
+        chatty.ctl.touch();
+        sessions.heartbeat(timeout);
+        assert!(!quiet.ctl.is_closed() && !chatty.ctl.is_closed());
+        assert!(matches!(q2.try_recv(), Ok(Out::Ping)));
+        tokio::time::advance(Duration::from_secs(2)).await;
+        sessions.heartbeat(timeout);
+        assert_eq!(
+            (quiet.ctl.is_closed(), quiet.ctl.reason()),
+            (true, DisconnectReason::Heartbeat)
+        );
+        assert!(!chatty.ctl.is_closed(), "heard from 2 s ago");
+    }
+
+    #[tokio::test]
+    async fn a_full_queue_closes_the_session_as_a_slow_consumer() {
+        let sessions = Sessions::default();
+        let (h, _queue) = handle(1);
+        sessions.register(h.clone());
+        sessions.heartbeat(Duration::from_secs(60));
+        assert!(!h.ctl.is_closed());
+        sessions.heartbeat(Duration::from_secs(60));
+        assert_eq!(h.ctl.reason(), DisconnectReason::SlowConsumer);
+    }
+
+    #[tokio::test]
+    async fn a_panicking_session_still_leaves_its_rooms() {
+        let (env, stop) = env();
+        let room: Arc<str> = Arc::from("hall");
+        let alice = member("c1", "alice");
+        let (h, _queue) = handle(16);
+        env.rooms()
+            .join(&room, 1, h, alice.clone(), None)
+            .await
+            .expect("join");
+        assert_eq!(env.rooms().room_count(), 1);
+
+        let task_env = env.clone();
+        let task_room = room.clone();
+        let session = tokio::spawn(async move {
+            let mut memberships = Memberships {
+                rooms: RoomMap::default(),
+                env: task_env,
+                key: 1,
+            };
+            memberships.rooms.insert(task_room, alice);
+            panic!("a bug in a session task");
+        });
+        assert!(session.await.expect_err("the task panicked").is_panic());
+
+        // The guard's cleanup runs on the tracker; wait for it.
+        env.sessions().tracker().close();
+        env.sessions().tracker().wait().await;
+        assert_eq!(
+            env.rooms().room_count(),
+            0,
+            "the room was left and forgotten"
+        );
+        let (h2, _q2) = handle(16);
+        let bob = member("c2", "bob");
+        let joined = env
+            .rooms()
+            .join(&room, 2, h2, bob.clone(), None)
+            .await
+            .expect("join");
+        assert_eq!(joined.members, vec![bob.user], "alice's presence is gone");
+        stop.cancel();
+    }
+}
