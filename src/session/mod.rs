@@ -88,7 +88,7 @@ impl Env {
 /// One session as others see it: its outbound queue and its control handle.
 pub(crate) struct Handle {
     tx: mpsc::Sender<Out>,
-    ctl: SessionCtl,
+    pub(super) ctl: SessionCtl,
 }
 
 impl Handle {
@@ -175,8 +175,7 @@ pub(crate) async fn run(
     permit: OwnedSemaphorePermit,
 ) {
     let conn: Arc<str> = Arc::from(format!("{:012x}", rand::random::<u64>() >> 16));
-    let node = env.rooms().node().clone();
-    let span = info_span!("connection", node = %node, conn = %conn, %peer);
+    let span = info_span!("connection", node = %env.rooms().node(), conn = %conn, %peer);
     async move {
         debug!("connected");
         let metrics = env.metrics().clone();
@@ -189,15 +188,18 @@ pub(crate) async fn run(
         });
         let key = env.sessions().register(handle.clone());
         let (sink, stream) = socket.split();
-        let writer = {
-            let handle = handle.clone();
-            let metrics = metrics.clone();
-            let max_held = limits.outbound_queue;
-            tokio::spawn(
-                async move { writer::write_loop(sink, rx, &handle.ctl, metrics, max_held).await }
-                    .instrument(tracing::Span::current()),
+        // Spawned as the bare `write_loop` future (no wrapping block): every idle
+        // connection pays for this task's size.
+        let writer = tokio::spawn(
+            writer::write_loop(
+                sink,
+                rx,
+                handle.clone(),
+                metrics.clone(),
+                limits.outbound_queue,
             )
-        };
+            .instrument(tracing::Span::current()),
+        );
         let mut session = Session {
             env: env.clone(),
             key,
@@ -212,7 +214,7 @@ pub(crate) async fn run(
             strikes: Strikes::default(),
         };
         let welcome = ServerFrame::Welcome {
-            node: &node,
+            node: env.rooms().node(),
             conn: &conn,
         }
         .encode();

@@ -14,6 +14,7 @@ use futures_util::SinkExt;
 use futures_util::stream::SplitSink;
 use tokio::sync::mpsc;
 
+use super::Handle;
 use super::ctl::SessionCtl;
 use super::room_map::RoomMap;
 use crate::clock;
@@ -69,10 +70,11 @@ struct RoomCursor {
 pub(super) async fn write_loop(
     mut sink: SplitSink<WebSocket, Message>,
     mut rx: mpsc::Receiver<Out>,
-    ctl: &SessionCtl,
+    handle: Arc<Handle>,
     metrics: Arc<Metrics>,
     max_held: usize,
 ) {
+    let ctl = &handle.ctl;
     let mut rooms: RoomMap<RoomCursor> = RoomMap::default();
     // Grows with bursts and is trimmed after them: idle connections hold no batch memory.
     let mut frames: VecDeque<(Utf8Bytes, u64)> = VecDeque::new();

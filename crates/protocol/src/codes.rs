@@ -148,4 +148,32 @@ mod tests {
             Some((1001, "draining"))
         );
     }
+
+    /// The user documentation states the same table: every close code and reason, every
+    /// error code, and every disconnect metric label.
+    #[test]
+    fn the_docs_list_every_code_of_the_tables() {
+        let root = concat!(env!("CARGO_MANIFEST_DIR"), "/../../docs/");
+        let read = |f: &str| {
+            std::fs::read_to_string(format!("{root}{f}")).unwrap_or_else(|e| panic!("{f}: {e}"))
+        };
+        let protocol = read("protocol.md");
+        let operations = read("operations.md");
+        for reason in DisconnectReason::ALL {
+            if let Some((code, text)) = reason.info().close {
+                let row = format!("| {code} | `{text}` |");
+                assert!(protocol.contains(&row), "docs/protocol.md lacks {row}");
+            }
+            let label = format!("`{}`", reason.as_str());
+            let line = operations
+                .lines()
+                .find(|l| l.contains("roomcast_disconnects_total"))
+                .unwrap_or_default();
+            assert!(line.contains(&label), "docs/operations.md lacks {label}");
+        }
+        for code in ErrorCode::ALL {
+            let row = format!("| `{}` |", code.as_str());
+            assert!(protocol.contains(&row), "docs/protocol.md lacks {row}");
+        }
+    }
 }
