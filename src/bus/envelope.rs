@@ -75,9 +75,18 @@ impl Envelope {
 
 /// Splits a Redis channel frame into the message id (messages: `"<id> <envelope>"`) or
 /// none (presence: the bare envelope, which starts with `{`). `None` if it is neither.
+///
+/// Replicas of earlier builds published messages as the envelope with the id spliced in
+/// first (`{"id":"<id>",...}`); those are still read (the envelope decoder ignores the
+/// field), so during a rolling upgrade this replica receives the old replicas' messages.
 pub(crate) fn split_channel_frame(frame: Bytes) -> Option<(Option<MsgId>, Bytes)> {
     if frame.first() == Some(&b'{') {
-        return Some((None, frame));
+        const LEGACY: &[u8] = br#"{"id":""#;
+        let legacy_id = frame.strip_prefix(LEGACY).and_then(|rest| {
+            let end = rest.iter().position(|b| *b == b'"')?;
+            std::str::from_utf8(&rest[..end]).ok()?.parse().ok()
+        });
+        return Some((legacy_id, frame));
     }
     let space = frame.iter().position(|b| *b == b' ')?;
     let id = std::str::from_utf8(&frame[..space]).ok()?.parse().ok()?;
@@ -117,6 +126,11 @@ mod tests {
         let (id, body) = split_channel_frame(Bytes::from_static(b"{\"k\":\"p\"}")).unwrap();
         assert_eq!((id, &body[..]), (None, &b"{\"k\":\"p\"}"[..]));
         assert!(split_channel_frame(Bytes::from_static(b"nonsense")).is_none());
+        // As published by earlier builds: the id spliced into the envelope.
+        let (id, body) =
+            split_channel_frame(Bytes::from_static(b"{\"id\":\"7-1\",\"k\":\"m\"}")).unwrap();
+        assert_eq!(id, Some(MsgId { ms: 7, seq: 1 }));
+        assert_eq!(&body[..], b"{\"id\":\"7-1\",\"k\":\"m\"}");
         assert!(split_channel_frame(Bytes::from_static(b"x-1 {}")).is_none());
     }
 }
