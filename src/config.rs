@@ -39,6 +39,7 @@ pub struct Config {
     pub log: LogConfig,
     pub otel: OtelConfig,
     pub metrics: MetricsConfig,
+    pub auth: AuthConfig,
 }
 
 /// The client listener: chat page, WebSocket, health.
@@ -46,12 +47,98 @@ pub struct Config {
 #[serde(default, deny_unknown_fields)]
 pub struct ServerConfig {
     pub listen: SocketAddr,
+    /// Origins (`scheme://host[:port]`) allowed to open a WebSocket. Empty: only the
+    /// request's own host. `"*"` allows every origin. Requests without an `Origin` header
+    /// (non-browser clients) are always allowed.
+    pub allowed_origins: Vec<String>,
+    /// CIDRs of proxies whose `X-Forwarded-For` is believed for the client address; empty:
+    /// the socket's peer address counts.
+    pub trusted_proxies: Vec<String>,
+    /// A connection that has not sent complete request headers by then is closed.
+    #[serde(with = "humantime_serde")]
+    pub header_timeout: Duration,
 }
 
 impl Default for ServerConfig {
     fn default() -> Self {
         Self {
             listen: SocketAddr::from(([0, 0, 0, 0], 8080)),
+            allowed_origins: Vec::new(),
+            trusted_proxies: Vec::new(),
+            header_timeout: Duration::from_secs(10),
+        }
+    }
+}
+
+/// Who a connection is: anyone (the demo) or the holder of a signed token.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum AuthMode {
+    /// Anyone may connect and pick a display name (logged as a warning at start).
+    #[default]
+    Anonymous,
+    /// A valid JWT is required before anything else; its claims bind identity and rooms.
+    Jwt,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct AuthConfig {
+    pub mode: AuthMode,
+    pub jwt: JwtConfig,
+    /// In jwt mode, a connection without a valid token by then closes with 4001.
+    #[serde(with = "humantime_serde")]
+    pub timeout: Duration,
+    /// How long before a token's `exp` the server sends `expiring`.
+    #[serde(with = "humantime_serde")]
+    pub refresh_notice: Duration,
+}
+
+impl Default for AuthConfig {
+    fn default() -> Self {
+        Self {
+            mode: AuthMode::Anonymous,
+            jwt: JwtConfig::default(),
+            timeout: Duration::from_secs(5),
+            refresh_notice: Duration::from_secs(60),
+        }
+    }
+}
+
+/// Where token signatures are checked against. Several sources may be set at once
+/// (key rotation); the algorithm always follows the key, never the token's header.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct JwtConfig {
+    /// Secret: the HS256 key.
+    pub secret: Option<String>,
+    /// A file holding the HS256 key (e.g. a mounted Kubernetes Secret); trailing
+    /// whitespace is ignored.
+    pub secret_file: Option<std::path::PathBuf>,
+    /// A PEM public key (RSA: RS256, EC P-256: ES256, Ed25519: EdDSA).
+    pub public_key_file: Option<std::path::PathBuf>,
+    /// A JWKS document (`http(s)://` or `file://`), cached and refetched on an unknown
+    /// `kid` at most once per 30 s.
+    pub jwks_url: Option<String>,
+    /// Required `iss`, when set.
+    pub issuer: Option<String>,
+    /// Required `aud`, when set.
+    pub audience: Option<String>,
+    /// Clock skew allowed on `exp` and `nbf`.
+    #[serde(with = "humantime_serde")]
+    pub leeway: Duration,
+}
+
+impl Default for JwtConfig {
+    fn default() -> Self {
+        Self {
+            secret: None,
+            secret_file: None,
+            public_key_file: None,
+            jwks_url: None,
+            issuer: None,
+            audience: None,
+            leeway: Duration::from_secs(30),
         }
     }
 }
@@ -154,6 +241,10 @@ pub struct Limits {
     pub rate_limit_strikes: u32,
     /// Frames queued for one connection before it counts as a slow consumer.
     pub outbound_queue: usize,
+    /// Open WebSocket connections from one client address.
+    pub connections_per_ip: usize,
+    /// New WebSocket connections per second from one client address.
+    pub connects_per_second_per_ip: u32,
 }
 
 impl Default for Limits {
@@ -167,6 +258,8 @@ impl Default for Limits {
             burst: 40,
             rate_limit_strikes: 20,
             outbound_queue: 1024,
+            connections_per_ip: 1000,
+            connects_per_second_per_ip: 50,
         }
     }
 }
@@ -389,6 +482,39 @@ impl Config {
                 "must be 1-64 characters without '|', braces, quotes, backslashes or spaces",
             ));
         }
+        let jwt = &self.auth.jwt;
+        if self.auth.mode == AuthMode::Jwt
+            && jwt.secret.is_none()
+            && jwt.secret_file.is_none()
+            && jwt.public_key_file.is_none()
+            && jwt.jwks_url.is_none()
+        {
+            return Err(invalid(
+                "auth.jwt",
+                "auth.mode = \"jwt\" needs a key: auth.jwt.secret, secret_file, public_key_file or jwks_url",
+            ));
+        }
+        if jwt.secret.as_deref().is_some_and(|s| s.len() < 16) {
+            return Err(invalid(
+                "auth.jwt.secret",
+                "must be at least 16 bytes (it is an HS256 key)",
+            ));
+        }
+        if self.auth.timeout.is_zero() {
+            return Err(invalid("auth.timeout", "must be more than 0"));
+        }
+        if self.limits.connections_per_ip == 0 {
+            return Err(invalid("limits.connections_per_ip", "must be at least 1"));
+        }
+        if self.limits.connects_per_second_per_ip == 0 {
+            return Err(invalid(
+                "limits.connects_per_second_per_ip",
+                "must be at least 1",
+            ));
+        }
+        if self.server.header_timeout.is_zero() {
+            return Err(invalid("server.header_timeout", "must be more than 0"));
+        }
         if self.metrics.room_label_cap == 0 {
             return Err(invalid("metrics.room_label_cap", "must be at least 1"));
         }
@@ -425,6 +551,9 @@ impl Config {
         if shown.redis.password.is_some() {
             shown.redis.password = Some("<redacted>".into());
         }
+        if shown.auth.jwt.secret.is_some() {
+            shown.auth.jwt.secret = Some("<redacted>".into());
+        }
         if let Some(url) = &shown.redis.url {
             shown.redis.url = Some(redact_url_password(url));
         }
@@ -457,6 +586,10 @@ fn environment_source(
         .prefix_separator("_")
         .separator("__")
         .try_parsing(true)
+        // List keys take comma-separated values: ROOMCAST_SERVER__ALLOWED_ORIGINS=a,b
+        .list_separator(",")
+        .with_list_parse_key("server.allowed_origins")
+        .with_list_parse_key("server.trusted_proxies")
         .source(Some(accepted));
     (env, unknown)
 }
@@ -539,6 +672,41 @@ mod tests {
         assert_eq!(cfg.redis.url.as_deref(), Some("redis://r:6379"));
         assert_eq!(cfg.limits.max_text_bytes, 100);
         assert!(known_keys().contains("drain.propagation_delay"));
+        assert!(known_keys().contains("auth.jwt.secret"));
+        assert!(known_keys().contains("server.allowed_origins"));
+    }
+
+    #[test]
+    fn list_keys_take_comma_separated_environment_values() {
+        let vars = [(
+            "ROOMCAST_SERVER__ALLOWED_ORIGINS",
+            "https://a.example,https://b.example",
+        )]
+        .map(|(k, v)| (k.to_string(), v.to_string()));
+        let (env, _) = environment_source(vars.into_iter());
+        let cfg: Config = config::Config::builder()
+            .add_source(env)
+            .build()
+            .and_then(|c| c.try_deserialize())
+            .expect("list loads");
+        assert_eq!(
+            cfg.server.allowed_origins,
+            ["https://a.example", "https://b.example"]
+        );
+    }
+
+    #[test]
+    fn jwt_mode_needs_a_key_and_the_secret_is_redacted() {
+        let mut cfg = Config::default();
+        cfg.auth.mode = AuthMode::Jwt;
+        let err = cfg.validate().unwrap_err().to_string();
+        assert!(err.contains("auth.jwt"), "{err}");
+        cfg.auth.jwt.secret = Some("short".into());
+        let err = cfg.validate().unwrap_err().to_string();
+        assert!(err.contains("auth.jwt.secret"), "{err}");
+        cfg.auth.jwt.secret = Some("a-secret-of-32-bytes-for-hs256!!".into());
+        cfg.validate().expect("valid");
+        assert!(!cfg.to_redacted_toml().contains("a-secret-of-32"));
     }
 
     #[test]
