@@ -71,6 +71,9 @@ start_gateway() {
     export ROOMCAST_LOG__LEVEL="${ROOMCAST_LOG__LEVEL:-warn}"
     export ROOMCAST_DRAIN__SPREAD="${ROOMCAST_DRAIN__SPREAD:-1s}"
     export ROOMCAST_DRAIN__TIMEOUT="${ROOMCAST_DRAIN__TIMEOUT:-5s}"
+    # Every load-generator connection comes from 127.0.0.1: per-address limits out of the way.
+    export ROOMCAST_LIMITS__CONNECTIONS_PER_IP="${ROOMCAST_LIMITS__CONNECTIONS_PER_IP:-1000000}"
+    export ROOMCAST_LIMITS__CONNECTS_PER_SECOND_PER_IP="${ROOMCAST_LIMITS__CONNECTS_PER_SECOND_PER_IP:-1000000}"
     if [[ -n $redis ]]; then export ROOMCAST_REDIS__URL="$redis"; fi
     exec "$bin" serve
   ) >"$BENCH_WORK/$name.log" 2>&1 &

@@ -515,6 +515,15 @@ impl Config {
         if self.server.header_timeout.is_zero() {
             return Err(invalid("server.header_timeout", "must be more than 0"));
         }
+        for cidr in &self.server.trusted_proxies {
+            let cidr = cidr.trim();
+            if cidr.parse::<ipnet::IpNet>().is_err() && cidr.parse::<std::net::IpAddr>().is_err() {
+                return Err(invalid(
+                    "server.trusted_proxies",
+                    format!("{cidr:?} is not a CIDR (like 10.0.0.0/8) or an IP address"),
+                ));
+            }
+        }
         if self.metrics.room_label_cap == 0 {
             return Err(invalid("metrics.room_label_cap", "must be at least 1"));
         }
@@ -717,6 +726,17 @@ mod tests {
         cfg.drain.spread = cfg.drain.timeout + Duration::from_secs(1);
         let err = cfg.validate().unwrap_err().to_string();
         assert!(err.contains("drain.spread"), "{err}");
+    }
+
+    #[test]
+    fn trusted_proxies_must_be_cidrs_or_addresses() {
+        let mut cfg = Config::default();
+        cfg.server.trusted_proxies =
+            vec!["10.0.0.0/8".into(), "fd00::/8".into(), "192.168.1.1".into()];
+        cfg.validate().expect("valid");
+        cfg.server.trusted_proxies.push("10.0.0.0/33".into());
+        let err = cfg.validate().unwrap_err().to_string();
+        assert!(err.contains("server.trusted_proxies"), "{err}");
     }
 
     #[test]

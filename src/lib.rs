@@ -15,10 +15,14 @@
 //!   shutdown. Nothing above it asks which bus runs.
 //! - `rooms`: the one owner of join, leave and publish; local members, ref-counted
 //!   subscriptions, encode-once fan-out, recovery after a bus reconnect.
+//! - `auth`: token verification (jwt mode): keys with the algorithm fixed by the key,
+//!   JWKS, claims, room patterns, room tokens; `roomcast token` minting.
 //! - `session`: one task per WebSocket: read loop, batched writer and its queue
 //!   protocol, limits, cleanup guard; the registry of sessions.
 //! - `admin`: `/metrics`, `/healthz`, `/readyz`.
 //! - `web`: the embedded chat page.
+//! - `edge`: the connection edge: allowed origins, client address behind trusted proxies,
+//!   per-address limits.
 //! - `server`: wiring of one gateway, listeners, background tasks, the drain ([`run`]).
 //! - [`shutdown`]: the process signal handling (SIGTERM/SIGINT).
 //! - [`probe`]: the end-to-end probe (`roomcast probe`).
@@ -26,7 +30,8 @@
 //! # Public API
 //! [`run`] a gateway on [`Listeners`] you bound, with a [`Config`] (usually from
 //! [`Config::load`]), until a shutdown token is cancelled; [`telemetry::init`] and
-//! [`shutdown::spawn_handler`] are what the binary adds around it.
+//! [`shutdown::spawn_handler`] are what the binary adds around it; [`mint_hs256`] makes
+//! development tokens (`roomcast token`).
 #![forbid(unsafe_code)]
 
 // In layer order, bottom up (see the list above).
@@ -39,16 +44,20 @@ pub mod telemetry;
 
 mod bus;
 
+mod auth;
+
 mod rooms;
 
 mod session;
 
 mod admin;
+mod edge;
 mod server;
 mod web;
 
 pub mod probe;
 pub mod shutdown;
 
+pub use auth::{TokenRequest, mint_hs256};
 pub use config::Config;
 pub use server::{Error, Listeners, run};

@@ -1,6 +1,7 @@
 //! The `roomcast` binary: parse the command line, load the configuration, start
 //! telemetry, bind the listeners and hand over to the library. Subcommands: `serve`
-//! (default), `config`, `probe` (the load generator is its own binary, `roomcast-bench`).
+//! (default), `config`, `probe`, `token` (the load generator is its own binary,
+//! `roomcast-bench`).
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -35,6 +36,25 @@ enum Command {
     },
     /// Join a room, send a message and wait for it to come back (exit 0 on success).
     Probe(roomcast::probe::ProbeArgs),
+    /// Mint an HS256 token with the configured secret (auth.jwt.secret or secret_file),
+    /// for development and `helm test`; prints it on stdout.
+    Token {
+        /// The user id (`sub`).
+        #[arg(long)]
+        sub: String,
+        /// The display name (`name`).
+        #[arg(long)]
+        name: String,
+        /// Room patterns the user may join, comma-separated (`a,team-*`); default all.
+        #[arg(long, value_delimiter = ',')]
+        rooms: Option<Vec<String>>,
+        /// Room patterns the user may send to, comma-separated; default every joined room.
+        #[arg(long, value_delimiter = ',')]
+        publish: Option<Vec<String>>,
+        /// Lifetime of the token.
+        #[arg(long, default_value = "1h", value_parser = humantime::parse_duration)]
+        ttl: std::time::Duration,
+    },
 }
 
 fn main() -> ExitCode {
@@ -49,7 +69,45 @@ fn main() -> ExitCode {
     match cli.command.unwrap_or(Command::Serve) {
         Command::Serve => runtime.block_on(serve(cli.config)),
         Command::Config { check } => config_command(cli.config, check),
-        Command::Probe(args) => report(runtime.block_on(roomcast::probe::probe(args))),
+        Command::Probe(mut args) => {
+            if args.mint {
+                let config = match load(cli.config.as_deref()) {
+                    Ok(c) => c,
+                    Err(code) => return code,
+                };
+                let request = roomcast::TokenRequest {
+                    sub: "roomcast-probe".into(),
+                    name: "probe".into(),
+                    rooms: None,
+                    publish: None,
+                    ttl: std::time::Duration::from_secs(300),
+                };
+                match roomcast::mint_hs256(&config.auth.jwt, &request) {
+                    Ok(token) => args.token = Some(token),
+                    Err(e) => {
+                        eprintln!("roomcast: {e:#}");
+                        return ExitCode::from(EXIT_CONFIG as u8);
+                    }
+                }
+            }
+            report(runtime.block_on(roomcast::probe::probe(args)))
+        }
+        Command::Token {
+            sub,
+            name,
+            rooms,
+            publish,
+            ttl,
+        } => token_command(
+            cli.config,
+            roomcast::TokenRequest {
+                sub,
+                name,
+                rooms,
+                publish,
+                ttl,
+            },
+        ),
     }
 }
 
@@ -86,6 +144,23 @@ fn config_command(file: Option<PathBuf>, check: Option<PathBuf>) -> ExitCode {
             }
             Err(code) => code,
         },
+    }
+}
+
+fn token_command(file: Option<PathBuf>, request: roomcast::TokenRequest) -> ExitCode {
+    let config = match load(file.as_deref()) {
+        Ok(c) => c,
+        Err(code) => return code,
+    };
+    match roomcast::mint_hs256(&config.auth.jwt, &request) {
+        Ok(token) => {
+            println!("{token}");
+            ExitCode::SUCCESS
+        }
+        Err(e) => {
+            eprintln!("roomcast: {e:#}");
+            ExitCode::from(EXIT_CONFIG as u8)
+        }
     }
 }
 

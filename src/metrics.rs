@@ -11,10 +11,21 @@ use prometheus::{
 
 use crate::protocol::{DisconnectReason, ErrorCode};
 
+/// Every `reason` of `roomcast_refused_total`, exported from the start.
+pub(crate) const REFUSED_REASONS: [&str; 6] = [
+    "unauthorized",
+    "expired",
+    "forbidden",
+    "origin",
+    "ip_limit",
+    "header_timeout",
+];
+
 pub(crate) struct Metrics {
     registry: Registry,
     pub(crate) connections: IntGauge,
     pub(crate) connections_total: IntCounterVec,
+    refused: IntCounterVec,
     pub(crate) rooms: IntGauge,
     pub(crate) joins: IntCounter,
     pub(crate) leaves: IntCounter,
@@ -95,6 +106,11 @@ impl Metrics {
                 "WebSocket upgrades by result (accepted, rejected).",
                 "result",
             ),
+            refused: counter_vec(
+                "roomcast_refused_total",
+                "Connections refused at the edge or by authorization, by reason.",
+                "reason",
+            ),
             rooms: gauge("roomcast_rooms", "Rooms with at least one local member."),
             joins: counter("roomcast_joins_total", "Successful joins."),
             leaves: counter("roomcast_leaves_total", "Leaves, including by disconnect."),
@@ -151,11 +167,21 @@ impl Metrics {
         for result in ["accepted", "rejected"] {
             m.connections_total.with_label_values(&[result]);
         }
+        for reason in REFUSED_REASONS {
+            m.refused.with_label_values(&[reason]);
+        }
         m
     }
 
     pub(crate) fn error(&self, code: ErrorCode) {
         self.errors.with_label_values(&[code.as_str()]).inc();
+    }
+
+    /// Counts a refused connection (or frame) under `roomcast_refused_total{reason}`; the
+    /// reason is one of [`REFUSED_REASONS`] (anything else would grow the label set).
+    pub(crate) fn refused(&self, reason: &'static str) {
+        debug_assert!(REFUSED_REASONS.contains(&reason), "unknown reason {reason}");
+        self.refused.with_label_values(&[reason]).inc();
     }
 
     pub(crate) fn disconnect(&self, reason: DisconnectReason) {

@@ -37,6 +37,17 @@ pub struct ProbeArgs {
     /// Give up after this long.
     #[arg(long, default_value = "10s", value_parser = parse_duration)]
     pub timeout: Duration,
+
+    /// A connection token for a gateway in jwt mode (e.g. from `roomcast token`); sent as
+    /// the first frame (`auth`), never printed. Also `ROOMCAST_PROBE_TOKEN`.
+    #[arg(long, env = "ROOMCAST_PROBE_TOKEN", hide_env_values = true)]
+    pub token: Option<String>,
+
+    /// Mint the token itself (sub `roomcast-probe`, 5 minutes) with the configured HS256
+    /// secret (`auth.jwt.secret` or `secret_file`, from `--config`/env), as `roomcast
+    /// token` would: for a container without a shell (the Helm test).
+    #[arg(long, conflicts_with = "token")]
+    pub mint: bool,
 }
 
 fn parse_duration(s: &str) -> Result<Duration, String> {
@@ -100,12 +111,20 @@ pub async fn probe(args: ProbeArgs) -> anyhow::Result<()> {
             .await
             // tungstenite's error already names its cause: no chain.
             .map_err(|e| anyhow::anyhow!("connect {url}: {e}"))?;
+        if let Some(token) = &args.token {
+            let auth = ClientFrame::Auth {
+                token: token.clone(),
+                reference: Some("probe-auth".into()),
+            };
+            ws.send(Message::text(auth.to_json())).await?;
+        }
         let nonce: u64 = rand::rng().random();
         let text = format!("probe {nonce:016x}");
         let join = ClientFrame::Join {
             room: args.room.clone(),
-            name: format!("probe-{:04x}", nonce & 0xffff),
+            name: Some(format!("probe-{:04x}", nonce & 0xffff)),
             since: None,
+            token: None,
             reference: Some(JOIN_REF.into()),
         };
         ws.send(Message::text(join.to_json())).await?;
@@ -211,6 +230,8 @@ mod tests {
             url: "ws://127.0.0.1:1/ws".into(),
             room: "has space".into(),
             timeout: Duration::from_secs(1),
+            token: None,
+            mint: false,
         };
         let e = probe(args).await.unwrap_err();
         assert!(e.to_string().contains("invalid room name"), "{e}");

@@ -2,6 +2,11 @@
 //! page, `/ws`, health), the admin listener, background tasks (bus receive loop,
 //! liveness upkeep, node-wide heartbeat), and the graceful drain.
 //!
+//! The client listener runs its own accept loop (hyper's HTTP/1 server): a connection that
+//! has not sent complete request headers within `server.header_timeout` is closed, and
+//! request headers are bounded to [`MAX_HEADER_BYTES`]. `/ws` upgrades pass the checks of
+//! `edge` (origin 403, per-address limits 429, node limit 503) before they become sessions.
+//!
 //! Drain order (Kubernetes sends SIGTERM): readiness false at once -> keep accepting for
 //! `drain.propagation_delay` -> refuse upgrades (503) -> close sessions with 1001 in
 //! batches spread over `drain.spread` -> wait for them up to `drain.timeout` -> return.
@@ -13,20 +18,25 @@ use std::time::Duration;
 
 use axum::Router;
 use axum::extract::ws::WebSocketUpgrade;
-use axum::extract::{ConnectInfo, State};
-use axum::http::{StatusCode, header};
+use axum::extract::{ConnectInfo, Query, State};
+use axum::http::{HeaderMap, Request, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 use axum::serve::ListenerExt;
+use hyper::body::Incoming;
+use hyper_util::rt::{TokioIo, TokioTimer};
 use tokio::net::TcpListener;
-use tokio::sync::Semaphore;
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
-use tracing::{info, warn};
+use tokio_util::task::TaskTracker;
+use tower::ServiceExt;
+use tracing::{debug, info, warn};
 
 use crate::admin::{self, Health};
+use crate::auth::Verifier;
 use crate::bus::Bus;
-use crate::config::Config;
+use crate::config::{AuthMode, Config};
+use crate::edge::{Edge, Refusal};
 use crate::metrics::Metrics;
 use crate::protocol::DisconnectReason;
 use crate::rooms::Rooms;
@@ -60,7 +70,8 @@ struct AppState {
 
 struct StateInner {
     env: Env,
-    connection_slots: Arc<Semaphore>,
+    /// Origin, client address, per-address and node-wide connection limits.
+    edge: Arc<Edge>,
     /// Set when the drain starts: readiness turns false.
     draining: AtomicBool,
     /// Cleared after `drain.propagation_delay`: upgrades are refused from then on.
@@ -94,10 +105,29 @@ pub async fn run(
     let rooms = Rooms::new(node.clone(), bus, metrics.clone());
     let background = CancellationToken::new();
     let receiver_task = rooms.spawn_receiver(receiver, background.clone());
+    let verifier = match config.auth.mode {
+        AuthMode::Anonymous => {
+            warn!(
+                "auth.mode is anonymous: anyone may connect and pick any name (set auth.mode = \"jwt\" in production)"
+            );
+            None
+        }
+        AuthMode::Jwt => {
+            let verifier = Arc::new(Verifier::from_config(&config.auth).map_err(|e| {
+                crate::config::ConfigError::Invalid {
+                    key: e.key,
+                    reason: e.reason,
+                }
+            })?);
+            let prefetch = verifier.clone();
+            tokio::spawn(async move { prefetch.prefetch().await });
+            Some(verifier)
+        }
+    };
     let state = AppState {
         inner: Arc::new(StateInner {
-            connection_slots: Arc::new(Semaphore::new(config.limits.max_connections)),
-            env: Env::new(config, rooms.clone(), metrics.clone()),
+            edge: Arc::new(Edge::new(&config)),
+            env: Env::new(config, rooms.clone(), metrics.clone(), verifier),
             draining: AtomicBool::new(false),
             accepting: AtomicBool::new(true),
         }),
@@ -105,13 +135,18 @@ pub async fn run(
     let env = state.inner.env.clone();
     let liveness_task = tokio::spawn(liveness_loop(env.clone(), background.clone()));
     let heartbeat_task = tokio::spawn(heartbeat_loop(env.clone(), background.clone()));
+    let deadline_task = env
+        .verifier()
+        .is_some()
+        .then(|| tokio::spawn(deadline_loop(env.clone(), background.clone())));
 
     let client_addr = listeners.client.local_addr()?;
     let admin_addr = listeners.admin.local_addr()?;
     let servers_stop = CancellationToken::new();
-    let client_server = tokio::spawn(serve(
+    let client_server = tokio::spawn(serve_client(
         listeners.client,
         client_router(state.clone()),
+        env.clone(),
         servers_stop.clone(),
     ));
     let admin_server = tokio::spawn(serve(
@@ -131,11 +166,119 @@ pub async fn run(
     let _ = receiver_task.await;
     let _ = liveness_task.await;
     let _ = heartbeat_task.await;
+    if let Some(task) = deadline_task {
+        let _ = task.await;
+    }
     rooms.shutdown().await;
     info!("drained; bye");
     Ok(())
 }
 
+/// Request headers larger than this (request line included) are refused (431) and close
+/// the connection. Also hyper's read buffer bound (its smallest allowed value is 8 KiB).
+pub(crate) const MAX_HEADER_BYTES: usize = 32 * 1024;
+
+/// The client listener: accepts until `stop`, serves each connection with hyper's HTTP/1
+/// server (header read timeout, bounded headers, upgrades for `/ws`), then tells open HTTP
+/// connections to finish and waits for them. Upgraded WebSockets have left this loop by
+/// then; the sessions' tracker waits for those.
+async fn serve_client(listener: TcpListener, router: Router, env: Env, stop: CancellationToken) {
+    let mut builder = hyper::server::conn::http1::Builder::new();
+    builder
+        .timer(TokioTimer::new())
+        .header_read_timeout(env.config().server.header_timeout)
+        .max_header_size(MAX_HEADER_BYTES)
+        .max_buf_size(MAX_HEADER_BYTES);
+    let builder = Arc::new(builder);
+    let connections = TaskTracker::new();
+    loop {
+        let accepted = tokio::select! {
+            _ = stop.cancelled() => break,
+            accepted = listener.accept() => accepted,
+        };
+        let (stream, peer) = match accepted {
+            Ok(accepted) => accepted,
+            Err(e) => {
+                if !is_connection_error(&e) {
+                    // Out of file descriptors and the like: back off as axum::serve does.
+                    warn!(error = %e, "accept failed");
+                    tokio::select! {
+                        _ = stop.cancelled() => break,
+                        _ = tokio::time::sleep(Duration::from_secs(1)) => {}
+                    }
+                }
+                continue;
+            }
+        };
+        // Chat frames are small: without TCP_NODELAY they wait for the peer's delayed ACK.
+        if let Err(e) = stream.set_nodelay(true) {
+            debug!(error = %e, "could not set TCP_NODELAY");
+        }
+        connections.spawn(serve_connection(
+            stream,
+            peer,
+            router.clone(),
+            builder.clone(),
+            env.clone(),
+            stop.clone(),
+        ));
+    }
+    drop(listener);
+    connections.close();
+    connections.wait().await;
+}
+
+/// One client connection until it closes or is upgraded to a WebSocket.
+async fn serve_connection(
+    stream: tokio::net::TcpStream,
+    peer: SocketAddr,
+    router: Router,
+    builder: Arc<hyper::server::conn::http1::Builder>,
+    env: Env,
+    stop: CancellationToken,
+) {
+    // Whether a request arrived: a header timeout after one is an idle keep-alive
+    // connection closing, not a stalled request.
+    let requested = Arc::new(AtomicBool::new(false));
+    let service = {
+        let requested = requested.clone();
+        hyper::service::service_fn(move |mut request: Request<Incoming>| {
+            requested.store(true, Ordering::Relaxed);
+            request.extensions_mut().insert(ConnectInfo(peer));
+            router.clone().oneshot(request)
+        })
+    };
+    let conn = builder
+        .serve_connection(TokioIo::new(stream), service)
+        .with_upgrades();
+    tokio::pin!(conn);
+    let result = tokio::select! {
+        result = conn.as_mut() => result,
+        _ = stop.cancelled() => {
+            conn.as_mut().graceful_shutdown();
+            conn.await
+        }
+    };
+    if let Err(e) = result {
+        if e.is_timeout() && !requested.load(Ordering::Relaxed) {
+            env.metrics().refused("header_timeout");
+            debug!(%peer, "closed: no complete request headers within server.header_timeout");
+        } else {
+            debug!(%peer, error = %e, "client connection error");
+        }
+    }
+}
+
+fn is_connection_error(e: &std::io::Error) -> bool {
+    matches!(
+        e.kind(),
+        std::io::ErrorKind::ConnectionRefused
+            | std::io::ErrorKind::ConnectionAborted
+            | std::io::ErrorKind::ConnectionReset
+    )
+}
+
+/// The admin listener (axum's server).
 async fn serve(listener: TcpListener, router: Router, stop: CancellationToken) {
     // Chat frames are small: without TCP_NODELAY they wait for the peer's delayed ACK.
     let listener = listener.tap_io(|stream| {
@@ -165,30 +308,67 @@ fn client_router(state: AppState) -> Router {
         .with_state(state)
 }
 
+/// The query of `/ws`: the connection token in jwt mode (browsers cannot set headers on a
+/// WebSocket). Never logged.
+#[derive(serde::Deserialize)]
+struct WsQuery {
+    token: Option<String>,
+}
+
 async fn ws_upgrade(
     State(state): State<AppState>,
     ConnectInfo(peer): ConnectInfo<SocketAddr>,
+    Query(query): Query<WsQuery>,
+    headers: HeaderMap,
     ws: WebSocketUpgrade,
 ) -> Response {
     let env = &state.inner.env;
     let metrics = env.metrics();
-    let refuse = |why: &'static str| {
+    let reject = |status: StatusCode, retry_after: Option<u64>, why: &'static str| {
         metrics
             .connections_total
             .with_label_values(&["rejected"])
             .inc();
-        (
-            StatusCode::SERVICE_UNAVAILABLE,
-            [(header::RETRY_AFTER, "1")],
-            why,
-        )
-            .into_response()
+        match retry_after {
+            Some(secs) => (status, [(header::RETRY_AFTER, secs.to_string())], why).into_response(),
+            None => (status, why).into_response(),
+        }
     };
     if !state.inner.accepting.load(Ordering::Acquire) {
-        return refuse("draining");
+        return reject(StatusCode::SERVICE_UNAVAILABLE, Some(1), "draining");
     }
-    let Ok(permit) = state.inner.connection_slots.clone().try_acquire_owned() else {
-        return refuse("too many connections");
+    let edge = &state.inner.edge;
+    if !edge.origin_allowed(&headers) {
+        metrics.refused("origin");
+        debug!(%peer, origin = ?headers.get(header::ORIGIN), "refused: origin not allowed");
+        return reject(StatusCode::FORBIDDEN, None, "origin not allowed");
+    }
+    let peer = edge.client_addr(peer, &headers);
+    let slot = match edge.admit(peer.ip()) {
+        Ok(slot) => slot,
+        Err(Refusal::Full) => {
+            return reject(
+                StatusCode::SERVICE_UNAVAILABLE,
+                Some(1),
+                "too many connections",
+            );
+        }
+        Err(Refusal::IpConnections) => {
+            metrics.refused("ip_limit");
+            return reject(
+                StatusCode::TOO_MANY_REQUESTS,
+                Some(5),
+                "too many connections from this address",
+            );
+        }
+        Err(Refusal::IpRate { retry_after_secs }) => {
+            metrics.refused("ip_limit");
+            return reject(
+                StatusCode::TOO_MANY_REQUESTS,
+                Some(retry_after_secs),
+                "too many new connections from this address",
+            );
+        }
     };
     metrics
         .connections_total
@@ -201,7 +381,9 @@ async fn ws_upgrade(
         .max_message_size(limits.max_frame_bytes)
         .read_buffer_size(512)
         .write_buffer_size(8 * 1024)
-        .on_upgrade(move |socket| tracker.track_future(session::run(socket, env, peer, permit)))
+        .on_upgrade(move |socket| {
+            tracker.track_future(session::run(socket, env, peer, slot, query.token))
+        })
 }
 
 /// Keeps `roomcast_bus_up` current and, every `presence.refresh` while the bus is up,
@@ -238,6 +420,21 @@ async fn heartbeat_loop(env: Env, stop: CancellationToken) {
             _ = tick.tick() => {}
         }
         env.sessions().heartbeat(heartbeat.timeout);
+    }
+}
+
+/// jwt mode: closes sessions without a valid token after `auth.timeout` (4001) or whose
+/// token expired (4002), and sends `expiring` before that. One task for the node, ticking
+/// every 250 ms, instead of a timer per connection.
+async fn deadline_loop(env: Env, stop: CancellationToken) {
+    let mut tick = tokio::time::interval(Duration::from_millis(250));
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tokio::select! {
+            _ = stop.cancelled() => return,
+            _ = tick.tick() => {}
+        }
+        env.sessions().check_deadlines();
     }
 }
 

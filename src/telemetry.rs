@@ -95,6 +95,10 @@ pub fn tracer_provider(
     instance: &str,
 ) -> Result<SdkTracerProvider, TelemetryError> {
     use opentelemetry_otlp::WithExportConfig;
+    // reqwest is built without a default TLS crypto provider (the JWKS client picks ring
+    // itself); the exporter's client looks for the process default, so install ring
+    // (a second call is a no-op).
+    let _ = rustls::crypto::ring::default_provider().install_default();
     let url = format!("{}/v1/traces", endpoint.trim_end_matches('/'));
     let exporter = opentelemetry_otlp::SpanExporter::builder()
         .with_http()

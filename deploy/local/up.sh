@@ -10,6 +10,8 @@
 # Env:    ROOMCAST_BIN          gateway binary (default target/release/roomcast)
 #         ROOMCAST_LOCAL_STATE  state directory (default /tmp/roomcast-local)
 #         ROOMCAST_LOCAL_PROPAGATION_DELAY / _SPREAD / _TIMEOUT   drain settings (1s/2s/10s)
+#         ROOMCAST_LOCAL_CONNECTIONS_PER_IP / _CONNECTS_PER_SECOND_PER_IP   per-address limits
+#                               of the replicas (1000000 each: all traffic comes from haproxy)
 #         ROOMCAST_LOCAL_NO_PROMETHEUS=1  skip Prometheus
 set -euo pipefail
 # shellcheck source=deploy/local/lib.sh
@@ -52,6 +54,10 @@ REDIS_PASSWORD="$(python3 -c 'import secrets; print(secrets.token_hex(16))')"
     echo "DRAIN_PROPAGATION_DELAY=${ROOMCAST_LOCAL_PROPAGATION_DELAY:-1s}"
     echo "DRAIN_SPREAD=${ROOMCAST_LOCAL_SPREAD:-2s}"
     echo "DRAIN_TIMEOUT=${ROOMCAST_LOCAL_TIMEOUT:-10s}"
+    # Every client reaches the replicas through haproxy on 127.0.0.1: per-address limits
+    # high enough for load tests (exported: the replicas inherit them).
+    echo "export ROOMCAST_LIMITS__CONNECTIONS_PER_IP=${ROOMCAST_LOCAL_CONNECTIONS_PER_IP:-1000000}"
+    echo "export ROOMCAST_LIMITS__CONNECTS_PER_SECOND_PER_IP=${ROOMCAST_LOCAL_CONNECTS_PER_SECOND_PER_IP:-1000000}"
     for ((i = 1; i <= N; i++)); do
         echo "REPLICA_${i}_PORT=${P[$((2 + 2 * i))]}"
         echo "REPLICA_${i}_ADMIN=${P[$((3 + 2 * i))]}"

@@ -3,7 +3,7 @@
 //! history, and a bounded channel carries messages to the rooms' receive loop, so one
 //! node takes the same path as a Redis deployment.
 
-use std::collections::{BTreeMap, VecDeque};
+use std::collections::{BTreeMap, HashMap, VecDeque};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -47,6 +47,8 @@ struct MemRoom {
     max_deleted: MsgId,
     log: VecDeque<(MsgId, Bytes)>,
     members: BTreeMap<String, User>,
+    /// Connections per authenticated user (jwt mode: one member per user).
+    users: HashMap<String, usize>,
     touched: Option<Instant>,
 }
 
@@ -156,10 +158,21 @@ impl Backend for MemoryBus {
         let mut r = handle.lock().await;
         r.members.insert(member.field(), member.user.clone());
         r.touched = Some(Instant::now());
-        let announce = Bytes::from(member.presence(PresenceEvent::Join));
-        self.send(room, None, announce).await?;
+        // A user's first connection in the room announces the join.
+        let first = match &member.user.id {
+            Some(id) => {
+                let n = r.users.entry(id.clone()).or_default();
+                *n += 1;
+                *n == 1
+            }
+            None => true,
+        };
+        if first {
+            let announce = Bytes::from(member.presence(PresenceEvent::Join));
+            self.send(room, None, announce).await?;
+        }
         let mut info = JoinInfo {
-            members: r.members.values().cloned().collect(),
+            members: super::one_per_user(r.members.values().cloned()),
             head: r.last,
             ..JoinInfo::default()
         };
@@ -179,8 +192,24 @@ impl Backend for MemoryBus {
         let handle = self.room(room);
         let mut r = handle.lock().await;
         if r.members.remove(&member.field()).is_some() {
-            let announce = Bytes::from(member.presence(PresenceEvent::Leave));
-            self.send(room, None, announce).await?;
+            // A user's last connection in the room announces the leave.
+            let last = match &member.user.id {
+                Some(id) => match r.users.get_mut(id) {
+                    Some(n) if *n > 1 => {
+                        *n -= 1;
+                        false
+                    }
+                    _ => {
+                        r.users.remove(id);
+                        true
+                    }
+                },
+                None => true,
+            };
+            if last {
+                let announce = Bytes::from(member.presence(PresenceEvent::Leave));
+                self.send(room, None, announce).await?;
+            }
         }
         Ok(())
     }

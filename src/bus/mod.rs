@@ -68,6 +68,15 @@ impl MemberRef {
     }
 }
 
+/// The members of a room as clients see them: authenticated users (with an `id`) once
+/// however many connections they have, anonymous ones once per connection.
+pub(crate) fn one_per_user(users: impl Iterator<Item = User>) -> Vec<User> {
+    let mut seen = std::collections::HashSet::new();
+    users
+        .filter(|u| u.id.as_ref().is_none_or(|id| seen.insert(id.clone())))
+        .collect()
+}
+
 /// A message (with its id) or presence event (no id) received for one room.
 #[derive(Debug)]
 pub(crate) struct Incoming {

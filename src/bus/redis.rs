@@ -258,6 +258,11 @@ impl RedisBus {
             let _: () = pipeline
                 .sadd(self.node_rooms_key(&member.node), room.to_string())
                 .await?;
+            if let Some(id) = &member.user.id {
+                let _: () = pipeline
+                    .hincrby(self.key(room, "users"), id.as_str(), 1)
+                    .await?;
+            }
         }
         let _: Vec<Value> = pipeline.all().await?;
         Ok(())
@@ -363,6 +368,7 @@ impl Backend for RedisBus {
                     self.key(room, "members"),
                     self.key(room, "log"),
                     self.node_rooms_key(&member.node),
+                    self.key(room, "users"),
                 ],
                 vec![
                     Value::from(member.field()),
@@ -372,6 +378,7 @@ impl Backend for RedisBus {
                     Value::from(since.map(|s| s.to_string()).unwrap_or_default()),
                     Value::from(self.inner.history_size as i64),
                     Value::from(room),
+                    Value::from(member.user.id.as_deref().unwrap_or_default()),
                 ],
             )
             .await?;
@@ -385,10 +392,11 @@ impl Backend for RedisBus {
             return Err(BusError::Protocol("join: expected four parts".into()));
         };
         let members = match members {
-            Value::Array(values) => values
-                .into_iter()
-                .filter_map(|v| v.as_bytes().and_then(member_user))
-                .collect(),
+            Value::Array(values) => super::one_per_user(
+                values
+                    .into_iter()
+                    .filter_map(|v| v.as_bytes().and_then(member_user)),
+            ),
             _ => Vec::new(),
         };
         let recovered = match recovered.as_i64() {
@@ -411,13 +419,18 @@ impl Backend for RedisBus {
     ) -> Result<(), BusError> {
         self.eval(
             &self.inner.leave,
-            vec![self.key(room, "members"), self.node_rooms_key(&member.node)],
+            vec![
+                self.key(room, "members"),
+                self.node_rooms_key(&member.node),
+                self.key(room, "users"),
+            ],
             vec![
                 Value::from(member.field()),
                 Value::from(self.key(room, "ch")),
                 Value::from(member.presence(PresenceEvent::Leave)),
                 Value::from(room),
                 Value::from(if last_local { "1" } else { "0" }),
+                Value::from(member.user.id.as_deref().unwrap_or_default()),
             ],
         )
         .await?;

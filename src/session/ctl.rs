@@ -25,6 +25,13 @@ pub(crate) struct SessionCtl {
     writer: AtomicWaker,
     /// [`clock::monotonic_ms`] of the last frame (or pong) received from the client.
     last_seen_ms: AtomicU64,
+    /// jwt mode: [`clock::monotonic_ms`] at which the session closes (no token yet: the
+    /// end of `auth.timeout`; authenticated: the token's `exp`); 0 = never.
+    deadline_ms: AtomicU64,
+    /// jwt mode: when to send `expiring` (0 = not due, or sent).
+    notice_ms: AtomicU64,
+    /// jwt mode: a valid token was presented (the deadline is its `exp`).
+    authenticated: AtomicBool,
 }
 
 impl Default for SessionCtl {
@@ -35,6 +42,9 @@ impl Default for SessionCtl {
             reader: AtomicWaker::new(),
             writer: AtomicWaker::new(),
             last_seen_ms: AtomicU64::new(clock::monotonic_ms()),
+            deadline_ms: AtomicU64::new(0),
+            notice_ms: AtomicU64::new(0),
+            authenticated: AtomicBool::new(false),
         }
     }
 }
@@ -76,6 +86,52 @@ impl SessionCtl {
         Duration::from_millis(now_ms.saturating_sub(self.last_seen_ms.load(Ordering::Relaxed)))
     }
 
+    /// Sets when the session must have authenticated (jwt mode).
+    pub(super) fn set_auth_deadline(&self, deadline_ms: u64) {
+        self.deadline_ms.store(deadline_ms, Ordering::Relaxed);
+    }
+
+    /// Records a valid token: the session closes at `expires_ms` and is told `expiring` at
+    /// `notice_ms` (all [`clock::monotonic_ms`]).
+    pub(super) fn set_token_expiry(&self, expires_ms: u64, notice_ms: u64) {
+        self.authenticated.store(true, Ordering::Release);
+        self.notice_ms.store(notice_ms.max(1), Ordering::Relaxed);
+        self.deadline_ms.store(expires_ms.max(1), Ordering::Relaxed);
+    }
+
+    pub(super) fn is_authenticated(&self) -> bool {
+        self.authenticated.load(Ordering::Acquire)
+    }
+
+    /// What is due at `now_ms`: the close (with its reason) or the `expiring` notice
+    /// (with the time left); the notice is reported once.
+    pub(super) fn due(&self, now_ms: u64) -> Due {
+        let deadline = self.deadline_ms.load(Ordering::Relaxed);
+        if deadline == 0 {
+            return Due::Nothing;
+        }
+        if now_ms >= deadline {
+            return Due::Close(if self.is_authenticated() {
+                DisconnectReason::TokenExpired
+            } else {
+                DisconnectReason::Unauthorized
+            });
+        }
+        let notice = self.notice_ms.load(Ordering::Relaxed);
+        if notice != 0
+            && now_ms >= notice
+            && self
+                .notice_ms
+                .compare_exchange(notice, 0, Ordering::Relaxed, Ordering::Relaxed)
+                .is_ok()
+        {
+            return Due::Notice {
+                in_ms: deadline - now_ms,
+            };
+        }
+        Due::Nothing
+    }
+
     /// Closes the session; the first reason given wins.
     pub(crate) fn close(&self, reason: DisconnectReason) {
         let _ = self.reason.set(reason);
@@ -113,6 +169,14 @@ impl SessionCtl {
     }
 }
 
+/// What a session's token deadline asks for now.
+#[derive(Debug, PartialEq, Eq)]
+pub(super) enum Due {
+    Nothing,
+    Notice { in_ms: u64 },
+    Close(DisconnectReason),
+}
+
 #[cfg(test)]
 mod tests {
     use std::sync::Arc;
@@ -143,5 +207,23 @@ mod tests {
             DisconnectReason::Drain,
             "the first reason wins"
         );
+    }
+
+    #[test]
+    fn deadlines_close_unauthenticated_then_notice_once_then_expire() {
+        let ctl = SessionCtl::default();
+        assert_eq!(ctl.due(u64::MAX), Due::Nothing, "anonymous: no deadline");
+        ctl.set_auth_deadline(1_000);
+        assert_eq!(ctl.due(999), Due::Nothing);
+        assert_eq!(ctl.due(1_000), Due::Close(DisconnectReason::Unauthorized));
+        ctl.set_token_expiry(10_000, 9_000);
+        assert_eq!(ctl.due(8_999), Due::Nothing);
+        assert_eq!(ctl.due(9_500), Due::Notice { in_ms: 500 });
+        assert_eq!(ctl.due(9_600), Due::Nothing, "the notice is sent once");
+        assert_eq!(ctl.due(10_000), Due::Close(DisconnectReason::TokenExpired));
+        // A refresh moves both again.
+        ctl.set_token_expiry(20_000, 19_000);
+        assert_eq!(ctl.due(10_000), Due::Nothing);
+        assert_eq!(ctl.due(19_000), Due::Notice { in_ms: 1_000 });
     }
 }

@@ -23,15 +23,16 @@ use axum::extract::ws::{Message, WebSocket};
 use dashmap::DashMap;
 use futures_util::StreamExt;
 use futures_util::stream::SplitStream;
-use tokio::sync::{OwnedSemaphorePermit, mpsc};
+use tokio::sync::mpsc;
 use tokio_util::task::TaskTracker;
 use tracing::{Instrument, debug, info_span};
 
-use self::ctl::SessionCtl;
+use self::ctl::{Due, SessionCtl};
 use self::limits::{Strikes, TokenBucket};
 use self::room_map::RoomMap;
 pub(crate) use self::writer::Out;
 use self::writer::{CLOSE_GRACE, Release};
+use crate::auth::{self, AuthError, Verifier};
 use crate::bus::MemberRef;
 use crate::clock;
 use crate::config::Config;
@@ -54,18 +55,30 @@ struct EnvInner {
     rooms: Rooms,
     metrics: Arc<Metrics>,
     sessions: Sessions,
+    /// jwt mode: checks tokens; `None` in anonymous mode.
+    verifier: Option<Arc<Verifier>>,
 }
 
 impl Env {
-    pub(crate) fn new(config: Config, rooms: Rooms, metrics: Arc<Metrics>) -> Self {
+    pub(crate) fn new(
+        config: Config,
+        rooms: Rooms,
+        metrics: Arc<Metrics>,
+        verifier: Option<Arc<Verifier>>,
+    ) -> Self {
         Env {
             inner: Arc::new(EnvInner {
                 config,
                 rooms,
                 metrics,
                 sessions: Sessions::default(),
+                verifier,
             }),
         }
+    }
+
+    pub(crate) fn verifier(&self) -> Option<&Arc<Verifier>> {
+        self.inner.verifier.as_ref()
     }
 
     pub(crate) fn config(&self) -> &Config {
@@ -151,6 +164,24 @@ impl Sessions {
         }
     }
 
+    /// One round of token deadlines (jwt mode): closes sessions that did not authenticate
+    /// within `auth.timeout` (4001) or whose token expired (4002), and sends `expiring`
+    /// once when a token nears its `exp`.
+    pub(crate) fn check_deadlines(&self) {
+        let now_ms = clock::monotonic_ms();
+        for session in self.open.iter() {
+            let handle = session.value();
+            match handle.ctl.due(now_ms) {
+                Due::Nothing => {}
+                Due::Close(reason) => handle.close(reason),
+                Due::Notice { in_ms } => {
+                    let frame = ServerFrame::Expiring { in_ms }.encode();
+                    handle.push(Out::Frame(Box::new(frame)));
+                }
+            }
+        }
+    }
+
     /// One heartbeat round: closes sessions that sent nothing (no frame, no pong) for
     /// `timeout` and pings the others.
     pub(crate) fn heartbeat(&self, timeout: Duration) {
@@ -166,14 +197,20 @@ impl Sessions {
     }
 }
 
-/// Runs one session to its end. `permit` holds the connection's slot in
-/// `limits.max_connections` until the session is gone.
-pub(crate) async fn run(
+/// Runs one session to its end. `slot` holds the connection's places (in
+/// `limits.max_connections` and the per-address limits) until the session is gone.
+///
+/// A plain function returning the session's future (not an `async fn` wrapping another
+/// future): the arguments are then stored once, inside the task, not twice. Every idle
+/// connection pays for this task's size.
+pub(crate) fn run(
     socket: WebSocket,
     env: Env,
     peer: SocketAddr,
-    permit: OwnedSemaphorePermit,
-) {
+    slot: impl Send + 'static,
+    // jwt mode: the token from `?token=` on `/ws`, if any.
+    token: Option<String>,
+) -> impl std::future::Future<Output = ()> + Send {
     let conn: Arc<str> = Arc::from(format!("{:012x}", rand::random::<u64>() >> 16));
     let span = info_span!("connection", node = %env.rooms().node(), conn = %conn, %peer);
     async move {
@@ -202,6 +239,7 @@ pub(crate) async fn run(
         );
         let mut session = Session {
             env: env.clone(),
+            identity: None,
             key,
             conn: conn.clone(),
             handle: handle.clone(),
@@ -213,12 +251,19 @@ pub(crate) async fn run(
             bucket: TokenBucket::new(limits.messages_per_second, limits.burst),
             strikes: Strikes::default(),
         };
-        let welcome = ServerFrame::Welcome {
-            node: env.rooms().node(),
-            conn: &conn,
+        match (env.verifier(), token) {
+            (None, _) => session.welcome(),
+            (Some(_), Some(token)) => {
+                if let Err(e) = Box::pin(session.authenticate(&token)).await {
+                    session.send_error(e);
+                    handle.close(DisconnectReason::Unauthorized);
+                }
+            }
+            // The token must come as the first frames, within `auth.timeout`.
+            (Some(_), None) => handle.ctl.set_auth_deadline(
+                clock::monotonic_ms() + env.config().auth.timeout.as_millis() as u64,
+            ),
         }
-        .encode();
-        handle.push(Out::Frame(Box::new(welcome)));
         let stream = session.read_loop(stream).await;
         // Leave every room (announcing it) before the socket goes away.
         Box::pin(session.memberships.leave_all()).await;
@@ -238,15 +283,28 @@ pub(crate) async fn run(
         metrics.disconnect(reason);
         metrics.connections.dec();
         env.sessions().unregister(key);
-        drop(permit);
+        drop(slot);
         debug!(reason = reason.as_str(), "disconnected");
     }
     .instrument(span)
-    .await
+}
+
+/// Who an authenticated (jwt mode) session is, from its token's claims.
+struct Identity {
+    sub: String,
+    /// As others see this user: `id` = `sub`, `name` from the token.
+    user: User,
+    /// Room patterns the user may join (`None`: all).
+    rooms: Option<Vec<String>>,
+    /// Room patterns the user may send to (`None`: every joined room).
+    publish: Option<Vec<String>>,
 }
 
 struct Session {
     env: Env,
+    /// jwt mode, once authenticated; always `None` in anonymous mode. Boxed: every idle
+    /// connection's task holds this field.
+    identity: Option<Box<Identity>>,
     key: u64,
     conn: Arc<str>,
     handle: Arc<Handle>,
@@ -333,11 +391,36 @@ impl Session {
         };
         let reference = frame.reference().map(str::to_owned);
         let result = match frame {
+            // jwt mode: nothing but `auth` before a valid token.
+            ClientFrame::Auth { token, .. } if self.awaits_token() => {
+                Box::pin(self.authenticate(&token)).await
+            }
+            _ if self.awaits_token() => Err(FrameError::new(
+                ErrorCode::Unauthorized,
+                "authenticate first: send {\"type\":\"auth\",\"token\":\"<jwt>\"}",
+            )),
+            ClientFrame::Auth { .. } if self.identity.is_some() => Err(FrameError::new(
+                ErrorCode::BadRequest,
+                "already authenticated; send `refresh` with a new token",
+            )),
+            ClientFrame::Refresh { token, .. } if self.identity.is_some() => {
+                Box::pin(self.refresh(&token, reference.as_deref())).await
+            }
+            ClientFrame::Auth { .. } | ClientFrame::Refresh { .. } => Err(FrameError::new(
+                ErrorCode::BadRequest,
+                "auth.mode is anonymous on this gateway: no token is needed",
+            )),
             // Boxed: the bus futures are large and only live while a frame is handled,
             // so an idle connection's task stays small.
             ClientFrame::Join {
-                room, name, since, ..
-            } => Box::pin(self.join(room, &name, since.as_deref())).await,
+                room,
+                name,
+                since,
+                token,
+                ..
+            } => {
+                Box::pin(self.join(room, name.as_deref(), since.as_deref(), token.as_deref())).await
+            }
             ClientFrame::Leave { room, .. } => Box::pin(self.leave(&room)).await,
             ClientFrame::Send { room, text, .. } => {
                 Box::pin(self.send(&room, text, reference.as_deref())).await
@@ -348,14 +431,135 @@ impl Session {
         }
     }
 
+    /// jwt mode and no valid token yet.
+    fn awaits_token(&self) -> bool {
+        self.env.verifier().is_some() && self.identity.is_none()
+    }
+
+    /// Counts a refused token and turns it into the client's `unauthorized` error (the
+    /// message says why, never the token).
+    fn token_refused(&self, e: AuthError) -> FrameError {
+        self.env.metrics().refused(e.metric_label());
+        debug!(reason = %e, "token refused");
+        FrameError::new(ErrorCode::Unauthorized, e.to_string())
+    }
+
+    /// jwt mode: checks the connection token; on success the session knows who it is,
+    /// closes at the token's `exp` unless refreshed, and is welcomed.
+    async fn authenticate(&mut self, token: &str) -> Result<(), FrameError> {
+        let Some(verifier) = self.env.verifier().cloned() else {
+            return Ok(());
+        };
+        let claims = verifier
+            .verify(token)
+            .await
+            .map_err(|e| self.token_refused(e))?;
+        self.set_expiry(claims.exp);
+        self.identity = Some(Box::new(Identity {
+            user: User::with_id(claims.sub.clone(), claims.name),
+            sub: claims.sub,
+            rooms: claims.rooms,
+            publish: claims.publish,
+        }));
+        self.welcome();
+        Ok(())
+    }
+
+    /// jwt mode: a new token for the same `sub` moves the expiry (and the permissions).
+    async fn refresh(&mut self, token: &str, reference: Option<&str>) -> Result<(), FrameError> {
+        let Some(verifier) = self.env.verifier().cloned() else {
+            return Ok(());
+        };
+        let claims = verifier
+            .verify(token)
+            .await
+            .map_err(|e| self.token_refused(e))?;
+        let Some(identity) = self.identity.as_mut() else {
+            return Ok(());
+        };
+        if claims.sub != identity.sub {
+            self.env.metrics().refused("unauthorized");
+            return Err(FrameError::new(
+                ErrorCode::Unauthorized,
+                "the new token is for another user (`sub` differs)",
+            ));
+        }
+        identity.rooms = claims.rooms;
+        identity.publish = claims.publish;
+        self.set_expiry(claims.exp);
+        let frame = ServerFrame::Refreshed {
+            reference,
+            exp: claims.exp.unwrap_or(0),
+        }
+        .encode();
+        self.handle.push(Out::Frame(Box::new(frame)));
+        Ok(())
+    }
+
+    /// Sets the session's close at the token's `exp` (plus the leeway it was accepted
+    /// with) and the `expiring` notice `auth.refresh_notice` before it.
+    fn set_expiry(&self, exp: Option<u64>) {
+        let auth = &self.env.config().auth;
+        let Some(exp) = exp else {
+            self.handle.ctl.set_token_expiry(u64::MAX, u64::MAX);
+            return;
+        };
+        let now_unix_ms = clock::unix_micros() / 1000;
+        let left_ms = (exp.saturating_mul(1000) + auth.jwt.leeway.as_millis() as u64)
+            .saturating_sub(now_unix_ms);
+        let now = clock::monotonic_ms();
+        let expires = now + left_ms;
+        let notice = expires.saturating_sub(auth.refresh_notice.as_millis() as u64);
+        self.handle.ctl.set_token_expiry(expires, notice.max(now));
+    }
+
+    fn welcome(&self) {
+        let welcome = ServerFrame::Welcome {
+            node: self.env.rooms().node(),
+            conn: &self.conn,
+        }
+        .encode();
+        self.handle.push(Out::Frame(Box::new(welcome)));
+    }
+
     async fn join(
         &mut self,
         room: String,
-        name: &str,
+        name: Option<&str>,
         since: Option<&str>,
+        room_token: Option<&str>,
     ) -> Result<(), FrameError> {
         validate_room(&room)?;
-        let name = normalize_name(name)?;
+        let user = match &self.identity {
+            // jwt mode: the token names the user; the room must be allowed by the
+            // connection token or granted by a room token.
+            Some(identity) => {
+                if !auth::allows(identity.rooms.as_deref(), &room) {
+                    match (room_token, self.env.verifier()) {
+                        (Some(token), Some(verifier)) => {
+                            verifier
+                                .verify_room_token(token, &identity.sub, &room)
+                                .await
+                                .map_err(|e| self.token_refused(e))?;
+                        }
+                        _ => {
+                            self.env.metrics().refused("forbidden");
+                            return Err(FrameError::new(
+                                ErrorCode::Forbidden,
+                                format!("your token does not allow room {room}"),
+                            ));
+                        }
+                    }
+                }
+                identity.user.clone()
+            }
+            None => {
+                let name = name.ok_or_else(|| {
+                    FrameError::new(ErrorCode::BadRequest, "missing field `name`")
+                })?;
+                User::new(normalize_name(name)?)
+            }
+        };
         let since = since.map(|s| s.parse::<MsgId>()).transpose().map_err(|_| {
             FrameError::new(
                 ErrorCode::BadRequest,
@@ -379,7 +583,7 @@ impl Session {
         let member = MemberRef {
             node: self.env.rooms().node().clone(),
             conn: self.conn.clone(),
-            user: User::new(name),
+            user,
         };
         // Frames for the room are held by the writer until the join is answered.
         self.handle.push(Out::Hold(Box::new(room.clone())));
@@ -434,6 +638,15 @@ impl Session {
         let Some(member) = self.memberships.rooms.get(room) else {
             return Err(not_joined(room));
         };
+        if let Some(identity) = &self.identity
+            && !auth::allows(identity.publish.as_deref(), room)
+        {
+            self.env.metrics().refused("forbidden");
+            return Err(FrameError::new(
+                ErrorCode::Forbidden,
+                format!("your token does not allow sending to {room}"),
+            ));
+        }
         let max = self.env.config().limits.max_text_bytes;
         if text.len() > max {
             return Err(FrameError::new(
@@ -542,7 +755,7 @@ mod tests {
         let rooms = Rooms::new(node, bus, metrics.clone());
         let stop = CancellationToken::new();
         rooms.spawn_receiver(rx, stop.clone());
-        (Env::new(config, rooms, metrics), stop)
+        (Env::new(config, rooms, metrics, None), stop)
     }
 
     fn handle(queue: usize) -> (Arc<Handle>, mpsc::Receiver<Out>) {

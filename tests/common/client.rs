@@ -60,6 +60,15 @@ impl Client {
         Client::handshake(ws_url, stream).await
     }
 
+    /// Connects without reading a `welcome` (jwt mode: it answers the token, which may
+    /// come later as an `auth` frame, or never).
+    pub async fn connect_unwelcomed(ws_url: &str) -> Client {
+        let stream = TcpStream::connect(host_port(ws_url))
+            .await
+            .unwrap_or_else(|e| panic!("connect to {ws_url}: {e}"));
+        Client::upgrade(ws_url, stream).await
+    }
+
     /// Connects with a small kernel receive buffer (set before connecting), so a client
     /// that stops reading makes the server's writes back up quickly.
     pub async fn connect_with_recv_buffer(ws_url: &str, bytes: u32) -> Client {
@@ -78,24 +87,7 @@ impl Client {
     }
 
     async fn handshake(ws_url: &str, stream: TcpStream) -> Client {
-        let config = WebSocketConfig::default()
-            .max_message_size(Some(64 << 20))
-            .max_frame_size(Some(64 << 20));
-        let (ws, _response) = tokio::time::timeout(
-            FRAME_TIMEOUT,
-            tokio_tungstenite::client_async_with_config(ws_url, stream, Some(config)),
-        )
-        .await
-        .unwrap_or_else(|_| panic!("WebSocket upgrade to {ws_url} timed out"))
-        .unwrap_or_else(|e| panic!("WebSocket upgrade to {ws_url} failed: {e}"));
-        let mut client = Client {
-            ws,
-            pending: VecDeque::new(),
-            welcome: Value::Null,
-            pings: 0,
-            label: ws_url.to_string(),
-            next_ref: 0,
-        };
+        let mut client = Client::upgrade(ws_url, stream).await;
         let welcome = client.expect("welcome").await;
         assert!(
             welcome["node"].is_string(),
@@ -107,6 +99,27 @@ impl Client {
         );
         client.welcome = welcome;
         client
+    }
+
+    async fn upgrade(ws_url: &str, stream: TcpStream) -> Client {
+        let config = WebSocketConfig::default()
+            .max_message_size(Some(64 << 20))
+            .max_frame_size(Some(64 << 20));
+        let (ws, _response) = tokio::time::timeout(
+            FRAME_TIMEOUT,
+            tokio_tungstenite::client_async_with_config(ws_url, stream, Some(config)),
+        )
+        .await
+        .unwrap_or_else(|_| panic!("WebSocket upgrade to {ws_url} timed out"))
+        .unwrap_or_else(|e| panic!("WebSocket upgrade to {ws_url} failed: {e}"));
+        Client {
+            ws,
+            pending: VecDeque::new(),
+            welcome: Value::Null,
+            pings: 0,
+            label: ws_url.to_string(),
+            next_ref: 0,
+        }
     }
 
     /// The node id from the `welcome`.

@@ -20,8 +20,9 @@ use super::{Client, RedisServer, wait_ready};
 pub const READY_TIMEOUT: Duration = Duration::from_secs(30);
 
 /// A test configuration: the given bus, short presence timings (ttl 2 s, refresh 300 ms),
-/// short drain times and rate limits high enough that tests which blast messages are not
-/// refused (tests of the rate limit lower them).
+/// short drain times and rate limits (per connection and per client address) high enough
+/// that tests which blast messages or open many connections are not refused (tests of the
+/// limits lower them).
 pub fn node_config(redis: Option<&RedisServer>, node_id: &str) -> roomcast::Config {
     let mut cfg = roomcast::Config::default();
     cfg.node.id = Some(node_id.to_string());
@@ -33,6 +34,10 @@ pub fn node_config(redis: Option<&RedisServer>, node_id: &str) -> roomcast::Conf
     cfg.drain.timeout = Duration::from_secs(5);
     cfg.limits.messages_per_second = 100_000;
     cfg.limits.burst = 100_000;
+    // Every test client comes from 127.0.0.1: per-address limits out of the way (the edge
+    // tests set the ones they test).
+    cfg.limits.connections_per_ip = 1_000_000;
+    cfg.limits.connects_per_second_per_ip = 1_000_000;
     cfg
 }
 
@@ -206,6 +211,9 @@ impl ProcessNode {
             .env("ROOMCAST_SERVER__LISTEN", "127.0.0.1:0")
             .env("ROOMCAST_ADMIN__LISTEN", "127.0.0.1:0")
             .env("ROOMCAST_LOG__FORMAT", "json")
+            // Every test client comes from 127.0.0.1 (`env` may lower these).
+            .env("ROOMCAST_LIMITS__CONNECTIONS_PER_IP", "1000000")
+            .env("ROOMCAST_LIMITS__CONNECTS_PER_SECOND_PER_IP", "1000000")
             .envs(env.iter().map(|(k, v)| (k.as_str(), v.as_str())))
             .stdin(Stdio::null())
             .stdout(Stdio::piped())

@@ -172,8 +172,9 @@ pub fn join(
     match protocol {
         Protocol::Roomcast => ClientFrame::Join {
             room: room.to_owned(),
-            name: name.to_owned(),
+            name: Some(name.to_owned()),
             since: since.map(|id| id.to_string()),
+            token: None,
             reference: Some(reference.to_owned()),
         }
         .to_json(),
@@ -302,8 +303,9 @@ mod tests {
             roomcast_protocol::parse_client_frame(&join).unwrap(),
             ClientFrame::Join {
                 room: "r".into(),
-                name: "n".into(),
+                name: Some("n".into()),
                 since: Some("4-2".into()),
+                token: None,
                 reference: Some("j0".into()),
             }
         );

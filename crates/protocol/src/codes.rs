@@ -21,10 +21,14 @@ pub enum ErrorCode {
     Unavailable,
     Draining,
     Internal,
+    /// A bad, missing or expired token (the message says which, never the token).
+    Unauthorized,
+    /// The token does not allow this room or this publish.
+    Forbidden,
 }
 
 impl ErrorCode {
-    pub const ALL: [ErrorCode; 12] = [
+    pub const ALL: [ErrorCode; 14] = [
         ErrorCode::BadRequest,
         ErrorCode::UnknownType,
         ErrorCode::InvalidRoom,
@@ -37,6 +41,8 @@ impl ErrorCode {
         ErrorCode::Unavailable,
         ErrorCode::Draining,
         ErrorCode::Internal,
+        ErrorCode::Unauthorized,
+        ErrorCode::Forbidden,
     ];
 
     /// The code as it appears on the wire and in metric labels.
@@ -54,6 +60,8 @@ impl ErrorCode {
             ErrorCode::Unavailable => "unavailable",
             ErrorCode::Draining => "draining",
             ErrorCode::Internal => "internal",
+            ErrorCode::Unauthorized => "unauthorized",
+            ErrorCode::Forbidden => "forbidden",
         }
     }
 }
@@ -75,6 +83,12 @@ pub enum DisconnectReason {
     Heartbeat,
     /// An unexpected server error.
     Error,
+    /// No valid token within `auth.timeout` (jwt mode).
+    Unauthorized,
+    /// The token expired without a refresh.
+    TokenExpired,
+    /// The server removed this user (server API).
+    Forbidden,
 }
 
 /// One row of the disconnect table.
@@ -88,7 +102,7 @@ pub struct Disconnect {
 }
 
 impl DisconnectReason {
-    pub const ALL: [DisconnectReason; 7] = [
+    pub const ALL: [DisconnectReason; 10] = [
         DisconnectReason::Client,
         DisconnectReason::Drain,
         DisconnectReason::SlowConsumer,
@@ -96,6 +110,9 @@ impl DisconnectReason {
         DisconnectReason::Policy,
         DisconnectReason::Heartbeat,
         DisconnectReason::Error,
+        DisconnectReason::Unauthorized,
+        DisconnectReason::TokenExpired,
+        DisconnectReason::Forbidden,
     ];
 
     /// The table: close code, close reason text and metric label of each reason.
@@ -108,6 +125,9 @@ impl DisconnectReason {
             DisconnectReason::Policy => (Some((1008, "rate limit")), "policy"),
             DisconnectReason::Heartbeat => (Some((1008, "heartbeat timeout")), "heartbeat"),
             DisconnectReason::Error => (Some((1011, "internal error")), "error"),
+            DisconnectReason::Unauthorized => (Some((4001, "unauthorized")), "unauthorized"),
+            DisconnectReason::TokenExpired => (Some((4002, "token expired")), "token_expired"),
+            DisconnectReason::Forbidden => (Some((4003, "forbidden")), "forbidden"),
         };
         Disconnect { close, label }
     }

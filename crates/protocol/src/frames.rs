@@ -16,9 +16,15 @@ pub const MAX_REF_BYTES: usize = 64;
 pub enum ClientFrame {
     Join {
         room: String,
-        name: String,
+        /// The display name; required in anonymous mode, ignored in jwt mode (the token's
+        /// `name` claim is the name).
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        name: Option<String>,
         #[serde(default, skip_serializing_if = "Option::is_none")]
         since: Option<String>,
+        /// A room token (jwt mode): grants this one room to the connection's `sub`.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        token: Option<String>,
         #[serde(default, rename = "ref", skip_serializing_if = "Option::is_none")]
         reference: Option<String>,
     },
@@ -33,7 +39,22 @@ pub enum ClientFrame {
         #[serde(default, rename = "ref", skip_serializing_if = "Option::is_none")]
         reference: Option<String>,
     },
+    /// The connection token (jwt mode), when not given as `?token=` on `/ws`.
+    Auth {
+        token: String,
+        #[serde(default, rename = "ref", skip_serializing_if = "Option::is_none")]
+        reference: Option<String>,
+    },
+    /// A new connection token for the same `sub`, before the current one expires.
+    Refresh {
+        token: String,
+        #[serde(default, rename = "ref", skip_serializing_if = "Option::is_none")]
+        reference: Option<String>,
+    },
 }
+
+/// The `type`s a client may send.
+pub const CLIENT_TYPES: [&str; 5] = ["join", "leave", "send", "auth", "refresh"];
 
 impl ClientFrame {
     /// The client's `ref`, echoed in the answer.
@@ -41,7 +62,9 @@ impl ClientFrame {
         match self {
             ClientFrame::Join { reference, .. }
             | ClientFrame::Leave { reference, .. }
-            | ClientFrame::Send { reference, .. } => reference.as_deref(),
+            | ClientFrame::Send { reference, .. }
+            | ClientFrame::Auth { reference, .. }
+            | ClientFrame::Refresh { reference, .. } => reference.as_deref(),
         }
     }
 
@@ -116,11 +139,14 @@ fn diagnose(text: &str, err: &serde_json::Error) -> FrameError {
         .filter(|r| r.len() <= MAX_REF_BYTES);
     let error = match obj.get("type") {
         None => FrameError::new(ErrorCode::BadRequest, "missing field `type`"),
-        Some(serde_json::Value::String(t)) if !matches!(t.as_str(), "join" | "leave" | "send") => {
+        Some(serde_json::Value::String(t)) if !CLIENT_TYPES.contains(&t.as_str()) => {
             let shown: String = t.chars().take(32).collect();
             FrameError::new(
                 ErrorCode::UnknownType,
-                format!("unknown type `{shown}`; expected join, leave or send"),
+                format!(
+                    "unknown type `{shown}`; expected {}",
+                    CLIENT_TYPES.join(", ")
+                ),
             )
         }
         Some(serde_json::Value::String(_)) => {
@@ -185,6 +211,16 @@ pub enum ServerFrame<'a> {
     Left {
         room: &'a str,
     },
+    /// The connection token expires in `in_ms` milliseconds: send `refresh`.
+    Expiring {
+        in_ms: u64,
+    },
+    /// The refresh was accepted; the new `exp` (Unix seconds).
+    Refreshed {
+        #[serde(rename = "ref", skip_serializing_if = "Option::is_none")]
+        reference: Option<&'a str>,
+        exp: u64,
+    },
     Error {
         code: ErrorCode,
         message: &'a str,
@@ -225,8 +261,9 @@ mod tests {
     fn client_frames_round_trip() {
         let frame = ClientFrame::Join {
             room: "a".into(),
-            name: "x".into(),
+            name: Some("x".into()),
             since: None,
+            token: None,
             reference: Some("r1".into()),
         };
         assert_eq!(
@@ -243,6 +280,11 @@ mod tests {
         assert_eq!(code("42"), ErrorCode::BadRequest);
         assert_eq!(code("[1,2]"), ErrorCode::BadRequest);
         assert_eq!(code(r#"{"type":"dance"}"#), ErrorCode::UnknownType);
+        assert_eq!(code(r#"{"type":"auth"}"#), ErrorCode::BadRequest);
+        assert!(matches!(
+            parse_client_frame(r#"{"type":"auth","token":"t"}"#),
+            Ok(ClientFrame::Auth { .. })
+        ));
         assert_eq!(code(r#"{"type":7}"#), ErrorCode::BadRequest);
         assert_eq!(code(r#"{"type":"send","room":"a"}"#), ErrorCode::BadRequest);
         assert_eq!(

@@ -48,15 +48,33 @@ pub fn normalize_name(name: &str) -> Result<String, FrameError> {
 /// A member as other members see it.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct User {
+    /// The token's `sub` (jwt mode); absent for anonymous users.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub id: Option<String>,
     pub name: String,
     pub color: String,
 }
 
 impl User {
-    /// A user with the color derived from the (already normalized) name.
+    /// An anonymous user, with the color derived from the (already normalized) name.
     pub fn new(name: String) -> Self {
         let color = color_for(&name).to_string();
-        Self { name, color }
+        Self {
+            id: None,
+            name,
+            color,
+        }
+    }
+
+    /// An authenticated user: the color derives from the id, so two users who chose the
+    /// same name still look different.
+    pub fn with_id(id: String, name: String) -> Self {
+        let color = color_for(&id).to_string();
+        Self {
+            id: Some(id),
+            name,
+            color,
+        }
     }
 }
 

@@ -1,14 +1,18 @@
 -- Join: record the member's presence and announce it, then read the members, where the
 -- room's log stands and (with since) the replay.
 -- KEYS[1] room members hash   KEYS[2] room stream   KEYS[3] this node's room set
+-- KEYS[4] room users hash (user id -> connections; jwt mode: one member per user)
 -- ARGV[1] member field (node|conn)   ARGV[2] the member's leave envelope (kept as the
 -- hash value, so a reaper can announce the leave verbatim)   ARGV[3] room channel
 -- ARGV[4] join envelope   ARGV[5] since ('' for none)   ARGV[6] replay limit
--- ARGV[7] room name
+-- ARGV[7] room name   ARGV[8] user id ('' when anonymous: one member per connection)
 -- Returns {member values, head, recovered (-1 = no since, 0, 1), entries}.
 redis.call('HSET', KEYS[1], ARGV[1], ARGV[2])
 redis.call('SADD', KEYS[3], ARGV[7])
-redis.call('PUBLISH', ARGV[3], ARGV[4])
+-- A user's first connection in the room (on any replica) announces the join.
+if ARGV[8] == '' or redis.call('HINCRBY', KEYS[4], ARGV[8], 1) == 1 then
+  redis.call('PUBLISH', ARGV[3], ARGV[4])
+end
 local members = redis.call('HVALS', KEYS[1])
 local head, maxdel = '0-0', '0-0'
 local exists = redis.call('EXISTS', KEYS[2]) == 1
