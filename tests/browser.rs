@@ -766,3 +766,290 @@ async fn page_says_messages_were_missed_when_history_lost_its_cursor() {
     alice.close().await;
     bob.close().await;
 }
+
+// ---------------------------------------------------------------------------------------
+// jwt mode (`auth.mode = "jwt"`): the page takes its token from the URL fragment
+// ---------------------------------------------------------------------------------------
+
+const JWT_SECRET: &str = "browser-test-secret-of-32-bytes!";
+
+#[derive(serde::Serialize, serde::Deserialize)]
+struct NameClaim {
+    name: String,
+}
+
+/// A connection token for `sub` named `name`, valid for `ttl_s` seconds, signed with `secret`.
+fn jwt(secret: &str, sub: &str, name: &str, ttl_s: u64) -> String {
+    use jwt_simple::prelude::{self as js, MACLike};
+    let claims = js::Claims::with_custom_claims(
+        NameClaim { name: name.into() },
+        js::Duration::from_secs(ttl_s),
+    )
+    .with_subject(sub);
+    js::HS256Key::from_bytes(secret.as_bytes())
+        .authenticate(claims)
+        .expect("sign")
+}
+
+fn jwt_mode(cfg: &mut roomcast::Config) {
+    cfg.auth.mode = roomcast::config::AuthMode::Jwt;
+    cfg.auth.jwt.secret = Some(JWT_SECRET.into());
+    cfg.auth.jwt.leeway = Duration::ZERO;
+    cfg.auth.timeout = Duration::from_secs(2);
+    cfg.auth.refresh_notice = Duration::from_secs(3);
+}
+
+impl Page {
+    /// Joins `room` through the form without touching the name (jwt mode: it is hidden).
+    async fn join_room(&self, room: &str) {
+        self.type_into("#room", room).await;
+        self.find("#join").await.click().await.expect("click #join");
+        self.wait_joined(room).await;
+    }
+
+    /// Waits until the banner shows (kind `kind`); returns its text.
+    async fn wait_banner(&self, kind: &str) -> String {
+        self.wait_for(
+            &format!("a {kind} banner"),
+            "const b = document.getElementById('banner');
+             return !b.hidden && b.offsetHeight > 0 && b.dataset.kind === arguments[0]
+               ? b.textContent : null;",
+            json!(kind),
+        )
+        .await
+        .as_str()
+        .expect("banner text")
+        .to_owned()
+    }
+
+    /// From now on, counts the WebSockets the page opens in `window.__sockets`.
+    async fn count_sockets(&self) {
+        self.js(
+            "window.__sockets = 0;
+             const Real = window.WebSocket;
+             window.WebSocket = function (...args) { window.__sockets += 1; return new Real(...args); };
+             window.WebSocket.prototype = Real.prototype;
+             Object.assign(window.WebSocket, { CONNECTING: 0, OPEN: 1, CLOSING: 2, CLOSED: 3 });",
+            Value::Null,
+        )
+        .await;
+    }
+}
+
+#[tokio::test]
+async fn jwt_page_joins_with_the_token_name_not_the_typed_one_and_lists_it() {
+    let env = TwoReplicas::start_with(jwt_mode).await;
+    let alice_token = jwt(JWT_SECRET, "u-alice", "Alice", 300);
+    let alice = env
+        .browser
+        .open(&format!("{}#token={alice_token}", page_url(&env.node_a)))
+        .await;
+    let bob = env
+        .browser
+        .open(&format!(
+            "{}#token={}",
+            page_url(&env.node_b),
+            jwt(JWT_SECRET, "u-bob", "Bob", 300)
+        ))
+        .await;
+    assert_eq!(alice.wait_connected().await, "node-a");
+    assert_eq!(bob.wait_connected().await, "node-b");
+
+    // The token left the address bar, and the name field is not offered.
+    let href = alice.js("return window.location.href;", Value::Null).await;
+    let href = href.as_str().unwrap_or_default();
+    assert!(
+        !href.contains("token") && !href.contains(&alice_token),
+        "the token is still in the address bar: {href}"
+    );
+    let name_shown = alice
+        .js(
+            "return document.getElementById('name').offsetParent !== null;",
+            Value::Null,
+        )
+        .await;
+    assert_eq!(
+        name_shown,
+        json!(false),
+        "the name field is shown in jwt mode"
+    );
+
+    // Whatever sits in the name field goes along with `join`; the server ignores it.
+    alice
+        .js(
+            "document.getElementById('name').value = 'Mallory';",
+            Value::Null,
+        )
+        .await;
+    alice.join_room("lobby").await;
+    bob.join_room("lobby").await;
+    alice
+        .wait_system_line("joined", "You joined lobby as Alice")
+        .await;
+    let identity = alice
+        .wait_for(
+            "the claimed name next to 'Signed in as'",
+            "const i = document.getElementById('identity');
+             return i.offsetParent !== null ? i.textContent.replace(/\\s+/g, ' ').trim() : null;",
+            Value::Null,
+        )
+        .await;
+    assert_eq!(identity, json!("Signed in as Alice"));
+
+    alice.send("hello from alice").await;
+    for page in [&alice, &bob] {
+        page.wait_message("Alice", "hello from alice").await;
+        page.wait_member("Alice", 1).await;
+        page.wait_member("Bob", 1).await;
+        page.wait_member("Mallory", 0).await;
+        let froms: Vec<String> = page.lines().await.into_iter().map(|l| l.from).collect();
+        assert!(
+            froms.iter().all(|f| f != "Mallory"),
+            "{}: the typed name shows: {froms:?}",
+            page.label
+        );
+    }
+    let id = bob
+        .js(
+            "return document.querySelector('#members .member[data-name=\"Alice\"]').dataset.id;",
+            Value::Null,
+        )
+        .await;
+    assert_eq!(id, json!("u-alice"), "members carry the token's sub");
+
+    alice.screenshot("jwt-alice").await;
+    bob.screenshot("jwt-bob").await;
+    alice.close().await;
+    bob.close().await;
+}
+
+#[tokio::test]
+async fn jwt_page_with_a_bad_or_no_token_shows_not_authorized_and_stops_reconnecting() {
+    let env = TwoReplicas::start_with(jwt_mode).await;
+    let forged = jwt("another-secret-of-32-bytes-long!", "u-eve", "Eve", 300);
+    let eve = env
+        .browser
+        .open(&format!("{}#token={forged}", page_url(&env.node_a)))
+        .await;
+    let text = eve.wait_banner("unauthorized").await;
+    assert!(
+        text.starts_with("Not authorized: ") && text.contains("signature"),
+        "{text}"
+    );
+    assert!(!text.contains(&forged), "the token is shown: {text}");
+    eve.screenshot("jwt-unauthorized").await;
+
+    // No token at all: the gateway closes with 4001 after `auth.timeout`.
+    let anon = env.browser.open(&page_url(&env.node_b)).await;
+    let text = anon.wait_banner("unauthorized").await;
+    assert!(text.starts_with("Not authorized: "), "{text}");
+
+    // Neither page tries again: reconnecting with the same token is pointless.
+    for page in [&eve, &anon] {
+        page.count_sockets().await;
+    }
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    for page in [&eve, &anon] {
+        let opened = page.js("return window.__sockets;", Value::Null).await;
+        assert_eq!(opened, json!(0), "{}: reconnected", page.label);
+        let status = page
+            .js(
+                "return document.getElementById('status').dataset.state;",
+                Value::Null,
+            )
+            .await;
+        assert_eq!(status, json!("stopped"), "{}", page.label);
+    }
+    eve.close().await;
+    anon.close().await;
+}
+
+#[tokio::test]
+async fn jwt_page_renews_its_token_from_the_refresh_url_on_expiring() {
+    let env = TwoReplicas::start_with(jwt_mode).await;
+    // Expiring comes 3 s before exp: at about 7 s.
+    let minted = tokio::time::Instant::now();
+    let first = jwt(JWT_SECRET, "u-dan", "Dan", 10);
+    let dan = env
+        .browser
+        .open(&format!(
+            "{}#token={first}&refresh=%2Fauth%2Ftoken%3Ffor%3Ddan",
+            page_url(&env.node_a)
+        ))
+        .await;
+    // The refresh endpoint: the page's fetch, answered here with a fresh token.
+    dan.js(
+        "window.__refreshes = [];
+         const fresh = arguments[0];
+         window.fetch = (url, init) => {
+           window.__refreshes.push({ url: String(url), credentials: init && init.credentials });
+           return Promise.resolve(new Response(`  ${fresh}\\n`, { status: 200 }));
+         };",
+        json!(jwt(JWT_SECRET, "u-dan", "Dan", 300)),
+    )
+    .await;
+    dan.wait_connected().await;
+    dan.join_room("lobby").await;
+    dan.wait_for(
+        "the refresh to be accepted",
+        "return document.getElementById('status').title.startsWith('session valid until');",
+        Value::Null,
+    )
+    .await;
+    let calls = dan.js("return window.__refreshes;", Value::Null).await;
+    let calls = calls.as_array().expect("calls");
+    assert_eq!(calls.len(), 1, "{calls:?}");
+    assert!(
+        calls[0]["url"]
+            .as_str()
+            .is_some_and(|u| u.ends_with("/auth/token?for=dan")),
+        "{calls:?}"
+    );
+    assert_eq!(calls[0]["credentials"], "same-origin");
+
+    // Past the first token's exp, the page is still connected and chats.
+    tokio::time::sleep_until(minted + Duration::from_secs(12)).await;
+    let status = dan
+        .js(
+            "return document.getElementById('status').dataset.state;",
+            Value::Null,
+        )
+        .await;
+    assert_eq!(status, json!("connected"));
+    dan.send("still here").await;
+    dan.wait_message("Dan", "still here").await;
+    let banner = dan
+        .js(
+            "return document.getElementById('banner').hidden;",
+            Value::Null,
+        )
+        .await;
+    assert_eq!(banner, json!(true), "a banner shows");
+    dan.close().await;
+}
+
+#[tokio::test]
+async fn jwt_page_says_the_session_expired_when_the_token_lapses_and_stops() {
+    let env = TwoReplicas::start_with(jwt_mode).await;
+    let page = env
+        .browser
+        .open(&format!(
+            "{}#token={}",
+            page_url(&env.node_a),
+            jwt(JWT_SECRET, "u-fay", "Fay", 5)
+        ))
+        .await;
+    page.wait_connected().await;
+    page.join_room("lobby").await;
+    // Without a refresh URL the page warns, then the gateway closes with 4002 at exp.
+    let warning = page.wait_banner("refresh").await;
+    assert!(warning.starts_with("Your session ends in"), "{warning}");
+    let text = page.wait_banner("expired").await;
+    assert!(text.starts_with("Session expired"), "{text}");
+    page.count_sockets().await;
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let opened = page.js("return window.__sockets;", Value::Null).await;
+    assert_eq!(opened, json!(0), "reconnected after 4002");
+    page.screenshot("jwt-expired").await;
+    page.close().await;
+}

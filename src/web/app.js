@@ -2,6 +2,12 @@
 // several rooms, reconnect with jittered exponential backoff and resume with `since`
 // (docs/protocol.md, "Resuming after a reconnect").
 //
+// jwt mode (docs/protocol.md, "Authentication"): open the page as `/#token=<jwt>`, optionally
+// `&refresh=<url-encoded same-origin URL>`. The token is read from the fragment (never sent
+// in a query string, never logged), removed from the address bar, sent as the first frame
+// (`auth`) on every connection, and renewed from the refresh URL on `expiring`. Without a
+// token in the fragment the page is the anonymous chat it always was.
+//
 // Rule: text that comes from the network or the user is only ever put into the page with
 // textContent / createTextNode, never innerHTML.
 'use strict';
@@ -20,10 +26,24 @@
   const STORE_ROOMS = 'roomcast.rooms';
   const STORE_CURRENT = 'roomcast.current';
   // Join errors after which re-sending the same join cannot succeed.
-  const FATAL_JOIN_ERRORS = new Set(['invalid_room', 'invalid_name', 'too_many_rooms', 'bad_request']);
+  const FATAL_JOIN_ERRORS = new Set([
+    'invalid_room', 'invalid_name', 'too_many_rooms', 'bad_request', 'forbidden', 'unauthorized',
+  ]);
+  // Close codes after which reconnecting with the same token is pointless.
+  const AUTH_CLOSES = new Map([
+    [4001, 'unauthorized'],
+    [4002, 'expired'],
+    [4003, 'forbidden'],
+  ]);
+  const AUTH_REF = 'auth';
 
   const $ = (id) => document.getElementById(id);
   const ui = {
+    banner: $('banner'),
+    identity: $('identity'),
+    identityAs: $('identity-as'),
+    identityName: $('identity-name'),
+    nameField: $('name-field'),
     status: $('status'),
     node: $('node'),
     joinForm: $('join-form'),
@@ -45,7 +65,8 @@
    * @typedef {{
    *   name: string, user: string, state: 'offline'|'joining'|'joined'|'failed',
    *   since: (string|null), cursor: (string|null), seen: Set<string>,
-   *   lines: HTMLElement[], members: {name: string, color: string}[], unread: number,
+   *   lines: HTMLElement[], members: {name: string, color: string, id: (string|null)}[],
+   *   unread: number,
    *   tab: HTMLElement, badge: HTMLElement, retry: (number|null), everJoined: boolean
    * }} Room
    */
@@ -59,7 +80,98 @@
     /** @type {string|null} */ current: null,
     refSeq: 0,
     /** @type {Map<string, {kind: string, room: string, text?: string}>} */ refs: new Map(),
+    // jwt mode: the connection token (memory only) and where to get a new one.
+    /** @type {string|null} */ token: null,
+    /** @type {string|null} */ refreshUrl: null,
+    refreshing: false,
+    // Set when the server refused who we are (4001/4002/4003, or the token): no reconnect.
+    stopped: false,
   };
+
+  // ---------- token from the URL fragment ----------
+
+  /** Reads `#token=...&refresh=...` and removes both from the address bar. */
+  function readFragment() {
+    const hash = window.location.hash.replace(/^#/, '');
+    if (hash === '') return;
+    let params;
+    try {
+      params = new URLSearchParams(hash);
+    } catch (_) {
+      return;
+    }
+    const token = (params.get('token') || '').trim();
+    const refresh = (params.get('refresh') || '').trim();
+    if (!params.has('token') && !params.has('refresh')) return;
+    if (token !== '') state.token = token;
+    if (refresh !== '') state.refreshUrl = sameOriginUrl(refresh);
+    params.delete('token');
+    params.delete('refresh');
+    const rest = params.toString();
+    try {
+      const url = window.location.pathname + window.location.search + (rest ? `#${rest}` : '');
+      window.history.replaceState(window.history.state, '', url);
+    } catch (_) {
+      // not allowed here (file://): the token stays in the address bar, nothing else changes.
+    }
+  }
+
+  /** The refresh URL, if it is http(s) on this page's origin (the request carries cookies). */
+  function sameOriginUrl(raw) {
+    try {
+      const url = new URL(raw, window.location.href);
+      const web = url.protocol === 'http:' || url.protocol === 'https:';
+      return web && url.origin === window.location.origin ? url.href : null;
+    } catch (_) {
+      return null;
+    }
+  }
+
+  // ---------- banner ----------
+
+  /** A message above the chat; `kind` is a data attribute for styling and tests. */
+  function showBanner(kind, text) {
+    ui.banner.dataset.kind = kind;
+    ui.banner.textContent = text;
+    ui.banner.hidden = false;
+  }
+
+  function hideBanner(kind) {
+    if (kind === undefined || ui.banner.dataset.kind === kind) {
+      ui.banner.hidden = true;
+      ui.banner.textContent = '';
+      delete ui.banner.dataset.kind;
+    }
+  }
+
+  /** The server refused who we are: say so, and stop reconnecting. */
+  function notAuthorized(kind, text) {
+    state.stopped = true;
+    if (state.timer !== null) {
+      clearTimeout(state.timer);
+      state.timer = null;
+    }
+    showBanner(kind, text);
+    if (kind === 'unauthorized') ui.identity.hidden = true; // not signed in after all
+    setStatus('stopped', kind === 'expired' ? 'session expired' : 'not authorized');
+  }
+
+  // ---------- identity (jwt mode) ----------
+
+  /** With a token the name field is not needed: the token's `name` claim is the name. */
+  function setTokenMode(on) {
+    ui.nameField.hidden = on;
+    ui.name.disabled = on;
+    ui.identity.hidden = !on;
+    ui.hint.textContent = on
+      ? 'Pick a room, then press Join.'
+      : 'Pick a display name and a room, then press Join.';
+  }
+
+  function showIdentity(name) {
+    ui.identityName.textContent = name;
+    ui.identityAs.hidden = false;
+  }
 
   // ---------- storage ----------
 
@@ -123,6 +235,7 @@
       clearTimeout(state.timer);
       state.timer = null;
     }
+    if (state.stopped) return;
     setStatus('connecting', 'connecting…');
     let ws;
     try {
@@ -133,6 +246,12 @@
     }
     state.ws = ws;
     state.ready = false;
+    ws.onopen = () => {
+      // jwt mode: the token goes first, as a frame (never in the URL); `welcome` answers it.
+      if (state.ws !== ws || state.token === null) return;
+      setStatus('connecting', 'signing in…');
+      ws.send(JSON.stringify({ type: 'auth', token: state.token, ref: AUTH_REF }));
+    };
     ws.onmessage = (ev) => {
       if (state.ws === ws && typeof ev.data === 'string') onFrame(ev.data);
     };
@@ -168,6 +287,20 @@
       if (room.state !== 'failed') setRoomState(room, 'offline');
     }
     renderMembers();
+    const auth = AUTH_CLOSES.get(ev.code);
+    if (auth === 'expired') {
+      notAuthorized('expired', 'Session expired: sign in again to keep chatting.');
+    } else if (auth === 'forbidden') {
+      notAuthorized('forbidden', 'Disconnected by the server: you are no longer allowed here.');
+    } else if (auth === 'unauthorized' && !state.stopped) {
+      notAuthorized(
+        'unauthorized',
+        state.token === null
+          ? 'Not authorized: this chat needs a sign-in token (open it from your sign-in link).'
+          : `Not authorized: ${ev.reason || 'unauthorized'}`,
+      );
+    }
+    if (state.stopped) return;
     const why = ev.code === 1001 ? 'node draining' : ev.reason || (ev.code ? `closed ${ev.code}` : 'closed');
     scheduleReconnect(why);
   }
@@ -184,7 +317,9 @@
   // ---------- rooms ----------
 
   function joinRoom(room) {
-    const frame = { type: 'join', room: room.name, name: room.user };
+    const frame = { type: 'join', room: room.name };
+    // jwt mode ignores `name` (the token names the user); anonymous mode needs it.
+    if (room.user) frame.name = room.user;
     // Resume from the cursor when we have one: the server replays what we missed.
     room.since = room.cursor;
     if (room.since !== null) frame.since = room.since;
@@ -378,22 +513,32 @@
 
   // ---------- members ----------
 
+  /** Who a member is: the user id in jwt mode (two users may share a name), else the name. */
+  function memberKey(m) {
+    return m.id !== null ? `id:${m.id}` : `name:${m.name}`;
+  }
+
   function renderMembers() {
     const room = state.current === null ? null : state.rooms.get(state.current);
-    const byName = new Map();
+    const byKey = new Map();
     if (room && room.state === 'joined') {
       for (const m of room.members) {
-        const e = byName.get(m.name);
+        const key = memberKey(m);
+        const e = byKey.get(key);
         if (e) e.count += 1;
-        else byName.set(m.name, { color: m.color, count: 1 });
+        else byKey.set(key, { name: m.name, id: m.id, color: m.color, count: 1 });
       }
     }
-    const items = [...byName.entries()].sort((a, b) => a[0].localeCompare(b[0]));
+    const items = [...byKey.values()].sort((a, b) => a.name.localeCompare(b.name));
     ui.members.replaceChildren(
-      ...items.map(([name, { color, count }]) => {
+      ...items.map(({ name, id, color, count }) => {
         const li = document.createElement('li');
         li.className = 'member';
         li.dataset.name = name;
+        if (id !== null) {
+          li.dataset.id = id;
+          li.title = id;
+        }
         li.dataset.count = String(count);
         const n = document.createElement('span');
         n.className = 'member-name';
@@ -418,7 +563,8 @@
   function user(u) {
     const name = u && typeof u.name === 'string' ? u.name : '?';
     const color = u && typeof u.color === 'string' ? u.color : '';
-    return { name, color };
+    const id = u && typeof u.id === 'string' ? u.id : null;
+    return { name, color, id };
   }
 
   function onFrame(data) {
@@ -451,6 +597,12 @@
       case 'error':
         onError(f);
         break;
+      case 'expiring':
+        onExpiring(f);
+        break;
+      case 'refreshed':
+        onRefreshed(f);
+        break;
       default:
         break;
     }
@@ -458,6 +610,7 @@
 
   function onWelcome(f) {
     state.ready = true;
+    hideBanner('refresh');
     state.attempt = 0;
     ui.node.textContent = typeof f.node === 'string' ? f.node : '?';
     setStatus('connected', 'connected');
@@ -478,6 +631,7 @@
       systemLine(room, 'missed', 'some messages may have been missed');
     }
     setRoomState(room, 'joined');
+    if (me.id !== null) showIdentity(me.name);
     if (first) systemLine(room, 'joined', `You joined ${room.name} as ${me.name}`);
     if (room.name === state.current) renderMembers();
   }
@@ -505,7 +659,7 @@
       room.members.push(u);
       systemLine(room, 'presence', `${u.name} joined`);
     } else if (f.event === 'leave') {
-      const i = room.members.findIndex((m) => m.name === u.name);
+      const i = room.members.findIndex((m) => memberKey(m) === memberKey(u));
       if (i >= 0) room.members.splice(i, 1);
       systemLine(room, 'presence', `${u.name} left`);
     } else {
@@ -514,11 +668,66 @@
     if (room.name === state.current) renderMembers();
   }
 
+  function onExpiring(f) {
+    const inMs = Number.isFinite(f.in_ms) ? f.in_ms : 0;
+    const left = `${Math.max(1, Math.round(inMs / 1000))} s`;
+    if (state.refreshUrl === null) {
+      showBanner('refresh', `Your session ends in ${left}: sign in again to keep chatting.`);
+      return;
+    }
+    if (state.refreshing) return;
+    state.refreshing = true;
+    fetch(state.refreshUrl, { credentials: 'same-origin', cache: 'no-store' })
+      .then((res) => {
+        if (!res.ok) throw new Error(`HTTP ${res.status}`);
+        return res.text();
+      })
+      .then((body) => {
+        const token = body.trim();
+        if (token === '') throw new Error('empty answer');
+        // Reconnects authenticate with the new token too.
+        state.token = token;
+        sendFrame({ type: 'refresh', token, ref: nextRef('refresh', '') });
+      })
+      .catch((e) => {
+        // The token is not in `e`: only the status or the network error.
+        showBanner('refresh', `Could not renew the session (${e.message}); it ends in ${left}.`);
+      })
+      .finally(() => {
+        state.refreshing = false;
+      });
+  }
+
+  function onRefreshed(f) {
+    if (typeof f.ref === 'string') state.refs.delete(f.ref);
+    hideBanner('refresh');
+    if (Number.isFinite(f.exp) && f.exp > 0) {
+      ui.status.title = `session valid until ${new Date(f.exp * 1000).toLocaleString()}`;
+    }
+  }
+
   function onError(f) {
     const code = typeof f.code === 'string' ? f.code : 'error';
     const message = typeof f.message === 'string' ? f.message : '';
+    if (f.ref === AUTH_REF && code === 'bad_request' && state.ready) {
+      // A gateway in anonymous mode: no token is needed, so a display name is.
+      state.token = null;
+      setTokenMode(false);
+      showBanner('info', 'This gateway does not use sign-in tokens: pick a display name.');
+      return;
+    }
+    if (code === 'unauthorized' && (f.ref === AUTH_REF || !state.ready)) {
+      // The token was refused (bad signature, expired, ...): the message says why.
+      notAuthorized('unauthorized', `Not authorized: ${message || code}`);
+      if (state.ws) state.ws.close(1000, 'unauthorized');
+      return;
+    }
     const info = typeof f.ref === 'string' ? state.refs.get(f.ref) : undefined;
     if (info) state.refs.delete(f.ref);
+    if (info && info.kind === 'refresh') {
+      showBanner('refresh', `Could not renew the session: ${message || code}`);
+      return;
+    }
     const room = info ? state.rooms.get(info.room) : undefined;
     if (info && info.kind === 'join' && room) {
       if (code === 'already_joined') {
@@ -551,7 +760,9 @@
 
   ui.joinForm.addEventListener('submit', (ev) => {
     ev.preventDefault();
-    const n = validName(ui.name.value);
+    // jwt mode: the token names the user, no display name to check or remember (a saved
+    // one still goes along, in case the gateway turns out to be anonymous).
+    const n = state.token !== null ? { name: validName(ui.name.value).name || '' } : validName(ui.name.value);
     if (n.error) {
       showHint(n.error);
       ui.name.focus();
@@ -563,7 +774,7 @@
       ui.room.focus();
       return;
     }
-    store(STORE_NAME, n.name);
+    if (state.token === null) store(STORE_NAME, n.name);
     addRoom(r.room, n.name, true);
     ui.room.value = '';
     ui.text.focus();
@@ -589,11 +800,13 @@
   });
 
   window.addEventListener('online', () => {
-    if (state.ws === null) connect();
+    if (state.ws === null && !state.stopped) connect();
   });
 
   // ---------- start ----------
 
+  readFragment();
+  if (state.token !== null) setTokenMode(true);
   const savedName = load(STORE_NAME);
   if (savedName !== null) ui.name.value = savedName;
   let savedRooms = [];
@@ -605,12 +818,13 @@
   }
   const savedCurrent = load(STORE_CURRENT);
   const who = validName(savedName || '');
-  if (who.name) {
+  if (state.token !== null && who.name === undefined) who.name = '';
+  if (who.name !== undefined) {
     for (const r of savedRooms) addRoom(r, who.name, false);
     if (savedCurrent !== null && state.rooms.has(savedCurrent)) selectRoom(savedCurrent);
   }
   updateComposer();
-  if (!ui.name.value) ui.name.focus();
+  if (!ui.name.value && state.token === null) ui.name.focus();
   else ui.room.focus();
   connect();
 })();
