@@ -7,6 +7,10 @@
 #   - wrong values (helm/ci/invalid/*.yaml) must make helm template fail
 #   - the rendered TOML config of each set passes `$ROOMCAST_BIN config --check FILE`
 #   - terminationGracePeriodSeconds == propagationDelay + timeout + margin (several sets)
+#   - identity (auth.*): [auth]/[auth.jwt] rendered, the HS256 key only as a mounted file
+#     (existing or generated Secret), trustedProxies defaulted for the ingress, the jwt-mode
+#     helm test (probe --mint, or a token Secret), checksum/auth, and `roomcast token` minting
+#     a verifiable token from a rendered config plus a key file
 #   - the dashboard: helm/dashboards/roomcast.json is a regular file, byte-identical to
 #     grafana/roomcast.json (the single source; a copy, not a symlink, so helm prints no
 #     symlink warning), `helm template` and `helm package` carry exactly that file, no helm
@@ -148,6 +152,10 @@ else
             continue
         fi
         # Only the file is checked: keep ROOMCAST_* variables of this shell out of it.
+        # In jwt mode the file names key files the pod mounts (auth.jwt.secret_file under
+        # /var/run/secrets/roomcast/jwt, public_key_file): `config --check` validates keys and
+        # values only and does not open those files (the gateway reads them at start), so
+        # they need not exist here; the minting check below reads a real key file.
         unset_args=()
         while IFS= read -r var; do unset_args+=(-u "$var"); done \
             < <(env | sed -n 's/^\(ROOMCAST_[A-Z0-9_]*\)=.*/\1/p')
@@ -158,6 +166,58 @@ else
             fail "roomcast config --check ($set)" "$OUT/config-$set.fail"
         fi
     done
+fi
+
+# --- jwt mode: the rendered config + the mounted key file mint a token ------------------
+# What the helm test pod does (`roomcast probe --config /etc/roomcast/roomcast.toml --mint`)
+# and what NOTES tell operators to run (`roomcast token --config ...`): the same config file,
+# with secret_file pointed at a local copy of the key from the rendered Secret (generated
+# set) or a stand-in key (existing Secret), must mint an HS256 token carrying the
+# configured iss/aud, verifiable with that key.
+mint_check() {
+    local set="$1" key="$2"
+    local toml="$OUT/roomcast-$set.toml" local_toml="$OUT/mint-$set.toml" keyfile="$OUT/mint-$set.key"
+    [ -f "$toml" ] || return
+    local no_env=()
+    while IFS= read -r var; do no_env+=(-u "$var"); done \
+        < <(env | sed -n 's/^\(ROOMCAST_[A-Z0-9_]*\)=.*/\1/p')
+    printf '%s\n' "$key" >"$keyfile"
+    sed "s#^secret_file = .*#secret_file = \"$keyfile\"#" "$toml" >"$local_toml"
+    if env "${no_env[@]}" "$ROOMCAST_BIN" token --config "$local_toml" --sub helm-check --name Check \
+        >"$OUT/mint-$set.token" 2>"$OUT/mint-$set.err" \
+        && "$PY" - "$OUT/mint-$set.token" "$keyfile" "$toml" >>"$OUT/mint-$set.err" 2>&1 <<'EOF'
+import base64, hashlib, hmac, json, sys, tomllib
+token = open(sys.argv[1]).read().strip()
+key = open(sys.argv[2]).read().rstrip().encode()
+jwt = tomllib.load(open(sys.argv[3], "rb"))["auth"]["jwt"]
+h, p, sig = token.split(".")
+dec = lambda s: base64.urlsafe_b64decode(s + "=" * (-len(s) % 4))
+assert json.loads(dec(h))["alg"] == "HS256", "alg"
+assert hmac.compare_digest(dec(sig), hmac.new(key, f"{h}.{p}".encode(), hashlib.sha256).digest()), "signature"
+claims = json.loads(dec(p))
+assert claims["sub"] == "helm-check" and claims["name"] == "Check", claims
+if "issuer" in jwt: assert claims.get("iss") == jwt["issuer"], ("iss", claims)
+if "audience" in jwt:
+    aud = claims.get("aud"); aud = aud if isinstance(aud, list) else [aud]
+    assert jwt["audience"] in aud, ("aud", claims)
+print("ok:", claims)
+EOF
+    then
+        pass "jwt: roomcast token mints a valid HS256 token from the rendered config + key file ($set)"
+    else
+        fail "jwt: roomcast token mints a valid HS256 token from the rendered config + key file ($set)" "$OUT/mint-$set.err"
+    fi
+}
+if [ -x "$ROOMCAST_BIN" ]; then
+    if [ -f "$OUT/render-jwt-generated.yaml" ]; then
+        generated_key="$("$PY" -c '
+import base64, sys, yaml
+for d in yaml.safe_load_all(open(sys.argv[1])):
+    if d and d["kind"] == "Secret" and d["metadata"]["name"] == "chat-jwt":
+        print(base64.b64decode(d["data"]["jwt-secret"]).decode())' "$OUT/render-jwt-generated.yaml")"
+        mint_check jwt-generated "$generated_key"
+    fi
+    mint_check jwt "stand-in-key-for-the-existing-secret"
 fi
 
 # --- terminationGracePeriodSeconds follows the drain settings ---------------------------
@@ -213,9 +273,21 @@ else
     fail "checksum/config changes with the config" "$OUT/checksum.log"
 fi
 
+# checksum/auth (jwt mode) rolls pods when the key source or the public key changes.
+auth_sum() { helm_q template chat "$CHART" --set auth.mode=jwt "$@" --show-only templates/deployment.yaml | sed -n 's/.*checksum\/auth: //p'; }
+a="$(auth_sum --set auth.jwt.existingSecret=k1)"; b="$(auth_sum --set auth.jwt.existingSecret=k2)"
+c="$(auth_sum --set auth.jwt.existingSecret=k1 --set-file auth.jwt.publicKey=tests/keys/rsa_public.pem)"
+d="$(auth_sum --set auth.jwt.existingSecret=k1 --set replicaCount=7)"
+if [ -n "$a" ] && [ "$a" != "$b" ] && [ "$a" != "$c" ] && [ "$a" = "$d" ]; then
+    pass "checksum/auth changes with auth.jwt.existingSecret and publicKey (not replicaCount)"
+else
+    echo "k1=$a k2=$b k1+publicKey=$c k1+replicaCount=7 -> $d" >"$OUT/checksum-auth.log"
+    fail "checksum/auth changes with auth.jwt.existingSecret and publicKey" "$OUT/checksum-auth.log"
+fi
+
 # --- structure checks on the rendered sets ---------------------------------------------
 "$PY" - "$OUT" >"$OUT/structure.log" 2>&1 <<'EOF'
-import sys, yaml, os
+import sys, yaml, os, json
 out = sys.argv[1]
 def load(name):
     p = os.path.join(out, f"render-{name}.yaml")
@@ -286,6 +358,71 @@ if i:
 r = load("replicas5")
 if r:
     checks["replicas5: 5 replicas and a PDB"] = one(r, "Deployment")["spec"]["replicas"] == 5 and one(r, "PodDisruptionBudget") is not None
+
+# --- identity (auth.*) ---
+import tomllib
+PRIVATE = ["10.0.0.0/8", "172.16.0.0/12", "192.168.0.0/16"]
+def toml_of(docs):
+    return tomllib.loads(next(x for x in docs if x["kind"] == "ConfigMap" and "roomcast.toml" in x.get("data", {}))["data"]["roomcast.toml"])
+def gateway(docs):
+    p = one(docs, "Deployment")["spec"]["template"]["spec"]
+    return p, p["containers"][0]
+def test_pod(docs):
+    return next(x for x in docs if x["kind"] == "Pod" and x["metadata"]["annotations"].get("helm.sh/hook") == "test")["spec"]
+def vol(pod, name): return next((v for v in pod.get("volumes", []) if v["name"] == name), None)
+def mount(c, name): return next((m for m in c.get("volumeMounts", []) if m["name"] == name), None)
+def secret_env(c):
+    return [e["name"] for e in c.get("env", []) if "JWT" in e["name"] or "AUTH" in e["name"]]
+cfg = toml_of(d)
+dpod, dc = gateway(d)
+checks["default: [auth] mode anonymous, no [auth.jwt], no jwt volumes"] = cfg["auth"]["mode"] == "anonymous" \
+    and "jwt" not in cfg["auth"] and vol(dpod, "jwt-secret") is None and vol(dpod, "jwt-public-key") is None
+checks["default: trusted_proxies empty without an ingress"] = cfg["server"]["trusted_proxies"] == []
+checks["default: helm test probe unchanged (no --mint, no token)"] = "--mint" not in test_pod(d)["containers"][0]["args"] \
+    and "env" not in test_pod(d)["containers"][0]
+if i:
+    checks["ingress: trusted_proxies defaults to the private ranges"] = toml_of(i)["server"]["trusted_proxies"] == PRIVATE
+j = load("jwt")
+if j:
+    jc = toml_of(j); jpod, jcont = gateway(j); jt = test_pod(j)
+    key_file = jc["auth"]["jwt"].get("secret_file", "")
+    v = vol(jpod, "jwt-secret"); m = mount(jcont, "jwt-secret")
+    checks["jwt: [auth]/[auth.jwt] rendered (mode, timeout, refresh_notice, issuer, audience, leeway)"] = \
+        (jc["auth"]["mode"], jc["auth"]["timeout"], jc["auth"]["refresh_notice"]) == ("jwt", "3s", "2m") \
+        and (jc["auth"]["jwt"].get("issuer"), jc["auth"]["jwt"].get("audience"), jc["auth"]["jwt"].get("leeway")) == ("https://auth.example.com/", "roomcast", "10s")
+    checks["jwt: HS256 key = existingSecret's key mounted as the secret_file"] = v is not None and m is not None \
+        and v["secret"]["secretName"] == "roomcast-jwt" and v["secret"]["items"] == [{"key": "hs256-key", "path": "secret"}] \
+        and key_file == m["mountPath"] + "/secret" and m.get("readOnly") is True
+    checks["jwt: no generated Secret, no key in the environment"] = not any(x["kind"] == "Secret" and x["metadata"]["name"] == "chat-jwt" for x in j) \
+        and secret_env(jcont) == []
+    checks["jwt: checksum/auth pod annotation"] = "checksum/auth" in one(j, "Deployment")["spec"]["template"]["metadata"]["annotations"]
+    checks["jwt: trusted_proxies defaults to the private ranges (ingress on)"] = jc["server"]["trusted_proxies"] == PRIVATE
+    checks["jwt: helm test probe mints with --config and the same key file"] = jt["containers"][0]["args"][-3:] == ["--config", "/etc/roomcast/roomcast.toml", "--mint"] \
+        and vol(jt, "jwt-secret") == v and mount(jt["containers"][0], "jwt-secret") == m \
+        and vol(jt, "config")["configMap"]["name"] == "chat-config"
+g2 = load("jwt-generated")
+if g2:
+    gc = toml_of(g2); gpod, gcont = gateway(g2)
+    sec = next((x for x in g2 if x["kind"] == "Secret" and x["metadata"]["name"] == "chat-jwt"), None)
+    import base64
+    key = base64.b64decode(sec["data"]["jwt-secret"]).decode() if sec else ""
+    checks["jwt-generated: Secret chat-jwt with a random key of 32+ characters"] = len(key) >= 32 and key.isalnum()
+    checks["jwt-generated: mounted as the secret_file, key not in any ConfigMap"] = vol(gpod, "jwt-secret")["secret"]["secretName"] == "chat-jwt" \
+        and gc["auth"]["jwt"]["secret_file"] == mount(gcont, "jwt-secret")["mountPath"] + "/secret" \
+        and not any(key in json.dumps(x) for x in g2 if x["kind"] == "ConfigMap")
+w = load("jwt-jwks")
+if w:
+    wc = toml_of(w); wpod, wcont = gateway(w); wt = test_pod(w)
+    pk = next((x for x in w if x["kind"] == "ConfigMap" and x["metadata"]["name"] == "chat-jwt-public-key"), None)
+    checks["jwt-jwks: jwks_url and public_key_file from a ConfigMap, no HS256 key or Secret"] = pk is not None \
+        and pk["data"]["public-key.pem"].startswith("-----BEGIN PUBLIC KEY-----") \
+        and wc["auth"]["jwt"]["jwks_url"] == "https://idp.example.com/.well-known/jwks.json" \
+        and wc["auth"]["jwt"]["public_key_file"] == mount(wcont, "jwt-public-key")["mountPath"] + "/public-key.pem" \
+        and "secret_file" not in wc["auth"]["jwt"] and vol(wpod, "jwt-secret") is None \
+        and not any(x["kind"] == "Secret" and x["metadata"]["name"] == "chat-jwt" for x in w)
+    checks["jwt-jwks: helm test token from tests.tokenSecret (no --mint)"] = "--mint" not in wt["containers"][0]["args"] \
+        and wt["containers"][0]["env"] == [{"name": "ROOMCAST_PROBE_TOKEN", "valueFrom": {"secretKeyRef": {"name": "roomcast-test-token", "key": "token"}}}]
+    checks["jwt-jwks: trusted_proxies as given (not defaulted)"] = wc["server"]["trusted_proxies"] == ["10.244.0.0/16", "fd00::/8"]
 for name, ok in checks.items():
     print(("ok    " if ok else "FAIL  ") + name)
 sys.exit(0 if all(checks.values()) else 1)

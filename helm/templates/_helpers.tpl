@@ -113,6 +113,98 @@ exit and telemetry flush.
 {{- if .Values.redis.enabled -}}false{{- else -}}true{{- end -}}
 {{- end -}}
 
+{{/*
+Identity (auth.*). In jwt mode the HS256 key comes from a Secret mounted as a file
+(auth.jwt.secret_file): auth.jwt.existingSecret, or, with neither jwksUrl nor publicKey,
+the Secret <fullname>-jwt the chart generates (templates/secret.yaml). It never goes into
+the ConfigMap or the environment. A PEM public key (auth.jwt.publicKey) is a ConfigMap
+mounted as auth.jwt.public_key_file.
+*/}}
+{{- define "roomcast.jwtMode" -}}
+{{- if eq .Values.auth.mode "jwt" -}}true{{- end -}}
+{{- end -}}
+
+{{/* jwt mode without any key given: the chart generates the HS256 key. */}}
+{{- define "roomcast.jwtGenerateSecret" -}}
+{{- $j := .Values.auth.jwt -}}
+{{- if and (include "roomcast.jwtMode" .) (not $j.existingSecret) (not $j.jwksUrl) (not $j.publicKey) -}}true{{- end -}}
+{{- end -}}
+
+{{- define "roomcast.jwtGeneratedSecretName" -}}
+{{- printf "%s-jwt" (include "roomcast.fullname" .) -}}
+{{- end -}}
+
+{{/* Name of the Secret holding the HS256 key (empty: no HS256 key). */}}
+{{- define "roomcast.jwtSecretName" -}}
+{{- if include "roomcast.jwtMode" . -}}
+{{- if .Values.auth.jwt.existingSecret -}}
+{{- .Values.auth.jwt.existingSecret -}}
+{{- else if include "roomcast.jwtGenerateSecret" . -}}
+{{- include "roomcast.jwtGeneratedSecretName" . -}}
+{{- end -}}
+{{- end -}}
+{{- end -}}
+
+{{/* Key of the HS256 key in that Secret (the generated one always uses jwt-secret). */}}
+{{- define "roomcast.jwtSecretKey" -}}
+{{- if .Values.auth.jwt.existingSecret -}}{{ .Values.auth.jwt.existingSecretKey }}{{- else -}}jwt-secret{{- end -}}
+{{- end -}}
+
+{{- define "roomcast.jwtSecretDir" -}}/var/run/secrets/roomcast/jwt{{- end -}}
+{{- define "roomcast.jwtSecretFile" -}}{{ include "roomcast.jwtSecretDir" . }}/secret{{- end -}}
+{{- define "roomcast.jwtPublicKeyDir" -}}/etc/roomcast-jwt-public-key{{- end -}}
+{{- define "roomcast.jwtPublicKeyFile" -}}{{ include "roomcast.jwtPublicKeyDir" . }}/public-key.pem{{- end -}}
+
+{{/* Volumes for the jwt key files (gateway and test pods); nothing in anonymous mode. */}}
+{{- define "roomcast.authVolumes" -}}
+{{- if include "roomcast.jwtSecretName" . }}
+- name: jwt-secret
+  secret:
+    secretName: {{ include "roomcast.jwtSecretName" . }}
+    # Only the key, under a fixed file name; 0440 (root, group = podSecurityContext.fsGroup)
+    # when there is an fsGroup, 0444 otherwise (a non-root user must read it).
+    defaultMode: {{ if .Values.podSecurityContext.fsGroup }}288{{ else }}292{{ end }}
+    items:
+      - key: {{ include "roomcast.jwtSecretKey" . }}
+        path: secret
+{{- end }}
+{{- if and (include "roomcast.jwtMode" .) .Values.auth.jwt.publicKey }}
+- name: jwt-public-key
+  configMap:
+    name: {{ include "roomcast.fullname" . }}-jwt-public-key
+{{- end }}
+{{- end -}}
+
+{{- define "roomcast.authVolumeMounts" -}}
+{{- if include "roomcast.jwtSecretName" . }}
+- name: jwt-secret
+  mountPath: {{ include "roomcast.jwtSecretDir" . }}
+  readOnly: true
+{{- end }}
+{{- if and (include "roomcast.jwtMode" .) .Values.auth.jwt.publicKey }}
+- name: jwt-public-key
+  mountPath: {{ include "roomcast.jwtPublicKeyDir" . }}
+  readOnly: true
+{{- end }}
+{{- end -}}
+
+{{/*
+server.trusted_proxies: the given list; when not set (null) and the Ingress is on, the
+private IPv4 ranges the ingress controller's pods have their addresses in, so its
+X-Forwarded-For (the real client) is believed; otherwise none.
+*/}}
+{{- define "roomcast.trustedProxies" -}}
+{{- if kindIs "invalid" .Values.trustedProxies -}}
+{{- if .Values.ingress.enabled -}}
+{{- list "10.0.0.0/8" "172.16.0.0/12" "192.168.0.0/16" | toJson -}}
+{{- else -}}
+[]
+{{- end -}}
+{{- else -}}
+{{- .Values.trustedProxies | toJson -}}
+{{- end -}}
+{{- end -}}
+
 {{/* The gateway's config file. Keys exactly as docs/configuration.md. */}}
 {{- define "roomcast.configToml" -}}
 # roomcast configuration rendered by the Helm chart (release {{ .Release.Name }}).
@@ -121,6 +213,36 @@ exit and telemetry flush.
 
 [server]
 listen = {{ printf "%s:%d" .Values.server.bindAddress (int .Values.server.port) | toJson }}
+allowed_origins = {{ .Values.allowedOrigins | default list | toJson }}
+trusted_proxies = {{ include "roomcast.trustedProxies" . }}
+header_timeout = {{ .Values.headerTimeout | toJson }}
+
+[auth]
+mode = {{ .Values.auth.mode | toJson }}
+timeout = {{ .Values.auth.timeout | toJson }}
+refresh_notice = {{ .Values.auth.refreshNotice | toJson }}
+{{- if include "roomcast.jwtMode" . }}
+{{- $j := .Values.auth.jwt }}
+
+[auth.jwt]
+leeway = {{ $j.leeway | toJson }}
+{{- with $j.issuer }}
+issuer = {{ . | toJson }}
+{{- end }}
+{{- with $j.audience }}
+audience = {{ . | toJson }}
+{{- end }}
+{{- with $j.jwksUrl }}
+jwks_url = {{ . | toJson }}
+{{- end }}
+{{- if include "roomcast.jwtSecretName" . }}
+# The HS256 key: a file from the Secret {{ include "roomcast.jwtSecretName" . }}, never the key itself.
+secret_file = {{ include "roomcast.jwtSecretFile" . | toJson }}
+{{- end }}
+{{- if $j.publicKey }}
+public_key_file = {{ include "roomcast.jwtPublicKeyFile" . | toJson }}
+{{- end }}
+{{- end }}
 
 [admin]
 listen = {{ printf "%s:%d" .Values.admin.bindAddress (int .Values.admin.port) | toJson }}
@@ -145,6 +267,8 @@ messages_per_second = {{ int .Values.limits.messagesPerSecond }}
 burst = {{ int .Values.limits.burst }}
 rate_limit_strikes = {{ int .Values.limits.rateLimitStrikes }}
 outbound_queue = {{ int .Values.limits.outboundQueue }}
+connections_per_ip = {{ int .Values.limits.connectionsPerIp }}
+connects_per_second_per_ip = {{ int .Values.limits.connectsPerSecondPerIp }}
 
 [heartbeat]
 interval = {{ .Values.heartbeat.interval | toJson }}
