@@ -444,16 +444,24 @@ impl Session {
         FrameError::new(ErrorCode::Unauthorized, e.to_string())
     }
 
+    /// Verifies a connection token (jwt mode; a refusal is counted and explained).
+    async fn verify(&self, token: &str) -> Result<auth::Claims, FrameError> {
+        let Some(verifier) = self.env.verifier() else {
+            return Err(FrameError::new(
+                ErrorCode::BadRequest,
+                "auth.mode is anonymous on this gateway: no token is needed",
+            ));
+        };
+        verifier
+            .verify(token)
+            .await
+            .map_err(|e| self.token_refused(e))
+    }
+
     /// jwt mode: checks the connection token; on success the session knows who it is,
     /// closes at the token's `exp` unless refreshed, and is welcomed.
     async fn authenticate(&mut self, token: &str) -> Result<(), FrameError> {
-        let Some(verifier) = self.env.verifier().cloned() else {
-            return Ok(());
-        };
-        let claims = verifier
-            .verify(token)
-            .await
-            .map_err(|e| self.token_refused(e))?;
+        let claims = self.verify(token).await?;
         self.set_expiry(claims.exp);
         self.identity = Some(Box::new(Identity {
             user: User::with_id(claims.sub.clone(), claims.name),
@@ -467,13 +475,7 @@ impl Session {
 
     /// jwt mode: a new token for the same `sub` moves the expiry (and the permissions).
     async fn refresh(&mut self, token: &str, reference: Option<&str>) -> Result<(), FrameError> {
-        let Some(verifier) = self.env.verifier().cloned() else {
-            return Ok(());
-        };
-        let claims = verifier
-            .verify(token)
-            .await
-            .map_err(|e| self.token_refused(e))?;
+        let claims = self.verify(token).await?;
         let Some(identity) = self.identity.as_mut() else {
             return Ok(());
         };
