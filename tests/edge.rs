@@ -27,33 +27,7 @@ async fn node(tweak: impl FnOnce(&mut roomcast::Config)) -> Node {
 /// A WebSocket upgrade request by hand on `/ws` with `Host: addr` and `headers`; returns
 /// the status, the response head and the still open stream (the session, when 101).
 async fn upgrade(addr: SocketAddr, headers: &[(&str, &str)]) -> (u16, String, TcpStream) {
-    let mut stream = TcpStream::connect(addr).await.expect("connect");
-    let mut request = format!(
-        "GET /ws HTTP/1.1\r\nHost: {addr}\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\
-         Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n"
-    );
-    for (name, value) in headers {
-        request.push_str(&format!("{name}: {value}\r\n"));
-    }
-    request.push_str("\r\n");
-    stream
-        .write_all(request.as_bytes())
-        .await
-        .expect("write upgrade");
-    let mut buf = Vec::new();
-    let head_end = loop {
-        if let Some(i) = buf.windows(4).position(|w| w == b"\r\n\r\n") {
-            break i + 4;
-        }
-        let mut chunk = [0u8; 1024];
-        let n = tokio::time::timeout(Duration::from_secs(10), stream.read(&mut chunk))
-            .await
-            .expect("upgrade response timed out")
-            .expect("read upgrade response");
-        assert!(n > 0, "connection closed before the response head");
-        buf.extend_from_slice(&chunk[..n]);
-    };
-    let head = String::from_utf8_lossy(&buf[..head_end]).to_string();
+    let (stream, head, _) = upgrade_by_hand_with(&format!("ws://{addr}/ws"), headers).await;
     let status = head
         .split_whitespace()
         .nth(1)

@@ -608,16 +608,28 @@ pub struct RawWs {
 /// Sends a WebSocket upgrade request by hand on `ws_url` and reads the response head.
 /// Returns the stream, the head (status line and headers) and any bytes after it.
 pub async fn upgrade_by_hand(ws_url: &str) -> (TcpStream, String, Vec<u8>) {
+    upgrade_by_hand_with(ws_url, &[]).await
+}
+
+/// [`upgrade_by_hand`] with extra request headers (`Origin`, `X-Forwarded-For`, ...).
+pub async fn upgrade_by_hand_with(
+    ws_url: &str,
+    headers: &[(&str, &str)],
+) -> (TcpStream, String, Vec<u8>) {
     let host = host_port(ws_url);
     let path = ws_url
         .strip_prefix("ws://")
         .and_then(|r| r.find('/').map(|i| r[i..].to_string()))
         .unwrap_or_else(|| "/".into());
     let mut stream = TcpStream::connect(&host).await.expect("connect");
-    let request = format!(
+    let mut request = format!(
         "GET {path} HTTP/1.1\r\nHost: {host}\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\
-         Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n\r\n"
+         Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n"
     );
+    for (name, value) in headers {
+        request.push_str(&format!("{name}: {value}\r\n"));
+    }
+    request.push_str("\r\n");
     stream
         .write_all(request.as_bytes())
         .await
