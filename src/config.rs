@@ -40,6 +40,8 @@ pub struct Config {
     pub otel: OtelConfig,
     pub metrics: MetricsConfig,
     pub auth: AuthConfig,
+    pub api: ApiConfig,
+    pub hooks: HooksConfig,
 }
 
 /// The client listener: chat page, WebSocket, health.
@@ -139,6 +141,85 @@ impl Default for JwtConfig {
             issuer: None,
             audience: None,
             leeway: Duration::from_secs(30),
+        }
+    }
+}
+
+/// The server API (`/api/v1/`) for a product's backend; see docs/api.md.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct ApiConfig {
+    /// Bearer keys accepted by the API. Empty (and no `keys_file`): the API is off and
+    /// its whole prefix answers 404.
+    pub keys: Vec<String>,
+    /// A file with one key per line (a mounted Secret); blank lines and `#` comments are
+    /// skipped. Its keys count in addition to `keys`.
+    pub keys_file: Option<std::path::PathBuf>,
+    /// How long an idempotency key (API `idempotency_key`, client `idem`) is remembered.
+    #[serde(with = "humantime_serde")]
+    pub idempotency_ttl: Duration,
+    /// How long a user removed from a room may not join it again.
+    #[serde(with = "humantime_serde")]
+    pub kick_ttl: Duration,
+    /// Requests per second allowed per key (a burst of the same size).
+    pub requests_per_second: u32,
+    /// Largest request body accepted (413 above).
+    pub max_body_bytes: usize,
+}
+
+impl Default for ApiConfig {
+    fn default() -> Self {
+        Self {
+            keys: Vec::new(),
+            keys_file: None,
+            idempotency_ttl: Duration::from_secs(600),
+            kick_ttl: Duration::from_secs(300),
+            requests_per_second: 1000,
+            max_body_bytes: 64 * 1024,
+        }
+    }
+}
+
+/// Calls to the product's backend; see docs/api.md.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct HooksConfig {
+    /// The HMAC-SHA256 key that signs every hook request (`X-Roomcast-Signature`).
+    pub secret: Option<String>,
+    /// A file holding that key (a mounted Secret); trailing whitespace is ignored.
+    pub secret_file: Option<std::path::PathBuf>,
+    pub publish: PublishHookConfig,
+}
+
+/// What a hook call that fails (timeout, connection error, bad reply) decides.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum OnError {
+    /// The message is refused (`rejected`): nothing unchecked gets through.
+    #[default]
+    Deny,
+    /// The message is published unchecked.
+    Allow,
+}
+
+/// The publish hook: asked before each client message is published.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct PublishHookConfig {
+    /// `http(s)://` URL to POST to; unset: no hook.
+    pub url: Option<String>,
+    /// How long the hook may take before `on_error` decides.
+    #[serde(with = "humantime_serde")]
+    pub timeout: Duration,
+    pub on_error: OnError,
+}
+
+impl Default for PublishHookConfig {
+    fn default() -> Self {
+        Self {
+            url: None,
+            timeout: Duration::from_secs(1),
+            on_error: OnError::Deny,
         }
     }
 }
@@ -530,6 +611,46 @@ impl Config {
         if self.otel.service_name.is_empty() {
             return Err(invalid("otel.service_name", "must not be empty"));
         }
+        let api = &self.api;
+        if api.keys.iter().any(|k| k.trim().len() < 16) {
+            return Err(invalid(
+                "api.keys",
+                "every key must be at least 16 characters (use a random string)",
+            ));
+        }
+        if api.idempotency_ttl < Duration::from_secs(1) {
+            return Err(invalid("api.idempotency_ttl", "must be at least 1s"));
+        }
+        if api.kick_ttl < Duration::from_secs(1) {
+            return Err(invalid("api.kick_ttl", "must be at least 1s"));
+        }
+        if api.requests_per_second == 0 {
+            return Err(invalid("api.requests_per_second", "must be at least 1"));
+        }
+        if api.max_body_bytes < 1024 {
+            return Err(invalid("api.max_body_bytes", "must be at least 1024"));
+        }
+        let hooks = &self.hooks;
+        if let Some(url) = &hooks.publish.url {
+            if !(url.starts_with("http://") || url.starts_with("https://")) {
+                return Err(invalid(
+                    "hooks.publish.url",
+                    "must start with http:// or https://",
+                ));
+            }
+            if hooks.secret.is_none() && hooks.secret_file.is_none() {
+                return Err(invalid(
+                    "hooks.secret",
+                    "hooks.publish.url needs hooks.secret or hooks.secret_file (requests are signed)",
+                ));
+            }
+        }
+        if hooks.secret.as_deref().is_some_and(|s| s.len() < 16) {
+            return Err(invalid("hooks.secret", "must be at least 16 bytes"));
+        }
+        if hooks.publish.timeout.is_zero() {
+            return Err(invalid("hooks.publish.timeout", "must be more than 0"));
+        }
         Ok(())
     }
 
@@ -562,6 +683,12 @@ impl Config {
         }
         if shown.auth.jwt.secret.is_some() {
             shown.auth.jwt.secret = Some("<redacted>".into());
+        }
+        for key in &mut shown.api.keys {
+            *key = "<redacted>".into();
+        }
+        if shown.hooks.secret.is_some() {
+            shown.hooks.secret = Some("<redacted>".into());
         }
         if let Some(url) = &shown.redis.url {
             shown.redis.url = Some(redact_url_password(url));
@@ -599,6 +726,7 @@ fn environment_source(
         .list_separator(",")
         .with_list_parse_key("server.allowed_origins")
         .with_list_parse_key("server.trusted_proxies")
+        .with_list_parse_key("api.keys")
         .source(Some(accepted));
     (env, unknown)
 }

@@ -40,6 +40,18 @@ pub(crate) struct Metrics {
     pub(crate) bus_up: IntGauge,
     pub(crate) bus_reconnects: IntCounter,
     pub(crate) draining: IntGauge,
+    /// Publish hook calls by result: allow, rewrite, deny, error (failed or timed out;
+    /// `hooks.publish.on_error` decided).
+    pub(crate) hook_results: IntCounterVec,
+    /// Publish hook round-trip time (answered calls and failures alike).
+    pub(crate) hook_duration: Histogram,
+    /// Server API requests by endpoint (a fixed set) and HTTP status.
+    pub(crate) api_requests: IntCounterVec,
+    /// Sends (client `idem` or API `idempotency_key`) answered with an earlier id.
+    pub(crate) idempotent_duplicates: IntCounter,
+    /// Typing indicators relayed to local members / dropped by the per-user throttle.
+    pub(crate) typing_relayed: IntCounter,
+    pub(crate) typing_dropped: IntCounter,
     room_messages: IntCounterVec,
     /// Rooms that have their own label; bounded by `metrics.room_label_cap`.
     labelled_rooms: Mutex<HashSet<String>>,
@@ -83,6 +95,30 @@ impl Metrics {
         .expect("valid metric");
         registry
             .register(Box::new(delivery_latency.clone()))
+            .expect("unique metric");
+        let hook_duration = Histogram::with_opts(
+            HistogramOpts::new(
+                "roomcast_hook_duration_seconds",
+                "Publish hook round-trip time, failures included.",
+            )
+            .buckets(vec![
+                0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0,
+            ]),
+        )
+        .expect("valid metric");
+        registry
+            .register(Box::new(hook_duration.clone()))
+            .expect("unique metric");
+        let api_requests = IntCounterVec::new(
+            Opts::new(
+                "roomcast_api_requests_total",
+                "Server API requests by endpoint and HTTP status.",
+            ),
+            &["endpoint", "status"],
+        )
+        .expect("valid metric");
+        registry
+            .register(Box::new(api_requests.clone()))
             .expect("unique metric");
         let build_info = IntGaugeVec::new(
             Opts::new(
@@ -148,6 +184,25 @@ impl Metrics {
             bus_up: gauge("roomcast_bus_up", "1 while the bus is connected."),
             bus_reconnects: counter("roomcast_bus_reconnects_total", "Bus reconnections."),
             draining: gauge("roomcast_draining", "1 while this node drains."),
+            hook_results: counter_vec(
+                "roomcast_hook_requests_total",
+                "Publish hook calls by result (allow, rewrite, deny, error).",
+                "result",
+            ),
+            hook_duration,
+            api_requests,
+            idempotent_duplicates: counter(
+                "roomcast_idempotent_duplicates_total",
+                "Sends answered with the id of an earlier send with the same idempotency key.",
+            ),
+            typing_relayed: counter(
+                "roomcast_typing_relayed_total",
+                "Typing indicators handed to local members' rooms.",
+            ),
+            typing_dropped: counter(
+                "roomcast_typing_dropped_total",
+                "Typing indicators dropped by the one-per-user-per-second throttle.",
+            ),
             room_messages: counter_vec(
                 "roomcast_room_messages_total",
                 "Messages received from the bus per room (bounded label set; the rest under _other).",
@@ -169,6 +224,9 @@ impl Metrics {
         }
         for reason in REFUSED_REASONS {
             m.refused.with_label_values(&[reason]);
+        }
+        for result in ["allow", "rewrite", "deny", "error"] {
+            m.hook_results.with_label_values(&[result]);
         }
         m
     }

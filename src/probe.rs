@@ -125,6 +125,7 @@ pub async fn probe(args: ProbeArgs) -> anyhow::Result<()> {
             name: Some(format!("probe-{:04x}", nonce & 0xffff)),
             since: None,
             token: None,
+            history: None,
             reference: Some(JOIN_REF.into()),
         };
         ws.send(Message::text(join.to_json())).await?;
@@ -145,6 +146,7 @@ pub async fn probe(args: ProbeArgs) -> anyhow::Result<()> {
                     let send = ClientFrame::Send {
                         room: args.room.clone(),
                         text: text.clone(),
+                        idem: None,
                         reference: Some(SEND_REF.into()),
                     };
                     ws.send(Message::text(send.to_json())).await?;

@@ -585,6 +585,7 @@ fn message_frame(room: &str, id: MsgId, from: &User, text: &str, ts_us: u64) -> 
         from,
         text,
         ts: ts_us / 1000,
+        replay: false,
     }
     .encode()
 }

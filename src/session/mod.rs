@@ -422,6 +422,7 @@ impl Session {
                 Box::pin(self.join(room, name.as_deref(), since.as_deref(), token.as_deref())).await
             }
             ClientFrame::Leave { room, .. } => Box::pin(self.leave(&room)).await,
+            ClientFrame::Typing { .. } => Ok(()),
             ClientFrame::Send { room, text, .. } => {
                 Box::pin(self.send(&room, text, reference.as_deref())).await
             }
@@ -676,7 +677,12 @@ impl Session {
             .instrument(span)
             .await
             .map_err(refusal)?;
-        let ack = ServerFrame::Ack { reference, id }.encode();
+        let ack = ServerFrame::Ack {
+            reference,
+            id,
+            duplicate: false,
+        }
+        .encode();
         self.handle.push(Out::Frame(Box::new(ack)));
         Ok(())
     }

@@ -256,7 +256,11 @@ fn route(
         Out::Left(room) => {
             let room = *room;
             rooms.remove(&room);
-            frames.push_back((ServerFrame::Left { room: &room }.encode(), 0));
+            frames.push_back((ServerFrame::Left {
+                    room: &room,
+                    reason: None,
+                }
+                .encode(), 0));
         }
     }
 }

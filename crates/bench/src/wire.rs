@@ -175,6 +175,7 @@ pub fn join(
             name: Some(name.to_owned()),
             since: since.map(|id| id.to_string()),
             token: None,
+            history: None,
             reference: Some(reference.to_owned()),
         }
         .to_json(),
@@ -195,6 +196,7 @@ pub fn send(protocol: Protocol, room: &str, text: &str, reference: &str) -> Stri
         Protocol::Roomcast => ClientFrame::Send {
             room: room.to_owned(),
             text: text.to_owned(),
+            idem: None,
             reference: Some(reference.to_owned()),
         }
         .to_json(),
@@ -306,6 +308,7 @@ mod tests {
                 name: Some("n".into()),
                 since: Some("4-2".into()),
                 token: None,
+                history: None,
                 reference: Some("j0".into()),
             }
         );

@@ -23,12 +23,15 @@ pub enum ErrorCode {
     Internal,
     /// A bad, missing or expired token (the message says which, never the token).
     Unauthorized,
-    /// The token does not allow this room or this publish.
+    /// The token does not allow this room or this publish, or the server API removed
+    /// the user from the room.
     Forbidden,
+    /// The publish hook refused the message (the message says why); nothing was published.
+    Rejected,
 }
 
 impl ErrorCode {
-    pub const ALL: [ErrorCode; 14] = [
+    pub const ALL: [ErrorCode; 15] = [
         ErrorCode::BadRequest,
         ErrorCode::UnknownType,
         ErrorCode::InvalidRoom,
@@ -43,6 +46,7 @@ impl ErrorCode {
         ErrorCode::Internal,
         ErrorCode::Unauthorized,
         ErrorCode::Forbidden,
+        ErrorCode::Rejected,
     ];
 
     /// The code as it appears on the wire and in metric labels.
@@ -62,6 +66,7 @@ impl ErrorCode {
             ErrorCode::Internal => "internal",
             ErrorCode::Unauthorized => "unauthorized",
             ErrorCode::Forbidden => "forbidden",
+            ErrorCode::Rejected => "rejected",
         }
     }
 }

@@ -25,6 +25,10 @@ pub enum ClientFrame {
         /// A room token (jwt mode): grants this one room to the connection's `sub`.
         #[serde(default, skip_serializing_if = "Option::is_none")]
         token: Option<String>,
+        /// Without `since`: replay the room's last `history` messages (at most
+        /// `history.size`) before live ones.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        history: Option<u32>,
         #[serde(default, rename = "ref", skip_serializing_if = "Option::is_none")]
         reference: Option<String>,
     },
@@ -36,6 +40,17 @@ pub enum ClientFrame {
     Send {
         room: String,
         text: String,
+        /// The client's idempotency key (at most [`MAX_IDEM_BYTES`]): a retry with the
+        /// same key in the same room within `api.idempotency_ttl` is acked with the first
+        /// id and publishes nothing.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        idem: Option<String>,
+        #[serde(default, rename = "ref", skip_serializing_if = "Option::is_none")]
+        reference: Option<String>,
+    },
+    /// "I am typing" in a joined room: relayed to the room's other members, never stored.
+    Typing {
+        room: String,
         #[serde(default, rename = "ref", skip_serializing_if = "Option::is_none")]
         reference: Option<String>,
     },
@@ -54,7 +69,10 @@ pub enum ClientFrame {
 }
 
 /// The `type`s a client may send.
-pub const CLIENT_TYPES: [&str; 5] = ["join", "leave", "send", "auth", "refresh"];
+pub const CLIENT_TYPES: [&str; 6] = ["join", "leave", "send", "typing", "auth", "refresh"];
+
+/// Longest `idem` key a client may attach to a `send`.
+pub const MAX_IDEM_BYTES: usize = 64;
 
 impl ClientFrame {
     /// The client's `ref`, echoed in the answer.
@@ -63,6 +81,7 @@ impl ClientFrame {
             ClientFrame::Join { reference, .. }
             | ClientFrame::Leave { reference, .. }
             | ClientFrame::Send { reference, .. }
+            | ClientFrame::Typing { reference, .. }
             | ClientFrame::Auth { reference, .. }
             | ClientFrame::Refresh { reference, .. } => reference.as_deref(),
         }
@@ -118,6 +137,15 @@ pub fn parse_client_frame(text: &str) -> Result<ClientFrame, FrameError> {
                     ErrorCode::BadRequest,
                     format!("`ref` is longer than {MAX_REF_BYTES} bytes"),
                 ));
+            }
+            if let ClientFrame::Send { idem: Some(idem), reference, .. } = &frame
+                && (idem.is_empty() || idem.len() > MAX_IDEM_BYTES)
+            {
+                return Err(FrameError::new(
+                    ErrorCode::BadRequest,
+                    format!("`idem` must be 1 to {MAX_IDEM_BYTES} bytes"),
+                )
+                .with_ref(reference.as_deref()));
             }
             Ok(frame)
         }
@@ -197,6 +225,9 @@ pub enum ServerFrame<'a> {
         text: &'a str,
         /// Publish time, Unix milliseconds.
         ts: u64,
+        /// Sent as part of a join's replay (`since` or `history`), not live.
+        #[serde(skip_serializing_if = "std::ops::Not::not")]
+        replay: bool,
     },
     Presence {
         room: &'a str,
@@ -207,9 +238,22 @@ pub enum ServerFrame<'a> {
         #[serde(rename = "ref")]
         reference: Option<&'a str>,
         id: MsgId,
+        /// The `idem` key was seen before: this is the first send's id, nothing new was
+        /// published.
+        #[serde(skip_serializing_if = "std::ops::Not::not")]
+        duplicate: bool,
     },
     Left {
         room: &'a str,
+        /// Why the server took the member out (`"removed"` by the server API); absent
+        /// when the client left.
+        #[serde(skip_serializing_if = "Option::is_none")]
+        reason: Option<&'a str>,
+    },
+    /// Another member is typing in the room.
+    Typing {
+        room: &'a str,
+        user: &'a User,
     },
     /// The connection token expires in `in_ms` milliseconds: send `refresh`.
     Expiring {
@@ -264,6 +308,7 @@ mod tests {
             name: Some("x".into()),
             since: None,
             token: None,
+            history: None,
             reference: Some("r1".into()),
         };
         assert_eq!(
@@ -315,6 +360,7 @@ mod tests {
             from: &user,
             text: "hi",
             ts: 5,
+            replay: false,
         }
         .to_json();
         let v: serde_json::Value = serde_json::from_str(&text).unwrap();
