@@ -1,6 +1,9 @@
 //! Rooms: the one owner of room operations on this replica — join (subscribe, presence,
 //! replay, undo on failure), leave (including the retry of leaves that could not reach
-//! the bus) and publish — for every caller (WebSocket sessions today, an HTTP API next).
+//! the bus), publish (idempotent with a key), typing indicators, and the server API's
+//! reads (history, members, rooms) and control (disconnect a user, remove a user from a
+//! room: a control message to every replica, each answering how many connections it
+//! affected) — for every caller (WebSocket sessions and the server API).
 //!
 //! It keeps the local members of each room and ref-counts the room's bus subscription:
 //! subscribed when the first local member joins, unsubscribed after the last leaves. A
@@ -12,7 +15,7 @@
 //! that cannot keep up closes itself). After a bus reconnect it resubscribes every room
 //! and replays what each missed from the history before any newer message.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -24,7 +27,10 @@ use prometheus::IntCounter;
 use tokio_util::sync::CancellationToken;
 use tracing::{Instrument, info, info_span, warn};
 
-use crate::bus::{Bus, BusError, BusEvent, BusReceiver, Envelope, Incoming, MemberRef};
+use crate::bus::{
+    Bus, BusError, BusEvent, BusReceiver, Control, Envelope, HistoryPage, HistoryRange, Idem,
+    Incoming, MemberRef, Published, user_key,
+};
 use crate::clock;
 use crate::metrics::Metrics;
 use crate::protocol::{Encode, MsgId, ServerFrame, User};
@@ -35,7 +41,33 @@ pub(crate) trait Member: Send + Sync {
     /// Queues a room frame without waiting. A member that cannot take it (its queue is
     /// full) closes itself as a slow consumer; it never delays the other members.
     fn deliver(&self, frame: Arc<RoomFrame>);
+    /// The server API removed the member from `room` (it is no longer a member).
+    fn removed(&self, room: &Arc<str>);
 }
+
+/// Closes connections for the server API's disconnect: implemented by the sessions layer
+/// (which knows every connection, in rooms or not) and handed to [`Rooms::set_closer`].
+pub(crate) trait Closer: Send + Sync {
+    /// Closes every connection of the user (4003) whose token `sub` is `user`, or whose
+    /// local member key is in `members`; returns how many.
+    fn close_user(&self, user: &str, members: &HashSet<u64>) -> u64;
+}
+
+/// What a control request (disconnect, kick) did across the replicas.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub(crate) struct ControlOutcome {
+    /// Connections closed or removed, summed over the replicas that answered.
+    pub(crate) affected: u64,
+    /// Replicas that received the request.
+    pub(crate) replicas: usize,
+    /// Replicas that answered in time.
+    pub(crate) answered: usize,
+}
+
+/// How long a control request waits for the replicas' answers.
+const CONTROL_TIMEOUT: Duration = Duration::from_secs(3);
+/// At most one typing indicator per user per room per this interval.
+const TYPING_INTERVAL: Duration = Duration::from_secs(1);
 
 /// A message or presence frame for one room, encoded once per replica and shared by
 /// every local recipient.
@@ -68,6 +100,10 @@ pub(crate) enum RoomError {
     /// The node's liveness is not recorded yet (just started), or the bus failed.
     #[error("the bus is unavailable")]
     Unavailable,
+    /// The server API removed the user from this room; joining again is refused for
+    /// this many more milliseconds.
+    #[error("removed from the room")]
+    Barred { ms: u64 },
 }
 
 impl From<BusError> for RoomError {
@@ -89,6 +125,27 @@ struct Room {
     /// Newest message id fanned out; older or equal ids are duplicates and skipped.
     last_id: MsgId,
     counter: IntCounter,
+    /// Typing indicators: when each user (by [`user_key`]) last had one published from
+    /// this node / relayed to this node's members. Empty unless someone types.
+    typing_out: HashMap<String, tokio::time::Instant>,
+    typing_in: HashMap<String, tokio::time::Instant>,
+}
+
+/// Whether a typing indicator from `user` may pass now (and records it if so): at most
+/// one per [`TYPING_INTERVAL`]. Forgets stale users as the map grows.
+fn typing_allowed(seen: &mut HashMap<String, tokio::time::Instant>, user: &str) -> bool {
+    let now = tokio::time::Instant::now();
+    if seen
+        .get(user)
+        .is_some_and(|at| now.duration_since(*at) < TYPING_INTERVAL)
+    {
+        return false;
+    }
+    if seen.len() >= 256 {
+        seen.retain(|_, at| now.duration_since(*at) < TYPING_INTERVAL);
+    }
+    seen.insert(user.to_string(), now);
+    true
 }
 
 /// Cheap to clone; all clones share one registry.
@@ -109,6 +166,10 @@ struct Inner {
     /// Leaves whose presence update failed (bus down); retried by [`Rooms::maintain`]
     /// so no departed member stays listed.
     deferred_leaves: Mutex<Vec<(Arc<str>, MemberRef)>>,
+    /// The sessions layer's closer, for the server API's disconnect.
+    closer: std::sync::OnceLock<Arc<dyn Closer>>,
+    /// Control requests of this node awaiting the replicas' answers: request id -> answers.
+    pending: DashMap<String, tokio::sync::mpsc::UnboundedSender<u64>>,
 }
 
 impl Rooms {
@@ -122,8 +183,23 @@ impl Rooms {
                 resubscribing: AtomicBool::new(false),
                 draining: AtomicBool::new(false),
                 deferred_leaves: Mutex::new(Vec::new()),
+                closer: std::sync::OnceLock::new(),
+                pending: DashMap::new(),
             }),
         }
+    }
+
+    /// Hands the rooms the sessions layer's closer (once, at wiring).
+    pub(crate) fn set_closer(&self, closer: Arc<dyn Closer>) {
+        let _ = self.inner.closer.set(closer);
+    }
+
+    /// Whether local member `key` is (still) in `room`: the server API may have removed it.
+    pub(crate) fn is_member(&self, room: &str, key: u64) -> bool {
+        self.inner
+            .rooms
+            .get(room)
+            .is_some_and(|r| r.members.contains_key(&key))
     }
 
     pub(crate) fn node(&self) -> &Arc<str> {
@@ -171,6 +247,7 @@ impl Rooms {
         member: Arc<dyn Member>,
         presence: MemberRef,
         since: Option<MsgId>,
+        history: usize,
     ) -> Result<Joined, RoomError> {
         if self.inner.draining.load(Ordering::Acquire) {
             return Err(RoomError::Draining);
@@ -183,7 +260,7 @@ impl Rooms {
             warn!(%room, error = %e, "join: subscribe failed");
             return Err(e.into());
         }
-        let info = match self.inner.bus.join(room, &presence, since).await {
+        let info = match self.inner.bus.join(room, &presence, since, history).await {
             Ok(info) => info,
             Err(e) => {
                 warn!(%room, error = %e, "join: presence/history failed");
@@ -191,6 +268,10 @@ impl Rooms {
                 return Err(e.into());
             }
         };
+        if let Some(ms) = info.kicked_ms {
+            self.remove_local(room, key).await;
+            return Err(RoomError::Barred { ms });
+        }
         self.inner.metrics.joins.inc();
         let replay = info
             .replay
@@ -219,6 +300,7 @@ impl Rooms {
 
     /// Publishes a message from `from` (on connection `conn`) to `room`; returns its id.
     /// Every member on every replica, the sender included, receives it through the bus.
+    /// With `idem`, a key seen within its ttl returns the first id and publishes nothing.
     pub(crate) async fn publish(
         &self,
         room: &str,
@@ -226,7 +308,8 @@ impl Rooms {
         conn: &str,
         text: String,
         traceparent: Option<String>,
-    ) -> Result<MsgId, RoomError> {
+        idem: Option<Idem>,
+    ) -> Result<Published, RoomError> {
         let envelope = Envelope::Message {
             from: from.clone(),
             text,
@@ -235,16 +318,237 @@ impl Rooms {
             conn: conn.to_string(),
             tp: traceparent,
         };
-        match self.inner.bus.publish(room, &envelope).await {
-            Ok(id) => {
-                self.inner.metrics.messages_published.inc();
-                Ok(id)
+        match self.inner.bus.publish(room, &envelope, idem).await {
+            Ok(published) => {
+                if published.duplicate {
+                    self.inner.metrics.idempotent_duplicates.inc();
+                } else {
+                    self.inner.metrics.messages_published.inc();
+                }
+                Ok(published)
             }
             Err(e) => {
                 warn!(%room, error = %e, "publish failed");
                 Err(e.into())
             }
         }
+    }
+
+    /// Relays "`user` is typing" to the room's other members on every replica, unless
+    /// this user's last one from this node was under a second ago (then it is dropped).
+    pub(crate) async fn typing(&self, room: &str, user: &User, conn: &str) -> Result<(), RoomError> {
+        let allowed = match self.inner.rooms.get_mut(room) {
+            Some(mut r) => typing_allowed(&mut r.typing_out, user_key(user)),
+            None => false,
+        };
+        if !allowed {
+            self.inner.metrics.typing_dropped.inc();
+            return Ok(());
+        }
+        let envelope = Envelope::Typing {
+            user: user.clone(),
+            node: self.inner.node.to_string(),
+            conn: conn.to_string(),
+        };
+        self.inner.bus.signal(room, &envelope).await.map_err(|e| {
+            warn!(%room, error = %e, "typing: publish failed");
+            RoomError::from(e)
+        })
+    }
+
+    /// A page of the room's history as `message` frames' parts, oldest first.
+    pub(crate) async fn history(
+        &self,
+        room: &str,
+        range: HistoryRange,
+        limit: usize,
+    ) -> Result<HistoryPage, RoomError> {
+        Ok(self.inner.bus.history(room, range, limit).await?)
+    }
+
+    /// The room's members on every replica, one per user.
+    pub(crate) async fn members(&self, room: &str) -> Result<Vec<User>, RoomError> {
+        Ok(self.inner.bus.members(room).await?)
+    }
+
+    /// Every room with members on any replica, with member counts.
+    pub(crate) async fn list(&self) -> Result<Vec<(String, usize)>, RoomError> {
+        Ok(self.inner.bus.rooms().await?)
+    }
+
+    /// Closes every connection of `user` on every replica with 4003.
+    pub(crate) async fn disconnect_user(&self, user: &str) -> Result<ControlOutcome, RoomError> {
+        let req = request_id();
+        let control = Control::Disconnect {
+            user: user.to_string(),
+            req: req.clone(),
+            from: self.inner.node.to_string(),
+        };
+        self.request(req, control).await
+    }
+
+    /// Takes `user` out of `room` on every replica (`left` with reason `removed`) and bars
+    /// them from joining it again for `ttl`.
+    pub(crate) async fn kick(
+        &self,
+        room: &str,
+        user: &str,
+        ttl: Duration,
+    ) -> Result<ControlOutcome, RoomError> {
+        // The bar first: a rejoin racing the removal is refused.
+        self.inner
+            .bus
+            .bar(room, user, ttl.as_millis() as u64)
+            .await?;
+        let req = request_id();
+        let control = Control::Kick {
+            room: room.to_string(),
+            user: user.to_string(),
+            req: req.clone(),
+            from: self.inner.node.to_string(),
+        };
+        self.request(req, control).await
+    }
+
+    /// Publishes a control request and sums the replicas' answers (those that answer
+    /// within [`CONTROL_TIMEOUT`]).
+    async fn request(&self, req: String, control: Control) -> Result<ControlOutcome, RoomError> {
+        let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel();
+        self.inner.pending.insert(req.clone(), tx);
+        let replicas = match self.inner.bus.control(&control).await {
+            Ok(n) => n,
+            Err(e) => {
+                self.inner.pending.remove(&req);
+                warn!(error = %e, "control request failed");
+                return Err(e.into());
+            }
+        };
+        let mut outcome = ControlOutcome {
+            replicas,
+            ..ControlOutcome::default()
+        };
+        let deadline = tokio::time::Instant::now() + CONTROL_TIMEOUT;
+        while outcome.answered < replicas {
+            match tokio::time::timeout_at(deadline, rx.recv()).await {
+                Ok(Some(n)) => {
+                    outcome.answered += 1;
+                    outcome.affected += n;
+                }
+                Ok(None) | Err(_) => break,
+            }
+        }
+        self.inner.pending.remove(&req);
+        if outcome.answered < replicas {
+            warn!(
+                replicas,
+                answered = outcome.answered,
+                "not every replica answered a control request in time"
+            );
+        }
+        Ok(outcome)
+    }
+
+    /// Acts on a control message from the bus (in a task of its own: removing members
+    /// talks to the bus, and the receive loop must not wait for it).
+    fn on_control(&self, payload: &[u8]) {
+        let control = match Control::decode(payload) {
+            Ok(c) => c,
+            Err(e) => {
+                self.inner.metrics.bus_decode_errors.inc();
+                warn!(error = %e, "skipping undecodable control message");
+                return;
+            }
+        };
+        match control {
+            Control::Done { req, to, n } => {
+                if *to == *self.inner.node
+                    && let Some(tx) = self.inner.pending.get(&req)
+                {
+                    let _ = tx.send(n);
+                }
+            }
+            Control::Disconnect { user, req, from } => {
+                let members = self.local_members_of(None, &user);
+                let closed = self
+                    .inner
+                    .closer
+                    .get()
+                    .map_or(0, |c| c.close_user(&user, &members));
+                if closed > 0 {
+                    info!(user = %user, closed, "disconnected by the server API");
+                }
+                self.answer(req, from, closed);
+            }
+            Control::Kick {
+                room,
+                user,
+                req,
+                from,
+            } => {
+                let rooms = self.clone();
+                tokio::spawn(async move {
+                    let room: Arc<str> = Arc::from(room);
+                    let removed = rooms.remove_user(&room, &user).await;
+                    rooms.answer(req, from, removed);
+                });
+            }
+        }
+    }
+
+    /// Tells the requesting node what this one did.
+    fn answer(&self, req: String, to: String, n: u64) {
+        let rooms = self.clone();
+        tokio::spawn(async move {
+            let done = Control::Done { req, to, n };
+            if let Err(e) = rooms.inner.bus.control(&done).await {
+                warn!(error = %e, "could not answer a control request");
+            }
+        });
+    }
+
+    /// Keys of the local members whose user is `user` ([`user_key`]), in `room` or in
+    /// any room.
+    fn local_members_of(&self, room: Option<&str>, user: &str) -> HashSet<u64> {
+        let mut keys = HashSet::new();
+        let mut collect = |r: &Room| {
+            for (key, local) in &r.members {
+                if user_key(&local.presence.user) == user {
+                    keys.insert(*key);
+                }
+            }
+        };
+        match room {
+            Some(room) => {
+                if let Some(r) = self.inner.rooms.get(room) {
+                    collect(&r);
+                }
+            }
+            None => self.inner.rooms.iter().for_each(|r| collect(&r)),
+        }
+        keys
+    }
+
+    /// Removes this node's members of `room` whose user is `user`: each is told
+    /// (`left`, reason `removed`), its presence is removed and the leave announced.
+    async fn remove_user(&self, room: &Arc<str>, user: &str) -> u64 {
+        let mut removed = 0;
+        for key in self.local_members_of(Some(room), user) {
+            let local = self
+                .inner
+                .rooms
+                .get(&**room)
+                .and_then(|r| r.members.get(&key).map(|l| (l.member.clone(), l.presence.clone())));
+            let Some((member, presence)) = local else {
+                continue;
+            };
+            member.removed(room);
+            self.leave(room, key, &presence).await;
+            removed += 1;
+        }
+        if removed > 0 {
+            info!(%room, user = %user, removed, "removed from the room by the server API");
+        }
+        removed
     }
 
     /// Periodic upkeep (every `presence.refresh`): the bus's liveness, presence restore
@@ -281,6 +585,8 @@ impl Rooms {
                     subscribed: Arc::new(tokio::sync::Mutex::new(false)),
                     last_id: MsgId::ZERO,
                     counter: self.inner.metrics.room_counter(room),
+                    typing_out: HashMap::new(),
+                    typing_in: HashMap::new(),
                 });
             entry.members.insert(key, Local { member, presence });
             entry.subscribed.clone()
@@ -417,6 +723,7 @@ impl Rooms {
             };
             match event {
                 BusEvent::Message(incoming) => self.fan_out(&incoming),
+                BusEvent::Control(payload) => self.on_control(&payload),
                 BusEvent::Reconnected => {
                     self.inner.metrics.bus_reconnects.inc();
                     self.recover("reconnect").await;
@@ -545,11 +852,38 @@ impl Rooms {
                 let _entered = span.as_ref().map(|s| s.enter());
                 let shared = Arc::new(RoomFrame {
                     room: room_name.clone(),
-                    frame: message_frame(room_name, id, &from, &text, ts),
+                    frame: message_frame(room_name, id, &from, &text, ts, false),
                     id: Some(id),
                     ts_us: ts,
                 });
                 for local in room.members.values() {
+                    local.member.deliver(shared.clone());
+                }
+            }
+            Envelope::Typing { user, conn, .. } => {
+                let key = user_key(&user);
+                if !typing_allowed(&mut room.typing_in, key) {
+                    metrics.typing_dropped.inc();
+                    return;
+                }
+                metrics.typing_relayed.inc();
+                let frame = ServerFrame::Typing {
+                    room: room_name,
+                    user: &user,
+                }
+                .encode();
+                let shared = Arc::new(RoomFrame {
+                    room: room_name.clone(),
+                    frame,
+                    id: None,
+                    ts_us: 0,
+                });
+                // Not to the typist: neither the sending connection nor (a user with an
+                // id) their other connections.
+                for local in room.members.values().filter(|m| {
+                    *m.presence.conn != *conn
+                        && (user.id.is_none() || m.presence.user.id != user.id)
+                }) {
                     local.member.deliver(shared.clone());
                 }
             }
@@ -577,26 +911,38 @@ impl Rooms {
     }
 }
 
-/// The `message` frame of one message: the same bytes live and in a replay.
-fn message_frame(room: &str, id: MsgId, from: &User, text: &str, ts_us: u64) -> Utf8Bytes {
+/// A fresh control request id.
+fn request_id() -> String {
+    format!("{:016x}", rand::random::<u64>())
+}
+
+/// The `message` frame of one message (`replay`: part of a join's replay).
+fn message_frame(
+    room: &str,
+    id: MsgId,
+    from: &User,
+    text: &str,
+    ts_us: u64,
+    replay: bool,
+) -> Utf8Bytes {
     ServerFrame::Message {
         room,
         id,
         from,
         text,
         ts: ts_us / 1000,
-        replay: false,
+        replay,
     }
     .encode()
 }
 
-/// Encodes one history entry as a `message` frame for a replay.
+/// Encodes one history entry as a `message` frame flagged as a replay.
 fn replay_frame(room: &str, id: MsgId, payload: &Bytes) -> Option<(MsgId, Utf8Bytes)> {
     match Envelope::decode(payload) {
         Ok(Envelope::Message { from, text, ts, .. }) => {
-            Some((id, message_frame(room, id, &from, &text, ts)))
+            Some((id, message_frame(room, id, &from, &text, ts, true)))
         }
-        Ok(Envelope::Presence { .. }) => None,
+        Ok(Envelope::Presence { .. } | Envelope::Typing { .. }) => None,
         Err(e) => {
             warn!(%room, %id, error = %e, "skipping undecodable history entry");
             None
@@ -618,6 +964,8 @@ mod tests {
         fn deliver(&self, _frame: Arc<RoomFrame>) {
             self.0.fetch_add(1, Ordering::Relaxed);
         }
+
+        fn removed(&self, _room: &Arc<str>) {}
     }
 
     fn rooms() -> (Rooms, CancellationToken) {
@@ -660,7 +1008,7 @@ mod tests {
                 let key = round * 100 + i as u64;
                 tasks.push(tokio::spawn(async move {
                     rooms
-                        .join(&room, key, inbox, presence(key), None)
+                        .join(&room, key, inbox, presence(key), None, 0)
                         .await
                         .expect("join");
                     if i % 2 == 1 {
@@ -675,7 +1023,7 @@ mod tests {
 
             // One message reaches each remaining member exactly once.
             rooms
-                .publish("hall", &User::new("x".into()), "c", "hi".into(), None)
+                .publish("hall", &User::new("x".into()), "c", "hi".into(), None, None)
                 .await
                 .expect("publish");
             tokio::time::timeout(Duration::from_secs(5), async {
@@ -719,6 +1067,7 @@ mod tests {
                 Arc::new(Inbox::default()),
                 presence(1),
                 None,
+                0,
             )
             .await
             .expect_err("draining");
@@ -735,9 +1084,10 @@ mod tests {
         for text in ["one", "two", "three"] {
             ids.push(
                 rooms
-                    .publish("a", &from, "c", text.into(), None)
+                    .publish("a", &from, "c", text.into(), None, None)
                     .await
-                    .unwrap(),
+                    .unwrap()
+                    .id,
             );
         }
         let joined = rooms
@@ -747,6 +1097,7 @@ mod tests {
                 Arc::new(Inbox::default()),
                 presence(1),
                 Some(ids[0]),
+                0,
             )
             .await
             .expect("join");
@@ -758,6 +1109,7 @@ mod tests {
             .collect();
         assert_eq!(replay.len(), 2);
         assert_eq!(replay[0]["type"], "message");
+        assert_eq!(replay[0]["replay"], true);
         assert_eq!(replay[0]["id"], ids[1].to_string());
         assert_eq!(replay[1]["text"], "three");
         stop.cancel();

@@ -124,10 +124,11 @@ pub async fn run(
             Some(verifier)
         }
     };
+    let hook = crate::hooks::PublishHook::from_config(&config, metrics.clone())?;
     let state = AppState {
         inner: Arc::new(StateInner {
             edge: Arc::new(Edge::new(&config)),
-            env: Env::new(config, rooms.clone(), metrics.clone(), verifier),
+            env: Env::new(config, rooms.clone(), metrics.clone(), verifier, hook),
             draining: AtomicBool::new(false),
             accepting: AtomicBool::new(true),
         }),

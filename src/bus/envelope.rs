@@ -32,6 +32,16 @@ pub(crate) enum Envelope {
         #[serde(default, skip_serializing_if = "Option::is_none")]
         tp: Option<String>,
     },
+    /// A typing indicator: relayed live, never stored, no id.
+    #[serde(rename = "t")]
+    Typing {
+        #[serde(rename = "u")]
+        user: User,
+        #[serde(rename = "n")]
+        node: String,
+        #[serde(rename = "c")]
+        conn: String,
+    },
     #[serde(rename = "p")]
     Presence {
         #[serde(rename = "e")]
@@ -73,8 +83,42 @@ impl Envelope {
     }
 }
 
+/// A node-wide control message (the server API's disconnect and kick), carried on the
+/// bus's control channel to every replica; each answers the requester with [`Control::Done`].
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "op", rename_all = "lowercase")]
+pub(crate) enum Control {
+    /// Close every connection of `user` with 4003.
+    Disconnect {
+        user: String,
+        /// The request id and the requesting node, for the answer.
+        req: String,
+        from: String,
+    },
+    /// Take `user` out of `room` (`left` with reason `removed`).
+    Kick {
+        room: String,
+        user: String,
+        req: String,
+        from: String,
+    },
+    /// One replica's answer to request `req` of node `to`: `n` connections affected.
+    Done { req: String, to: String, n: u64 },
+}
+
+impl Control {
+    pub(crate) fn encode(&self) -> String {
+        // Strings and numbers only: serialising cannot fail.
+        serde_json::to_string(self).unwrap_or_default()
+    }
+
+    pub(crate) fn decode(payload: &[u8]) -> Result<Control, serde_json::Error> {
+        serde_json::from_slice(payload)
+    }
+}
+
 /// Splits a Redis channel frame into the message id (messages: `"<id> <envelope>"`) or
-/// none (presence: the bare envelope, which starts with `{`). `None` if it is neither.
+/// none (presence and typing: the bare envelope, which starts with `{`). `None` if it is neither.
 ///
 /// Replicas of earlier builds published messages as the envelope with the id spliced in
 /// first (`{"id":"<id>",...}`); those are still read (the envelope decoder ignores the

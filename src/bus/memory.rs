@@ -12,7 +12,10 @@ use dashmap::DashMap;
 use tokio::sync::{Mutex, mpsc};
 use tokio::time::Instant;
 
-use super::{Backend, BusError, BusEvent, CatchUp, Incoming, JoinInfo, MemberRef, PresenceEvent};
+use super::{
+    Backend, BusError, BusEvent, CatchUp, HistoryPage, HistoryRange, Idem, Incoming, JoinInfo,
+    MemberRef, PresenceEvent, Published,
+};
 use crate::clock;
 use crate::protocol::{MsgId, User};
 
@@ -22,18 +25,26 @@ const CHANNEL_CAPACITY: usize = 65_536;
 #[derive(Clone)]
 pub(crate) struct MemoryBus {
     rooms: Arc<DashMap<Arc<str>, Arc<Mutex<MemRoom>>>>,
-    tx: mpsc::Sender<Incoming>,
+    tx: mpsc::Sender<Item>,
     history_size: usize,
     history_ttl: Duration,
 }
 
+/// What travels on the channel: a room's message or presence, or a control message.
+#[derive(Debug)]
+enum Item {
+    Room(Incoming),
+    Control(Bytes),
+}
+
 /// The receiving half: the channel the bus publishes into.
-pub(crate) struct MemoryReceiver(mpsc::Receiver<Incoming>);
+pub(crate) struct MemoryReceiver(mpsc::Receiver<Item>);
 
 impl MemoryReceiver {
     pub(crate) async fn next(&mut self) -> BusEvent {
         match self.0.recv().await {
-            Some(m) => BusEvent::Message(m),
+            Some(Item::Room(m)) => BusEvent::Message(m),
+            Some(Item::Control(c)) => BusEvent::Control(c),
             None => BusEvent::Closed,
         }
     }
@@ -49,6 +60,10 @@ struct MemRoom {
     members: BTreeMap<String, User>,
     /// Connections per authenticated user (jwt mode: one member per user).
     users: HashMap<String, usize>,
+    /// Idempotency keys -> (first id, forgotten at).
+    idem: HashMap<String, (MsgId, Instant)>,
+    /// Users barred from joining (server API kick) -> until.
+    barred: HashMap<String, Instant>,
     touched: Option<Instant>,
 }
 
@@ -64,6 +79,17 @@ impl MemRoom {
             .filter(|(id, _)| *id > since)
             .cloned()
             .collect()
+    }
+
+    /// The last `n` entries.
+    fn last(&self, n: usize) -> Vec<(MsgId, Bytes)> {
+        self.log.iter().skip(self.log.len().saturating_sub(n)).cloned().collect()
+    }
+
+    /// Forgets expired idempotency keys and bars.
+    fn expire(&mut self, now: Instant) {
+        self.idem.retain(|_, (_, until)| *until > now);
+        self.barred.retain(|_, until| *until > now);
     }
 }
 
@@ -88,11 +114,11 @@ impl MemoryBus {
 
     async fn send(&self, room: &str, id: Option<MsgId>, payload: Bytes) -> Result<(), BusError> {
         self.tx
-            .send(Incoming {
+            .send(Item::Room(Incoming {
                 room: Arc::from(room),
                 id,
                 payload,
-            })
+            }))
             .await
             .map_err(|_| BusError::Unavailable("memory bus closed".into()))
     }
@@ -100,8 +126,15 @@ impl MemoryBus {
     /// Forgets rooms with no members whose history expired (`history.ttl`).
     fn sweep(&self) {
         let ttl = self.history_ttl;
+        let now = Instant::now();
         self.rooms.retain(|_, room| match room.try_lock() {
-            Ok(r) => !(r.members.is_empty() && r.touched.is_none_or(|t| t.elapsed() > ttl)),
+            Ok(mut r) => {
+                r.expire(now);
+                !(r.members.is_empty()
+                    && r.idem.is_empty()
+                    && r.barred.is_empty()
+                    && r.touched.is_none_or(|t| t.elapsed() > ttl))
+            }
             Err(_) => true,
         });
     }
@@ -116,10 +149,26 @@ impl Backend for MemoryBus {
         true
     }
 
-    async fn publish(&self, room: &str, envelope: String) -> Result<MsgId, BusError> {
+    async fn publish(
+        &self,
+        room: &str,
+        envelope: String,
+        idem: Option<Idem>,
+    ) -> Result<Published, BusError> {
         let handle = self.room(room);
-        // The room lock is held across the send so ids reach the receiver in id order.
+        // The room lock is held across the send so ids reach the receiver in id order,
+        // and makes the idempotency check and the publish one step.
         let mut r = handle.lock().await;
+        let now = Instant::now();
+        if let Some(idem) = &idem
+            && let Some((id, until)) = r.idem.get(&idem.key)
+            && *until > now
+        {
+            return Ok(Published {
+                id: *id,
+                duplicate: true,
+            });
+        }
         let id = r.last.next(clock::unix_micros() / 1000);
         r.last = id;
         r.touched = Some(Instant::now());
@@ -131,7 +180,99 @@ impl Backend for MemoryBus {
             }
         }
         self.send(room, Some(id), payload).await?;
-        Ok(id)
+        if let Some(idem) = idem {
+            if r.idem.len() >= 4096 {
+                r.expire(now);
+            }
+            let until = now + Duration::from_millis(idem.ttl_ms);
+            r.idem.insert(idem.key, (id, until));
+        }
+        Ok(Published {
+            id,
+            duplicate: false,
+        })
+    }
+
+    async fn signal(&self, room: &str, envelope: String) -> Result<(), BusError> {
+        self.send(room, None, Bytes::from(envelope)).await
+    }
+
+    async fn control(&self, message: String) -> Result<usize, BusError> {
+        self.tx
+            .send(Item::Control(Bytes::from(message)))
+            .await
+            .map_err(|_| BusError::Unavailable("memory bus closed".into()))?;
+        Ok(1)
+    }
+
+    async fn bar(&self, room: &str, user_key: &str, ttl_ms: u64) -> Result<(), BusError> {
+        let handle = self.room(room);
+        let mut r = handle.lock().await;
+        let until = Instant::now() + Duration::from_millis(ttl_ms);
+        r.barred.insert(user_key.to_string(), until);
+        Ok(())
+    }
+
+    async fn history(
+        &self,
+        room: &str,
+        range: HistoryRange,
+        limit: usize,
+    ) -> Result<HistoryPage, BusError> {
+        let Some(handle) = self.rooms.get(room).map(|r| r.clone()) else {
+            return Ok(HistoryPage::default());
+        };
+        let r = handle.lock().await;
+        let mut entries: Vec<(MsgId, Bytes)> = match range {
+            HistoryRange::Latest => r.log.iter().rev().take(limit + 1).cloned().collect(),
+            HistoryRange::Before(before) => r
+                .log
+                .iter()
+                .rev()
+                .filter(|(id, _)| *id < before)
+                .take(limit + 1)
+                .cloned()
+                .collect(),
+            HistoryRange::After(after) => r
+                .log
+                .iter()
+                .filter(|(id, _)| *id > after)
+                .take(limit + 1)
+                .cloned()
+                .collect(),
+        };
+        let more = entries.len() > limit;
+        entries.truncate(limit);
+        if !matches!(range, HistoryRange::After(_)) {
+            entries.reverse();
+        }
+        Ok(HistoryPage { entries, more })
+    }
+
+    async fn members(&self, room: &str) -> Result<Vec<User>, BusError> {
+        let Some(handle) = self.rooms.get(room).map(|r| r.clone()) else {
+            return Ok(Vec::new());
+        };
+        let r = handle.lock().await;
+        Ok(super::one_per_user(r.members.values().cloned()))
+    }
+
+    async fn rooms(&self) -> Result<Vec<(String, usize)>, BusError> {
+        let handles: Vec<(Arc<str>, Arc<Mutex<MemRoom>>)> = self
+            .rooms
+            .iter()
+            .map(|r| (r.key().clone(), r.value().clone()))
+            .collect();
+        let mut out = Vec::new();
+        for (name, handle) in handles {
+            let r = handle.lock().await;
+            let n = super::one_per_user(r.members.values().cloned()).len();
+            if n > 0 {
+                out.push((name.to_string(), n));
+            }
+        }
+        out.sort();
+        Ok(out)
     }
 
     async fn subscribe(&self, _room: &str) -> Result<(), BusError> {
@@ -153,9 +294,19 @@ impl Backend for MemoryBus {
         room: &str,
         member: &MemberRef,
         since: Option<MsgId>,
+        history: usize,
     ) -> Result<JoinInfo, BusError> {
         let handle = self.room(room);
         let mut r = handle.lock().await;
+        let now = Instant::now();
+        if let Some(until) = r.barred.get(super::user_key(&member.user))
+            && *until > now
+        {
+            return Ok(JoinInfo {
+                kicked_ms: Some((*until - now).as_millis() as u64),
+                ..JoinInfo::default()
+            });
+        }
         r.members.insert(member.field(), member.user.clone());
         r.touched = Some(Instant::now());
         // A user's first connection in the room announces the join.
@@ -179,6 +330,8 @@ impl Backend for MemoryBus {
         if let Some(since) = since {
             info.recovered = Some(r.reaches(since));
             info.replay = r.after(since);
+        } else if history > 0 {
+            info.replay = r.last(history);
         }
         Ok(info)
     }
@@ -261,9 +414,9 @@ mod tests {
         let (bus, mut rx) = MemoryBus::new(10, Duration::from_secs(60));
         let mut ids = Vec::new();
         for i in 0..5 {
-            ids.push(bus.publish("a", message(&i.to_string())).await.unwrap());
+            ids.push(bus.publish("a", message(&i.to_string()), None).await.unwrap().id);
         }
-        bus.publish("b", message("other")).await.unwrap();
+        bus.publish("b", message("other"), None).await.unwrap();
         assert!(ids.windows(2).all(|w| w[0] < w[1]), "{ids:?}");
         for (i, id) in ids.iter().enumerate() {
             let BusEvent::Message(m) = rx.next().await else {
@@ -282,7 +435,7 @@ mod tests {
         let (bus, _rx) = MemoryBus::new(3, Duration::from_secs(60));
         let mut ids = Vec::new();
         for i in 0..5 {
-            ids.push(bus.publish("a", message(&i.to_string())).await.unwrap());
+            ids.push(bus.publish("a", message(&i.to_string()), None).await.unwrap().id);
         }
         // ids[1] was the newest trimmed entry: everything after it is still there.
         let c = bus.catch_up("a", ids[1]).await.unwrap();
@@ -296,11 +449,11 @@ mod tests {
         let c = bus.catch_up("a", ids[4]).await.unwrap();
         assert!(c.complete && c.entries.is_empty());
 
-        let info = bus.join("a", &member("c1"), Some(ids[2])).await.unwrap();
+        let info = bus.join("a", &member("c1"), Some(ids[2]), 0).await.unwrap();
         assert_eq!(info.head, ids[4]);
         assert_eq!(info.recovered, Some(true));
         assert_eq!(info.replay.len(), 2);
-        let info = bus.join("a", &member("c2"), None).await.unwrap();
+        let info = bus.join("a", &member("c2"), None, 0).await.unwrap();
         assert_eq!((info.recovered, info.replay.len()), (None, 0));
         assert_eq!(info.members.len(), 2);
     }
@@ -309,7 +462,7 @@ mod tests {
     async fn presence_is_announced_once_and_idle_rooms_are_forgotten() {
         let (bus, mut rx) = MemoryBus::new(3, Duration::from_secs(1));
         let alice = member("c1");
-        bus.join("a", &alice, None).await.unwrap();
+        bus.join("a", &alice, None, 0).await.unwrap();
         bus.leave("a", &alice, true).await.unwrap();
         bus.leave("a", &alice, true).await.unwrap();
         for event in ["join", "leave"] {
@@ -332,5 +485,69 @@ mod tests {
         tokio::time::advance(Duration::from_secs(2)).await;
         bus.maintain(Vec::new).await;
         assert_eq!(bus.rooms.len(), 0);
+    }
+
+    #[tokio::test]
+    async fn an_idempotency_key_publishes_once_and_returns_the_first_id() {
+        let (bus, mut rx) = MemoryBus::new(10, Duration::from_secs(60));
+        let idem = || {
+            Some(Idem {
+                key: "api:k1".into(),
+                ttl_ms: 60_000,
+            })
+        };
+        let first = bus.publish("a", message("one"), idem()).await.unwrap();
+        let again = bus.publish("a", message("one"), idem()).await.unwrap();
+        assert!(!first.duplicate && again.duplicate);
+        assert_eq!(first.id, again.id);
+        // The same key in another room is another message.
+        let other = bus.publish("b", message("one"), idem()).await.unwrap();
+        assert!(!other.duplicate);
+        let mut received = 0;
+        while let Ok(Item::Room(_)) = rx.0.try_recv() {
+            received += 1;
+        }
+        assert_eq!(received, 2);
+        let page = bus.history("a", HistoryRange::Latest, 10).await.unwrap();
+        assert_eq!(page.entries.len(), 1);
+    }
+
+    #[tokio::test]
+    async fn history_pages_walk_the_room_both_ways_without_gap_or_duplicate() {
+        let (bus, _rx) = MemoryBus::new(100, Duration::from_secs(60));
+        let mut ids = Vec::new();
+        for i in 0..7 {
+            ids.push(bus.publish("a", message(&i.to_string()), None).await.unwrap().id);
+        }
+        let mut seen: Vec<MsgId> = Vec::new();
+        let mut page = bus.history("a", HistoryRange::Latest, 3).await.unwrap();
+        loop {
+            let mut older: Vec<MsgId> = page.entries.iter().map(|e| e.0).collect();
+            older.extend(seen);
+            seen = older;
+            if !page.more {
+                break;
+            }
+            page = bus.history("a", HistoryRange::Before(seen[0]), 3).await.unwrap();
+        }
+        assert_eq!(seen, ids);
+        let forward = bus.history("a", HistoryRange::After(ids[4]), 3).await.unwrap();
+        assert_eq!(forward.entries.iter().map(|e| e.0).collect::<Vec<_>>(), ids[5..].to_vec());
+        assert!(!forward.more);
+    }
+
+    #[tokio::test]
+    async fn a_barred_user_cannot_join_until_the_bar_expires() {
+        let (bus, _rx) = MemoryBus::new(10, Duration::from_secs(60));
+        tokio::time::pause();
+        bus.bar("a", "c1", 5_000).await.unwrap();
+        let info = bus.join("a", &member("c1"), None, 0).await.unwrap();
+        assert!(info.kicked_ms.is_some_and(|ms| ms > 0 && ms <= 5_000));
+        assert!(bus.members("a").await.unwrap().is_empty(), "nothing recorded");
+        let other = bus.join("a", &member("c2"), None, 0).await.unwrap();
+        assert_eq!(other.kicked_ms, None);
+        tokio::time::advance(Duration::from_secs(6)).await;
+        let info = bus.join("a", &member("c1"), None, 0).await.unwrap();
+        assert_eq!(info.kicked_ms, None);
     }
 }

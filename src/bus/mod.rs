@@ -22,7 +22,7 @@ use std::sync::Arc;
 
 use bytes::Bytes;
 
-pub(crate) use envelope::{Envelope, PresenceEvent};
+pub(crate) use envelope::{Control, Envelope, PresenceEvent};
 
 use crate::config::Config;
 use crate::protocol::{MsgId, User};
@@ -77,6 +77,47 @@ pub(crate) fn one_per_user(users: impl Iterator<Item = User>) -> Vec<User> {
         .collect()
 }
 
+/// The key a user is known by to the server API's disconnect and kick: the user id, or
+/// (anonymous users have none) the display name.
+pub(crate) fn user_key(user: &User) -> &str {
+    user.id.as_deref().unwrap_or(&user.name)
+}
+
+/// An idempotency key (already scoped by the caller: API key or sender) and how long the
+/// bus remembers it.
+#[derive(Debug, Clone)]
+pub(crate) struct Idem {
+    pub(crate) key: String,
+    pub(crate) ttl_ms: u64,
+}
+
+/// The outcome of a publish: the message's id, and whether it is the id of an earlier
+/// publish with the same idempotency key (then nothing was published).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct Published {
+    pub(crate) id: MsgId,
+    pub(crate) duplicate: bool,
+}
+
+/// Which part of a room's history to read.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum HistoryRange {
+    /// The newest entries.
+    Latest,
+    /// Entries older than the id.
+    Before(MsgId),
+    /// Entries newer than the id.
+    After(MsgId),
+}
+
+/// One page of a room's history, oldest first.
+#[derive(Debug, Default)]
+pub(crate) struct HistoryPage {
+    pub(crate) entries: Vec<(MsgId, Bytes)>,
+    /// Whether more entries lie beyond the page in the direction read.
+    pub(crate) more: bool,
+}
+
 /// A message (with its id) or presence event (no id) received for one room.
 #[derive(Debug)]
 pub(crate) struct Incoming {
@@ -93,8 +134,11 @@ pub(crate) struct JoinInfo {
     pub(crate) head: MsgId,
     /// `None` without `since`; otherwise whether every message after `since` is replayed.
     pub(crate) recovered: Option<bool>,
-    /// History entries after `since`: (id, envelope).
+    /// History entries after `since`, or the last `history` ones: (id, envelope).
     pub(crate) replay: Vec<(MsgId, Bytes)>,
+    /// The user was removed from the room by the server API and may not join for this
+    /// many more milliseconds; nothing was recorded.
+    pub(crate) kicked_ms: Option<u64>,
 }
 
 /// Messages after a cursor still in a room's history.
@@ -109,6 +153,8 @@ pub(crate) struct CatchUp {
 #[derive(Debug)]
 pub(crate) enum BusEvent {
     Message(Incoming),
+    /// A control message for every replica ([`Control`], still encoded).
+    Control(Bytes),
     /// The subscriber connection was re-established: subscriptions are gone and messages
     /// may have been missed in between.
     Reconnected,
@@ -126,23 +172,56 @@ pub(crate) trait Backend {
     /// if it dies; joins wait for it.
     fn is_registered(&self) -> bool;
     /// Appends the envelope to the room's history and publishes it with the id assigned
-    /// atomically with the append; returns the id.
+    /// atomically with the append; returns the id. With `idem`, a key already recorded
+    /// for the room returns the recorded id and publishes nothing; the check, the publish
+    /// and recording the key are one atomic step.
     fn publish(
         &self,
         room: &str,
         envelope: String,
-    ) -> impl Future<Output = Result<MsgId, BusError>> + Send;
+        idem: Option<Idem>,
+    ) -> impl Future<Output = Result<Published, BusError>> + Send;
+    /// Publishes an envelope to the room's members on every replica without storing it
+    /// or giving it an id (typing indicators).
+    fn signal(
+        &self,
+        room: &str,
+        envelope: String,
+    ) -> impl Future<Output = Result<(), BusError>> + Send;
+    /// Publishes a control message to every replica; returns how many receive it.
+    fn control(&self, message: String) -> impl Future<Output = Result<usize, BusError>> + Send;
+    /// Bars `user_key` ([`user_key`]) from joining `room` for `ttl_ms`.
+    fn bar(
+        &self,
+        room: &str,
+        user_key: &str,
+        ttl_ms: u64,
+    ) -> impl Future<Output = Result<(), BusError>> + Send;
+    /// A page of the room's history (at most `limit` entries), oldest first.
+    fn history(
+        &self,
+        room: &str,
+        range: HistoryRange,
+        limit: usize,
+    ) -> impl Future<Output = Result<HistoryPage, BusError>> + Send;
+    /// The room's members on every replica, one per user.
+    fn members(&self, room: &str) -> impl Future<Output = Result<Vec<User>, BusError>> + Send;
+    /// Every room with members on any replica, with its member count (one per user).
+    fn rooms(&self) -> impl Future<Output = Result<Vec<(String, usize)>, BusError>> + Send;
     /// Starts receiving the room's messages; done when this returns.
     fn subscribe(&self, room: &str) -> impl Future<Output = Result<(), BusError>> + Send;
     fn unsubscribe(&self, room: &str) -> impl Future<Output = Result<(), BusError>> + Send;
     /// Subscribes every given room again (after a reconnect or lag).
     fn resubscribe(&self, rooms: &[Arc<str>]) -> impl Future<Output = Result<(), BusError>> + Send;
-    /// Records the member's presence, announces it, and reads members and history.
+    /// Unless the member's user is barred from the room ([`JoinInfo::kicked_ms`]):
+    /// records the member's presence, announces it, and reads members and the replay
+    /// (after `since`, or else the last `history` entries).
     fn join(
         &self,
         room: &str,
         member: &MemberRef,
         since: Option<MsgId>,
+        history: usize,
     ) -> impl Future<Output = Result<JoinInfo, BusError>> + Send;
     /// Removes the member's presence and announces the leave. `last_local` tells that
     /// this node has no other member in the room.
@@ -232,9 +311,45 @@ impl Bus {
         each!(self, b => b.is_registered())
     }
 
-    pub(crate) async fn publish(&self, room: &str, envelope: &Envelope) -> Result<MsgId, BusError> {
+    pub(crate) async fn publish(
+        &self,
+        room: &str,
+        envelope: &Envelope,
+        idem: Option<Idem>,
+    ) -> Result<Published, BusError> {
         let envelope = envelope.encode();
-        each!(self, b => b.publish(room, envelope).await)
+        each!(self, b => b.publish(room, envelope, idem).await)
+    }
+
+    pub(crate) async fn signal(&self, room: &str, envelope: &Envelope) -> Result<(), BusError> {
+        let envelope = envelope.encode();
+        each!(self, b => b.signal(room, envelope).await)
+    }
+
+    pub(crate) async fn control(&self, message: &Control) -> Result<usize, BusError> {
+        let message = message.encode();
+        each!(self, b => b.control(message).await)
+    }
+
+    pub(crate) async fn bar(&self, room: &str, user_key: &str, ttl_ms: u64) -> Result<(), BusError> {
+        each!(self, b => b.bar(room, user_key, ttl_ms).await)
+    }
+
+    pub(crate) async fn history(
+        &self,
+        room: &str,
+        range: HistoryRange,
+        limit: usize,
+    ) -> Result<HistoryPage, BusError> {
+        each!(self, b => b.history(room, range, limit).await)
+    }
+
+    pub(crate) async fn members(&self, room: &str) -> Result<Vec<User>, BusError> {
+        each!(self, b => b.members(room).await)
+    }
+
+    pub(crate) async fn rooms(&self) -> Result<Vec<(String, usize)>, BusError> {
+        each!(self, b => b.rooms().await)
     }
 
     pub(crate) async fn subscribe(&self, room: &str) -> Result<(), BusError> {
@@ -254,8 +369,9 @@ impl Bus {
         room: &str,
         member: &MemberRef,
         since: Option<MsgId>,
+        history: usize,
     ) -> Result<JoinInfo, BusError> {
-        each!(self, b => b.join(room, member, since).await)
+        each!(self, b => b.join(room, member, since, history).await)
     }
 
     pub(crate) async fn leave(

@@ -5,6 +5,9 @@
 //! history), `{prefix}:{room}:members` (presence hash `node|conn` -> user JSON).
 //! Per node: `{prefix}:nodes` (sorted set of node -> liveness deadline) and
 //! `{prefix}:node:{node}:rooms` (rooms where the node has members, for reaping).
+//! Per room, for the server API: `{prefix}:{room}:idem:{key}` (idempotency key -> first
+//! id, expiring) and `{prefix}:{room}:bar:{user}` (a kicked user's bar, expiring).
+//! `{prefix}:ctl` is the control channel every replica subscribes to (disconnect, kick).
 //! Each multi-step operation is one Lua script (`lua/*.lua`), so it is atomic and one
 //! round trip: publishing is XADD + PEXPIRE + PUBLISH of `"<id> <envelope>"`. A member's
 //! presence value is its leave envelope, so a reaper announces the leave verbatim.
@@ -25,7 +28,8 @@ use std::sync::atomic::{AtomicBool, Ordering};
 
 use super::envelope::split_channel_frame;
 use super::{
-    Backend, BusError, BusEvent, CatchUp, Envelope, Incoming, JoinInfo, MemberRef, PresenceEvent,
+    Backend, BusError, BusEvent, CatchUp, Envelope, HistoryPage, HistoryRange, Idem, Incoming,
+    JoinInfo, MemberRef, PresenceEvent, Published,
 };
 use crate::clock;
 use crate::config::Config;
@@ -58,6 +62,8 @@ struct Inner {
     /// Set once this node's liveness entry is in Redis: only then may members join, or
     /// a crash right after start would leave members no reaper can find.
     registered: AtomicBool,
+    /// Set once the control channel is subscribed.
+    control_subscribed: AtomicBool,
     options: Options,
     publish: Script,
     join: Script,
@@ -71,6 +77,7 @@ pub(crate) struct RedisReceiver {
     messages: broadcast::Receiver<Message>,
     reconnects: broadcast::Receiver<fred::types::config::Server>,
     channel_prefix: String,
+    control_channel: String,
     /// The first connection is not a reconnect.
     connected_before: bool,
 }
@@ -90,6 +97,13 @@ impl RedisReceiver {
                 },
                 m = self.messages.recv() => match m {
                     Ok(msg) => {
+                        if *msg.channel == *self.control_channel {
+                            match msg.value {
+                                Value::String(s) => return BusEvent::Control(s.into_inner()),
+                                Value::Bytes(b) => return BusEvent::Control(b),
+                                _ => continue,
+                            }
+                        }
                         let Some(room) = msg
                             .channel
                             .strip_prefix(self.channel_prefix.as_str())
@@ -147,6 +161,7 @@ impl RedisBus {
             messages: subscriber.message_rx(),
             reconnects: subscriber.reconnect_rx(),
             channel_prefix: format!("{}:{{", config.redis.prefix),
+            control_channel: control_channel(&config.redis.prefix),
             connected_before: false,
         };
         client.connect();
@@ -166,6 +181,7 @@ impl RedisBus {
             history_ttl_ms: config.history.ttl.as_millis() as u64,
             presence_ttl_ms: config.presence.ttl.as_millis() as u64,
             registered: AtomicBool::new(false),
+            control_subscribed: AtomicBool::new(false),
             options,
             publish: Script::from_lua(PUBLISH_LUA),
             join: Script::from_lua(JOIN_LUA),
@@ -191,6 +207,26 @@ impl RedisBus {
 
     fn nodes_key(&self) -> String {
         format!("{}:nodes", self.inner.prefix)
+    }
+
+    /// Subscribes the control channel once (the subscriber client keeps it across
+    /// reconnects, and [`Backend::resubscribe`] repeats it).
+    async fn subscribe_control(&self) {
+        if self.inner.control_subscribed.load(Ordering::Acquire) {
+            return;
+        }
+        let sub = self.inner.subscriber.with_options(&self.inner.options);
+        match sub.subscribe(control_channel(&self.inner.prefix)).await {
+            Ok(()) => self.inner.control_subscribed.store(true, Ordering::Release),
+            Err(e) => tracing::warn!(error = %e, "subscribing the control channel failed"),
+        }
+    }
+
+    /// Runs one command (with the bus's timeout) and returns its raw reply.
+    async fn command(&self, name: &'static str, args: Vec<Value>) -> Result<Value, BusError> {
+        let client = self.inner.client.with_options(&self.inner.options);
+        let command = CustomCommand::new_static(name, None, false);
+        Ok(client.custom::<Value, Value>(command, args).await?)
     }
 
     /// Runs a script by SHA, loading it first if Redis does not know it (e.g. after a
@@ -316,20 +352,132 @@ impl Backend for RedisBus {
         self.inner.registered.load(Ordering::Acquire)
     }
 
-    async fn publish(&self, room: &str, envelope: String) -> Result<MsgId, BusError> {
-        let reply = self
-            .eval(
-                &self.inner.publish,
-                vec![self.key(room, "log")],
+    async fn publish(
+        &self,
+        room: &str,
+        envelope: String,
+        idem: Option<Idem>,
+    ) -> Result<Published, BusError> {
+        let mut keys = vec![self.key(room, "log")];
+        let mut args = vec![
+            Value::from(self.inner.history_size as i64),
+            Value::from(self.inner.history_ttl_ms as i64),
+            Value::from(self.key(room, "ch")),
+            Value::from(envelope),
+        ];
+        if let Some(idem) = idem {
+            keys.push(self.key(room, &format!("idem:{}", idem.key)));
+            args.push(Value::from(idem.ttl_ms.max(1) as i64));
+        }
+        let reply = self.eval(&self.inner.publish, keys, args).await?;
+        let Value::Array(parts) = reply else {
+            return Err(BusError::Protocol("publish: expected an array".into()));
+        };
+        let (Some(id), Some(duplicate)) = (parts.first(), parts.get(1)) else {
+            return Err(BusError::Protocol("publish: expected two parts".into()));
+        };
+        Ok(Published {
+            id: parse_id(id)?,
+            duplicate: duplicate.as_i64() == Some(1),
+        })
+    }
+
+    async fn signal(&self, room: &str, envelope: String) -> Result<(), BusError> {
+        self.command(
+            "PUBLISH",
+            vec![Value::from(self.key(room, "ch")), Value::from(envelope)],
+        )
+        .await?;
+        Ok(())
+    }
+
+    async fn control(&self, message: String) -> Result<usize, BusError> {
+        let receivers = self
+            .command(
+                "PUBLISH",
                 vec![
-                    Value::from(self.inner.history_size as i64),
-                    Value::from(self.inner.history_ttl_ms as i64),
-                    Value::from(self.key(room, "ch")),
-                    Value::from(envelope),
+                    Value::from(control_channel(&self.inner.prefix)),
+                    Value::from(message),
                 ],
             )
             .await?;
-        parse_id(&reply)
+        Ok(receivers.as_i64().unwrap_or(0).max(0) as usize)
+    }
+
+    async fn bar(&self, room: &str, user_key: &str, ttl_ms: u64) -> Result<(), BusError> {
+        self.command(
+            "SET",
+            vec![
+                Value::from(self.key(room, &format!("bar:{user_key}"))),
+                Value::from("1"),
+                Value::from("PX"),
+                Value::from(ttl_ms.max(1) as i64),
+            ],
+        )
+        .await?;
+        Ok(())
+    }
+
+    async fn history(
+        &self,
+        room: &str,
+        range: HistoryRange,
+        limit: usize,
+    ) -> Result<HistoryPage, BusError> {
+        let log = Value::from(self.key(room, "log"));
+        let count = [Value::from("COUNT"), Value::from((limit + 1) as i64)];
+        let (command, bounds) = match range {
+            HistoryRange::Latest => ("XREVRANGE", ["+".to_string(), "-".to_string()]),
+            HistoryRange::Before(id) => ("XREVRANGE", [format!("({id}"), "-".to_string()]),
+            HistoryRange::After(id) => ("XRANGE", [format!("({id}"), "+".to_string()]),
+        };
+        let mut args = vec![log];
+        args.extend(bounds.into_iter().map(Value::from));
+        args.extend(count);
+        let mut entries = parse_entries(self.command(command, args).await?)?;
+        let more = entries.len() > limit;
+        entries.truncate(limit);
+        if command == "XREVRANGE" {
+            entries.reverse();
+        }
+        Ok(HistoryPage { entries, more })
+    }
+
+    async fn members(&self, room: &str) -> Result<Vec<User>, BusError> {
+        let reply = self
+            .command("HVALS", vec![Value::from(self.key(room, "members"))])
+            .await?;
+        Ok(members_of(reply))
+    }
+
+    async fn rooms(&self) -> Result<Vec<(String, usize)>, BusError> {
+        let nodes = self
+            .command(
+                "ZRANGE",
+                vec![
+                    Value::from(self.nodes_key()),
+                    Value::from(0),
+                    Value::from(-1),
+                ],
+            )
+            .await?;
+        let mut names = std::collections::BTreeSet::new();
+        for node in strings(nodes) {
+            let rooms = self
+                .command("SMEMBERS", vec![Value::from(self.node_rooms_key(&node))])
+                .await?;
+            names.extend(strings(rooms));
+        }
+        let counts = futures_util::future::try_join_all(
+            names.iter().map(|room| self.members(room)),
+        )
+        .await?;
+        Ok(names
+            .into_iter()
+            .zip(counts)
+            .filter(|(_, members)| !members.is_empty())
+            .map(|(room, members)| (room, members.len()))
+            .collect())
     }
 
     async fn subscribe(&self, room: &str) -> Result<(), BusError> {
@@ -346,10 +494,8 @@ impl Backend for RedisBus {
     }
 
     async fn resubscribe(&self, rooms: &[Arc<str>]) -> Result<(), BusError> {
-        if rooms.is_empty() {
-            return Ok(());
-        }
-        let channels: Vec<String> = rooms.iter().map(|r| self.key(r, "ch")).collect();
+        let mut channels: Vec<String> = rooms.iter().map(|r| self.key(r, "ch")).collect();
+        channels.push(control_channel(&self.inner.prefix));
         let sub = self.inner.subscriber.with_options(&self.inner.options);
         sub.subscribe(channels).await?;
         Ok(())
@@ -360,6 +506,7 @@ impl Backend for RedisBus {
         room: &str,
         member: &MemberRef,
         since: Option<MsgId>,
+        history: usize,
     ) -> Result<JoinInfo, BusError> {
         let reply = self
             .eval(
@@ -369,6 +516,7 @@ impl Backend for RedisBus {
                     self.key(room, "log"),
                     self.node_rooms_key(&member.node),
                     self.key(room, "users"),
+                    self.key(room, &format!("bar:{}", super::user_key(&member.user))),
                 ],
                 vec![
                     Value::from(member.field()),
@@ -379,26 +527,27 @@ impl Backend for RedisBus {
                     Value::from(self.inner.history_size as i64),
                     Value::from(room),
                     Value::from(member.user.id.as_deref().unwrap_or_default()),
+                    Value::from(history.min(self.inner.history_size) as i64),
                 ],
             )
             .await?;
         let Value::Array(parts) = reply else {
             return Err(BusError::Protocol("join: expected an array".into()));
         };
+        if parts.first().and_then(|v| v.as_i64()) == Some(-2) {
+            let left = parts.get(1).and_then(|v| v.as_i64()).unwrap_or(1).max(1);
+            return Ok(JoinInfo {
+                kicked_ms: Some(left as u64),
+                ..JoinInfo::default()
+            });
+        }
         let mut parts = parts.into_iter();
         let (Some(members), Some(head), Some(recovered), Some(entries)) =
             (parts.next(), parts.next(), parts.next(), parts.next())
         else {
             return Err(BusError::Protocol("join: expected four parts".into()));
         };
-        let members = match members {
-            Value::Array(values) => super::one_per_user(
-                values
-                    .into_iter()
-                    .filter_map(|v| v.as_bytes().and_then(member_user)),
-            ),
-            _ => Vec::new(),
-        };
+        let members = members_of(members);
         let recovered = match recovered.as_i64() {
             Some(-1) | None => None,
             Some(n) => Some(n == 1),
@@ -408,6 +557,7 @@ impl Backend for RedisBus {
             head: parse_id(&head)?,
             recovered,
             replay: parse_entries(entries)?,
+            kicked_ms: None,
         })
     }
 
@@ -462,6 +612,7 @@ impl Backend for RedisBus {
             return;
         }
         let now_ms = clock::unix_micros() / 1000;
+        self.subscribe_control().await;
         match self.heartbeat(now_ms + self.inner.presence_ttl_ms).await {
             Ok(unregistered) => {
                 self.inner.registered.store(true, Ordering::Release);
@@ -499,6 +650,34 @@ impl Backend for RedisBus {
         }
         let _ = self.inner.subscriber.quit().await;
         let _ = self.inner.client.quit().await;
+    }
+}
+
+/// The control channel every replica subscribes to.
+fn control_channel(prefix: &str) -> String {
+    format!("{prefix}:ctl")
+}
+
+/// The members of a room from its presence values (HVALS), one per user.
+fn members_of(values: Value) -> Vec<User> {
+    match values {
+        Value::Array(values) => super::one_per_user(
+            values
+                .into_iter()
+                .filter_map(|v| v.as_bytes().and_then(member_user)),
+        ),
+        _ => Vec::new(),
+    }
+}
+
+/// The strings of an array reply (non-strings skipped).
+fn strings(value: Value) -> Vec<String> {
+    match value {
+        Value::Array(values) => values
+            .into_iter()
+            .filter_map(|v| v.as_string())
+            .collect(),
+        _ => Vec::new(),
     }
 }
 

@@ -163,7 +163,6 @@ impl SessionCtl {
             .unwrap_or(DisconnectReason::Client)
     }
 
-    #[cfg(test)]
     pub(crate) fn is_closed(&self) -> bool {
         self.closed.load(Ordering::Acquire)
     }

@@ -33,7 +33,8 @@ use self::room_map::RoomMap;
 pub(crate) use self::writer::Out;
 use self::writer::{CLOSE_GRACE, Release};
 use crate::auth::{self, AuthError, Verifier};
-use crate::bus::MemberRef;
+use crate::bus::{Idem, MemberRef};
+use crate::hooks::{PublishHook, Verdict};
 use crate::clock;
 use crate::config::Config;
 use crate::metrics::Metrics;
@@ -41,7 +42,7 @@ use crate::protocol::{
     ClientFrame, DisconnectReason, Encode, ErrorCode, FrameError, MsgId, ServerFrame, User,
     normalize_name, parse_client_frame, peek_ref, validate_room,
 };
-use crate::rooms::{Member, RoomError, RoomFrame, Rooms};
+use crate::rooms::{Closer, Member, RoomError, RoomFrame, Rooms};
 use crate::telemetry;
 
 /// What every session of this node shares; cheap to clone.
@@ -57,24 +58,32 @@ struct EnvInner {
     sessions: Sessions,
     /// jwt mode: checks tokens; `None` in anonymous mode.
     verifier: Option<Arc<Verifier>>,
+    /// `hooks.publish.url`: asked before each client message is published.
+    hook: Option<PublishHook>,
 }
 
 impl Env {
+    /// The sessions' shared state; also hands the rooms the closer the server API's
+    /// disconnect uses.
     pub(crate) fn new(
         config: Config,
         rooms: Rooms,
         metrics: Arc<Metrics>,
         verifier: Option<Arc<Verifier>>,
+        hook: Option<PublishHook>,
     ) -> Self {
-        Env {
-            inner: Arc::new(EnvInner {
-                config,
-                rooms,
-                metrics,
-                sessions: Sessions::default(),
-                verifier,
-            }),
-        }
+        let inner = Arc::new(EnvInner {
+            config,
+            rooms,
+            metrics,
+            sessions: Sessions::default(),
+            verifier,
+            hook,
+        });
+        inner
+            .rooms
+            .set_closer(Arc::new(SessionCloser(Arc::downgrade(&inner))));
+        Env { inner }
     }
 
     pub(crate) fn verifier(&self) -> Option<&Arc<Verifier>> {
@@ -98,10 +107,35 @@ impl Env {
     }
 }
 
+/// Closes sessions for the server API's disconnect; holds the sessions weakly (the rooms
+/// hold it, and the sessions' environment holds the rooms).
+struct SessionCloser(std::sync::Weak<EnvInner>);
+
+impl Closer for SessionCloser {
+    fn close_user(&self, user: &str, members: &std::collections::HashSet<u64>) -> u64 {
+        let Some(env) = self.0.upgrade() else {
+            return 0;
+        };
+        let mut closed = 0;
+        for session in env.sessions.open.iter() {
+            let handle = session.value();
+            let matches = members.contains(session.key())
+                || handle.user_id.get().is_some_and(|id| **id == *user);
+            if matches && !handle.ctl.is_closed() {
+                handle.close(DisconnectReason::Forbidden);
+                closed += 1;
+            }
+        }
+        closed
+    }
+}
+
 /// One session as others see it: its outbound queue and its control handle.
 pub(crate) struct Handle {
     tx: mpsc::Sender<Out>,
     pub(super) ctl: SessionCtl,
+    /// jwt mode: the token's `sub` once authenticated (it never changes afterwards).
+    user_id: std::sync::OnceLock<Box<str>>,
 }
 
 impl Handle {
@@ -122,6 +156,10 @@ impl Handle {
 impl Member for Handle {
     fn deliver(&self, frame: Arc<RoomFrame>) {
         self.push(Out::Room(frame));
+    }
+
+    fn removed(&self, room: &Arc<str>) {
+        self.push(Out::Removed(Box::new(room.clone())));
     }
 }
 
@@ -222,6 +260,7 @@ pub(crate) fn run(
         let handle = Arc::new(Handle {
             tx,
             ctl: SessionCtl::default(),
+            user_id: std::sync::OnceLock::new(),
         });
         let key = env.sessions().register(handle.clone());
         let (sink, stream) = socket.split();
@@ -417,15 +456,22 @@ impl Session {
                 name,
                 since,
                 token,
+                history,
                 ..
             } => {
-                Box::pin(self.join(room, name.as_deref(), since.as_deref(), token.as_deref())).await
+                let asked = JoinAsk {
+                    name: name.as_deref(),
+                    since: since.as_deref(),
+                    room_token: token.as_deref(),
+                    history: history.unwrap_or(0) as usize,
+                };
+                Box::pin(self.join(room, asked)).await
             }
             ClientFrame::Leave { room, .. } => Box::pin(self.leave(&room)).await,
-            ClientFrame::Typing { .. } => Ok(()),
-            ClientFrame::Send { room, text, .. } => {
-                Box::pin(self.send(&room, text, reference.as_deref())).await
-            }
+            ClientFrame::Typing { room, .. } => Box::pin(self.typing(&room)).await,
+            ClientFrame::Send {
+                room, text, idem, ..
+            } => Box::pin(self.send(&room, text, idem, reference.as_deref())).await,
         };
         if let Err(e) = result {
             self.send_error(e.with_ref(reference.as_deref()));
@@ -464,6 +510,7 @@ impl Session {
     async fn authenticate(&mut self, token: &str) -> Result<(), FrameError> {
         let claims = self.verify(token).await?;
         self.set_expiry(claims.exp);
+        let _ = self.handle.user_id.set(claims.sub.clone().into_boxed_str());
         self.identity = Some(Box::new(Identity {
             user: User::with_id(claims.sub.clone(), claims.name),
             sub: claims.sub,
@@ -525,13 +572,13 @@ impl Session {
         self.handle.push(Out::Frame(Box::new(welcome)));
     }
 
-    async fn join(
-        &mut self,
-        room: String,
-        name: Option<&str>,
-        since: Option<&str>,
-        room_token: Option<&str>,
-    ) -> Result<(), FrameError> {
+    async fn join(&mut self, room: String, asked: JoinAsk<'_>) -> Result<(), FrameError> {
+        let JoinAsk {
+            name,
+            since,
+            room_token,
+            history,
+        } = asked;
         validate_room(&room)?;
         let user = match &self.identity {
             // jwt mode: the token names the user; the room must be allowed by the
@@ -569,6 +616,7 @@ impl Session {
                 "`since` must be a message id like \"1732258000000-0\"",
             )
         })?;
+        self.forget_if_removed(&room);
         if self.memberships.rooms.contains_key(&room) {
             return Err(FrameError::new(
                 ErrorCode::AlreadyJoined,
@@ -593,7 +641,14 @@ impl Session {
         let joined = self
             .env
             .rooms()
-            .join(&room, self.key, self.handle.clone(), member.clone(), since)
+            .join(
+                &room,
+                self.key,
+                self.handle.clone(),
+                member.clone(),
+                since,
+                history.min(self.env.config().history.size),
+            )
             .instrument(info_span!("join", room = %room))
             .await;
         let joined = match joined {
@@ -621,8 +676,18 @@ impl Session {
         Ok(())
     }
 
+    /// Forgets a membership the server API ended (the rooms no longer list this session
+    /// there): the session then acts as if it had left.
+    fn forget_if_removed(&mut self, room: &str) {
+        if self.memberships.rooms.contains_key(room) && !self.env.rooms().is_member(room, self.key)
+        {
+            self.memberships.rooms.remove(room);
+        }
+    }
+
     async fn leave(&mut self, room: &str) -> Result<(), FrameError> {
         validate_room(room)?;
+        self.forget_if_removed(room);
         let Some((room, member)) = self.memberships.rooms.remove(room) else {
             return Err(not_joined(room));
         };
@@ -631,13 +696,10 @@ impl Session {
         Ok(())
     }
 
-    async fn send(
-        &mut self,
-        room: &str,
-        text: String,
-        reference: Option<&str>,
-    ) -> Result<(), FrameError> {
+    /// The membership of a room this session may send to (or type in).
+    fn sender_in(&mut self, room: &str, what: &str) -> Result<User, FrameError> {
         validate_room(room)?;
+        self.forget_if_removed(room);
         let Some(member) = self.memberships.rooms.get(room) else {
             return Err(not_joined(room));
         };
@@ -647,44 +709,82 @@ impl Session {
             self.env.metrics().refused("forbidden");
             return Err(FrameError::new(
                 ErrorCode::Forbidden,
-                format!("your token does not allow sending to {room}"),
+                format!("your token does not allow {what} {room}"),
             ));
         }
-        let max = self.env.config().limits.max_text_bytes;
-        if text.len() > max {
-            return Err(FrameError::new(
-                ErrorCode::TooLarge,
-                format!("text is {} bytes; the limit is {max}", text.len()),
-            ));
-        }
-        if text.is_empty() {
-            return Err(FrameError::new(
-                ErrorCode::BadRequest,
-                "text must not be empty",
-            ));
-        }
+        Ok(member.user.clone())
+    }
+
+    async fn send(
+        &mut self,
+        room: &str,
+        text: String,
+        idem: Option<String>,
+        reference: Option<&str>,
+    ) -> Result<(), FrameError> {
+        let user = self.sender_in(room, "sending to")?;
+        check_text(&text, self.env.config().limits.max_text_bytes)?;
         self.env.metrics().messages_received.inc();
+        // An idempotency key is the sender's own: scoped by user id, or (anonymous) by
+        // name, so two users' keys never collide.
+        let idem = idem.map(|key| Idem {
+            key: match &user.id {
+                Some(id) => format!("u:{}:{id}:{key}", id.len()),
+                None => format!("n:{}:{}:{key}", user.name.len(), user.name),
+            },
+            ttl_ms: self.env.config().api.idempotency_ttl.as_millis() as u64,
+        });
+        let text = match &self.env.inner.hook {
+            None => text,
+            Some(hook) => match hook.check(room, &user, &text, &self.conn).await {
+                Verdict::Allow => text,
+                Verdict::Rewrite(new) => {
+                    check_text(&new, self.env.config().limits.max_text_bytes).map_err(|e| {
+                        FrameError::new(
+                            ErrorCode::Rejected,
+                            format!("the publish hook's rewrite is invalid: {}", e.message),
+                        )
+                    })?;
+                    new
+                }
+                Verdict::Deny(reason) => {
+                    return Err(FrameError::new(ErrorCode::Rejected, reason));
+                }
+            },
+        };
         let rooms = self.env.rooms();
         let span = info_span!("send", node = %rooms.node(), room = %room);
-        let id = rooms
+        let published = rooms
             .publish(
                 room,
-                &member.user,
+                &user,
                 &self.conn,
                 text,
                 telemetry::traceparent(&span),
+                idem,
             )
             .instrument(span)
             .await
             .map_err(refusal)?;
         let ack = ServerFrame::Ack {
             reference,
-            id,
-            duplicate: false,
+            id: published.id,
+            duplicate: published.duplicate,
         }
         .encode();
         self.handle.push(Out::Frame(Box::new(ack)));
         Ok(())
+    }
+
+    /// Relays "typing" to the room's other members (throttled to one a second per user;
+    /// extra ones are dropped without an error).
+    async fn typing(&mut self, room: &str) -> Result<(), FrameError> {
+        let user = self.sender_in(room, "typing in")?;
+        self.env
+            .rooms()
+            .typing(room, &user, &self.conn)
+            .await
+            .map_err(refusal)
     }
 
     fn send_error(&self, error: FrameError) {
@@ -693,9 +793,41 @@ impl Session {
     }
 }
 
+/// What a `join` asked for besides the room.
+struct JoinAsk<'a> {
+    name: Option<&'a str>,
+    since: Option<&'a str>,
+    room_token: Option<&'a str>,
+    history: usize,
+}
+
+/// A message text's limits: not empty, at most `max` bytes.
+pub(crate) fn check_text(text: &str, max: usize) -> Result<(), FrameError> {
+    if text.len() > max {
+        return Err(FrameError::new(
+            ErrorCode::TooLarge,
+            format!("text is {} bytes; the limit is {max}", text.len()),
+        ));
+    }
+    if text.is_empty() {
+        return Err(FrameError::new(
+            ErrorCode::BadRequest,
+            "text must not be empty",
+        ));
+    }
+    Ok(())
+}
+
 /// What the client is told when the rooms refuse an operation.
-fn refusal(e: RoomError) -> FrameError {
+pub(crate) fn refusal(e: RoomError) -> FrameError {
     match e {
+        RoomError::Barred { ms } => FrameError::new(
+            ErrorCode::Forbidden,
+            format!(
+                "you were removed from this room; you may join again in {} s",
+                ms.div_ceil(1000)
+            ),
+        ),
         RoomError::Draining => FrameError::new(
             ErrorCode::Draining,
             "this node is draining; reconnect to another",
@@ -763,7 +895,7 @@ mod tests {
         let rooms = Rooms::new(node, bus, metrics.clone());
         let stop = CancellationToken::new();
         rooms.spawn_receiver(rx, stop.clone());
-        (Env::new(config, rooms, metrics, None), stop)
+        (Env::new(config, rooms, metrics, None, None), stop)
     }
 
     fn handle(queue: usize) -> (Arc<Handle>, mpsc::Receiver<Out>) {
@@ -771,6 +903,7 @@ mod tests {
         let handle = Arc::new(Handle {
             tx,
             ctl: SessionCtl::default(),
+            user_id: std::sync::OnceLock::new(),
         });
         (handle, rx)
     }
@@ -823,7 +956,7 @@ mod tests {
         let alice = member("c1", "alice");
         let (h, _queue) = handle(16);
         env.rooms()
-            .join(&room, 1, h, alice.clone(), None)
+            .join(&room, 1, h, alice.clone(), None, 0)
             .await
             .expect("join");
         assert_eq!(env.rooms().room_count(), 1);
@@ -853,7 +986,7 @@ mod tests {
         let bob = member("c2", "bob");
         let joined = env
             .rooms()
-            .join(&room, 2, h2, bob.clone(), None)
+            .join(&room, 2, h2, bob.clone(), None, 0)
             .await
             .expect("join");
         assert_eq!(joined.members, vec![bob.user], "alice's presence is gone");

@@ -46,6 +46,9 @@ pub(crate) enum Out {
     Abort(Box<Arc<str>>),
     /// The room was left: write `left` and drop the room's later frames.
     Left(Box<Arc<str>>),
+    /// The server API removed the member: write `left` with reason `removed` and drop
+    /// the room's later frames.
+    Removed(Box<Arc<str>>),
 }
 
 /// The answer to a join, queued behind any live frames that arrived meanwhile.
@@ -256,11 +259,21 @@ fn route(
         Out::Left(room) => {
             let room = *room;
             rooms.remove(&room);
-            frames.push_back((ServerFrame::Left {
+            let left = ServerFrame::Left {
+                room: &room,
+                reason: None,
+            };
+            frames.push_back((left.encode(), 0));
+        }
+        Out::Removed(room) => {
+            let room = *room;
+            if rooms.remove(&room).is_some() {
+                let left = ServerFrame::Left {
                     room: &room,
-                    reason: None,
-                }
-                .encode(), 0));
+                    reason: Some("removed"),
+                };
+                frames.push_back((left.encode(), 0));
+            }
         }
     }
 }
