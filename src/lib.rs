@@ -45,6 +45,8 @@ pub mod telemetry;
 mod bus;
 
 mod auth;
+pub(crate) mod api;
+pub(crate) mod hooks;
 
 mod rooms;
 
@@ -55,6 +57,7 @@ mod edge;
 mod server;
 mod web;
 
+pub mod api_cli;
 pub mod probe;
 pub mod shutdown;
 

@@ -49,8 +49,8 @@ pub(crate) trait Member: Send + Sync {
 /// (which knows every connection, in rooms or not) and handed to [`Rooms::set_closer`].
 pub(crate) trait Closer: Send + Sync {
     /// Closes every connection of the user (4003) whose token `sub` is `user`, or whose
-    /// local member key is in `members`; returns how many.
-    fn close_user(&self, user: &str, members: &HashSet<u64>) -> u64;
+    /// local member key is in `members`, telling each `reason` first; returns how many.
+    fn close_user(&self, user: &str, members: &HashSet<u64>, reason: Option<&str>) -> u64;
 }
 
 /// What a control request (disconnect, kick) did across the replicas.
@@ -377,10 +377,15 @@ impl Rooms {
     }
 
     /// Closes every connection of `user` on every replica with 4003.
-    pub(crate) async fn disconnect_user(&self, user: &str) -> Result<ControlOutcome, RoomError> {
+    pub(crate) async fn disconnect_user(
+        &self,
+        user: &str,
+        reason: Option<String>,
+    ) -> Result<ControlOutcome, RoomError> {
         let req = request_id();
         let control = Control::Disconnect {
             user: user.to_string(),
+            reason,
             req: req.clone(),
             from: self.inner.node.to_string(),
         };
@@ -467,13 +472,18 @@ impl Rooms {
                     let _ = tx.send(n);
                 }
             }
-            Control::Disconnect { user, req, from } => {
+            Control::Disconnect {
+                user,
+                reason,
+                req,
+                from,
+            } => {
                 let members = self.local_members_of(None, &user);
                 let closed = self
                     .inner
                     .closer
                     .get()
-                    .map_or(0, |c| c.close_user(&user, &members));
+                    .map_or(0, |c| c.close_user(&user, &members, reason.as_deref()));
                 if closed > 0 {
                     info!(user = %user, closed, "disconnected by the server API");
                 }

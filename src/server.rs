@@ -125,6 +125,11 @@ pub async fn run(
         }
     };
     let hook = crate::hooks::PublishHook::from_config(&config, metrics.clone())?;
+    let api_keys = crate::api::load_keys(&config)?;
+    if !api_keys.is_empty() {
+        info!(keys = api_keys.len(), "server API enabled at {}", crate::api::PREFIX);
+    }
+    let api_router = crate::api::router(rooms.clone(), metrics.clone(), &config, api_keys);
     let state = AppState {
         inner: Arc::new(StateInner {
             edge: Arc::new(Edge::new(&config)),
@@ -146,7 +151,7 @@ pub async fn run(
     let servers_stop = CancellationToken::new();
     let client_server = tokio::spawn(serve_client(
         listeners.client,
-        client_router(state.clone()),
+        client_router(state.clone()).merge(api_router),
         env.clone(),
         servers_stop.clone(),
     ));

@@ -91,6 +91,9 @@ pub(crate) enum Control {
     /// Close every connection of `user` with 4003.
     Disconnect {
         user: String,
+        /// Told to each connection (an `error` frame, code `forbidden`) before it closes.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        reason: Option<String>,
         /// The request id and the requesting node, for the answer.
         req: String,
         from: String,

@@ -9,7 +9,7 @@ use tokio::time::Instant;
 pub(super) const STRIKE_WINDOW: Duration = Duration::from_secs(10);
 
 /// `rate` frames per second, at most `burst` at once.
-pub(super) struct TokenBucket {
+pub(crate) struct TokenBucket {
     tokens: f64,
     rate: f64,
     burst: f64,
@@ -17,7 +17,7 @@ pub(super) struct TokenBucket {
 }
 
 impl TokenBucket {
-    pub(super) fn new(rate: u32, burst: u32) -> Self {
+    pub(crate) fn new(rate: u32, burst: u32) -> Self {
         let burst = f64::from(burst.max(1));
         TokenBucket {
             tokens: burst,
@@ -28,7 +28,7 @@ impl TokenBucket {
     }
 
     /// Takes one token if there is one.
-    pub(super) fn take(&mut self) -> bool {
+    pub(crate) fn take(&mut self) -> bool {
         let now = Instant::now();
         let elapsed = now.duration_since(self.last).as_secs_f64();
         self.last = now;

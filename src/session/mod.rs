@@ -10,7 +10,7 @@
 //! their members.
 
 mod ctl;
-mod limits;
+pub(crate) mod limits;
 mod room_map;
 mod writer;
 
@@ -112,7 +112,12 @@ impl Env {
 struct SessionCloser(std::sync::Weak<EnvInner>);
 
 impl Closer for SessionCloser {
-    fn close_user(&self, user: &str, members: &std::collections::HashSet<u64>) -> u64 {
+    fn close_user(
+        &self,
+        user: &str,
+        members: &std::collections::HashSet<u64>,
+        reason: Option<&str>,
+    ) -> u64 {
         let Some(env) = self.0.upgrade() else {
             return 0;
         };
@@ -122,6 +127,9 @@ impl Closer for SessionCloser {
             let matches = members.contains(session.key())
                 || handle.user_id.get().is_some_and(|id| **id == *user);
             if matches && !handle.ctl.is_closed() {
+                let message = reason.unwrap_or("disconnected by the server");
+                let error = FrameError::new(ErrorCode::Forbidden, message);
+                handle.push(Out::Frame(Box::new(error.encode())));
                 handle.close(DisconnectReason::Forbidden);
                 closed += 1;
             }
