@@ -3,7 +3,7 @@
 //! draining replica resume on another one without gap or duplicate; a second SIGTERM exits
 //! at once. Also the `config` subcommand: `--check` exits 64 naming the key (a drain
 //! spread longer than the timeout too), and the
-//! printed configuration redacts the Redis password; a port in use names its key; text
+//! printed configuration redacts the Redis password, API keys and the hook secret; a port in use names its key; text
 //! logs to a pipe carry no colour codes.
 
 mod common;
@@ -359,6 +359,11 @@ async fn config_prints_effective_toml_with_the_redis_password_redacted() {
             ("ROOMCAST_REDIS__PASSWORD", "hunter2"),
             ("ROOMCAST_REDIS__URL", "redis://:hunter2@127.0.0.1:6390/0"),
             ("ROOMCAST_LIMITS__MAX_TEXT_BYTES", "777"),
+            (
+                "ROOMCAST_API__KEYS",
+                "api-key-hunter2-0000000,api-key-hunter2-1111111",
+            ),
+            ("ROOMCAST_HOOKS__SECRET", "hook-secret-hunter2-000"),
         ],
         Duration::from_secs(30),
     )
@@ -368,7 +373,7 @@ async fn config_prints_effective_toml_with_the_redis_password_redacted() {
     assert_eq!(out.status.code(), Some(0), "{stderr}");
     assert!(
         !stdout.contains("hunter2") && !stderr.contains("hunter2"),
-        "the password leaked:\n{stdout}\n{stderr}"
+        "a secret (Redis password, API key, hook secret) leaked:\n{stdout}\n{stderr}"
     );
     let printed: toml::Table = toml::from_str(&stdout)
         .unwrap_or_else(|e| panic!("`roomcast config` did not print TOML ({e}):\n{stdout}"));
@@ -386,6 +391,8 @@ async fn config_prints_effective_toml_with_the_redis_password_redacted() {
         Some(777),
         "environment not applied"
     );
+    let keys = printed["api"]["keys"].as_array().expect("api.keys");
+    assert_eq!(keys.len(), 2, "both keys shown, redacted: {keys:?}");
 }
 
 /// `roomcast config --check` refuses a `drain.spread` longer than `drain.timeout` (the
