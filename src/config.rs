@@ -645,6 +645,12 @@ impl Config {
                 ));
             }
         }
+        if hooks.secret.is_some() && hooks.secret_file.is_some() {
+            return Err(invalid(
+                "hooks.secret_file",
+                "set hooks.secret or hooks.secret_file, not both",
+            ));
+        }
         if hooks.secret.as_deref().is_some_and(|s| s.len() < 16) {
             return Err(invalid("hooks.secret", "must be at least 16 bytes"));
         }

@@ -11,6 +11,7 @@
 //! Use it with `#[macro_use] mod common; use common::*;`.
 #![allow(dead_code, unused_imports, unused_macros)]
 
+pub mod backend;
 mod client;
 mod http;
 mod node;
