@@ -11,6 +11,12 @@
 #     (existing or generated Secret), trustedProxies defaulted for the ingress, the jwt-mode
 #     helm test (probe --mint, or a token Secret), checksum/auth, and `roomcast token` minting
 #     a verifiable token from a rendered config plus a key file
+#   - server API and hooks (api.*, hooks.*): off by default (no API Secret, no [api] or
+#     [hooks], no volumes); on, the API key only as a mounted file (api.keys_file, from a
+#     generated or existing Secret), the hooks' HMAC key likewise (hooks.secret_file),
+#     [api]/[hooks.publish] rendered, checksum/api, NOTES telling how to read the key; a
+#     hook URL without hooks.existingSecret fails the render (helm/ci/invalid); and a gateway
+#     started from the rendered config with the generated key file serves `roomcast api`
 #   - the dashboard: helm/dashboards/roomcast.json is a regular file, byte-identical to
 #     grafana/roomcast.json (the single source; a copy, not a symlink, so helm prints no
 #     symlink warning), `helm template` and `helm package` carry exactly that file, no helm
@@ -220,6 +226,59 @@ for d in yaml.safe_load_all(open(sys.argv[1])):
     mint_check jwt "stand-in-key-for-the-existing-secret"
 fi
 
+# --- server API: the rendered config + the generated key file serve /api/v1 -------------
+# What a pod does with api.enabled: `roomcast serve` with the rendered config, whose
+# api.keys_file points at the mounted Secret. Here keys_file points at a local copy of the
+# generated key (memory bus, loopback ports); `roomcast api` with that key publishes and
+# reads the message back, and a wrong key is refused.
+api_serve_check() {
+    local toml="$OUT/roomcast-api.toml" local_toml="$OUT/serve-api.toml" keyfile="$OUT/serve-api.keys"
+    local name="api: a gateway from the rendered config serves /api/v1 with the generated key file"
+    [ -f "$toml" ] && [ -f "$OUT/render-api.yaml" ] || { fail "$name (no rendered api set)"; return; }
+    "$PY" -c '
+import base64, sys, yaml
+for d in yaml.safe_load_all(open(sys.argv[1])):
+    if d and d["kind"] == "Secret" and d["metadata"]["name"] == "chat-api":
+        print(base64.b64decode(d["data"]["api-key"]).decode())' "$OUT/render-api.yaml" >"$keyfile"
+    local ports client admin
+    ports="$("$PY" -c '
+import socket
+s = [socket.socket() for _ in range(2)]
+for x in s: x.bind(("127.0.0.1", 0))
+print(" ".join(str(x.getsockname()[1]) for x in s))')"
+    read -r client admin <<<"$ports"
+    sed -e "s#^keys_file = .*#keys_file = \"$keyfile\"#" \
+        -e "s#^listen = \"0.0.0.0:8080\"#listen = \"127.0.0.1:$client\"#" \
+        -e "s#^listen = \"0.0.0.0:9090\"#listen = \"127.0.0.1:$admin\"#" "$toml" >"$local_toml"
+    local no_env=()
+    while IFS= read -r var; do no_env+=(-u "$var"); done \
+        < <(env | sed -n 's/^\(ROOMCAST_[A-Z0-9_]*\)=.*/\1/p')
+    env "${no_env[@]}" ROOMCAST_NODE__ID=chart-check "$ROOMCAST_BIN" serve --config "$local_toml" \
+        >"$OUT/serve-api.log" 2>&1 &
+    local pid=$! ok=0 i
+    for i in $(seq 1 100); do
+        "$PY" -c 'import sys, urllib.request; urllib.request.urlopen(sys.argv[1], timeout=1)' \
+            "http://127.0.0.1:$admin/readyz" 2>/dev/null && { ok=1; break; }
+        kill -0 "$pid" 2>/dev/null || break
+        sleep 0.1
+    done
+    local url="http://127.0.0.1:$client" log="$OUT/serve-api-cli.log"
+    if [ "$ok" = 1 ] \
+        && id="$(env "${no_env[@]}" "$ROOMCAST_BIN" api publish chart-check "hello" --key-file "$keyfile" --url "$url" 2>>"$log")" \
+        && env "${no_env[@]}" "$ROOMCAST_BIN" api history chart-check --key-file "$keyfile" --url "$url" 2>>"$log" | grep -qF "\"id\":\"$id\"" \
+        && ! env "${no_env[@]}" ROOMCAST_API_KEY=not-the-generated-key-0000 "$ROOMCAST_BIN" api history chart-check --url "$url" 2>>"$log"; then
+        pass "$name"
+    else
+        { echo "ready=$ok"; cat "$log" 2>/dev/null; echo "--- gateway:"; tail -n 20 "$OUT/serve-api.log"; } >"$OUT/serve-api.fail"
+        fail "$name" "$OUT/serve-api.fail"
+    fi
+    kill "$pid" 2>/dev/null
+    wait "$pid" 2>/dev/null
+}
+if [ -x "$ROOMCAST_BIN" ]; then
+    api_serve_check
+fi
+
 # --- terminationGracePeriodSeconds follows the drain settings ---------------------------
 check_grace() {
     local label="$1" margin="$2"; shift 2
@@ -283,6 +342,31 @@ if [ -n "$a" ] && [ "$a" != "$b" ] && [ "$a" != "$c" ] && [ "$a" = "$d" ]; then
 else
     echo "k1=$a k2=$b k1+publicKey=$c k1+replicaCount=7 -> $d" >"$OUT/checksum-auth.log"
     fail "checksum/auth changes with auth.jwt.existingSecret and publicKey" "$OUT/checksum-auth.log"
+fi
+
+# checksum/api rolls pods when the API/hooks values change (the gateway reads key files at
+# start), not with unrelated values.
+api_sum() { helm_q template chat "$CHART" --set api.enabled=true "$@" --show-only templates/deployment.yaml | sed -n 's/.*checksum\/api: //p'; }
+a="$(api_sum --set api.existingSecret=k1)"; b="$(api_sum --set api.existingSecret=k2)"
+c="$(api_sum --set api.existingSecret=k1 --set hooks.existingSecret=h1)"; d="$(api_sum --set api.existingSecret=k1 --set replicaCount=7)"
+if [ -n "$a" ] && [ "$a" != "$b" ] && [ "$a" != "$c" ] && [ "$a" = "$d" ]; then
+    pass "checksum/api changes with api.existingSecret and hooks.existingSecret (not replicaCount)"
+else
+    echo "k1=$a k2=$b k1+hooks=$c k1+replicaCount=7 -> $d" >"$OUT/checksum-api.log"
+    fail "checksum/api changes with api.existingSecret and hooks.existingSecret" "$OUT/checksum-api.log"
+fi
+
+# NOTES: how to read the API key, only when the API is on (rendered by a client-side dry run).
+notes() { helm_q install chat "$CHART" --namespace chat --dry-run=client "$@" 2>&1 | sed -n '/^NOTES:/,$p'; }
+notes >"$OUT/notes-default.txt"; notes --set api.enabled=true >"$OUT/notes-api.txt"
+notes --set api.enabled=true --set api.existingSecret=my-keys --set api.existingSecretKey=keys.txt >"$OUT/notes-api-existing.txt"
+if grep -q '^NOTES:' "$OUT/notes-default.txt" && ! grep -q 'Server API' "$OUT/notes-default.txt" \
+    && grep -qF "kubectl -n chat get secret chat-api -o jsonpath='{.data.api-key}' | base64 -d" "$OUT/notes-api.txt" \
+    && grep -qF "kubectl -n chat get secret my-keys -o jsonpath='{.data.keys\.txt}'" "$OUT/notes-api-existing.txt"; then
+    pass "NOTES tell how to read the API key (generated or existing Secret), only with api.enabled"
+else
+    cat "$OUT"/notes-*.txt >"$OUT/notes.log" 2>&1
+    fail "NOTES tell how to read the API key" "$OUT/notes.log"
 fi
 
 # --- structure checks on the rendered sets ---------------------------------------------
@@ -423,6 +507,45 @@ if w:
     checks["jwt-jwks: helm test token from tests.tokenSecret (no --mint)"] = "--mint" not in wt["containers"][0]["args"] \
         and wt["containers"][0]["env"] == [{"name": "ROOMCAST_PROBE_TOKEN", "valueFrom": {"secretKeyRef": {"name": "roomcast-test-token", "key": "token"}}}]
     checks["jwt-jwks: trusted_proxies as given (not defaulted)"] = wc["server"]["trusted_proxies"] == ["10.244.0.0/16", "fd00::/8"]
+
+# --- server API and hooks (api.*, hooks.*) ---
+import base64
+def secret(docs, name): return next((x for x in docs if x["kind"] == "Secret" and x["metadata"]["name"] == name), None)
+def env_names(c): return [e["name"] for e in c.get("env", [])]
+dann = one(d, "Deployment")["spec"]["template"]["metadata"]["annotations"]
+checks["default: API off (no Secret chat-api, no [api]/[hooks], no api/hooks volumes, no checksum/api)"] = \
+    secret(d, "chat-api") is None and "api" not in cfg and "hooks" not in cfg \
+    and vol(dpod, "api-keys") is None and vol(dpod, "hooks-secret") is None and "checksum/api" not in dann
+a = load("api")
+if a:
+    ac = toml_of(a); apod, acont = gateway(a)
+    sec = secret(a, "chat-api")
+    key = base64.b64decode(sec["data"]["api-key"]).decode() if sec else ""
+    v = vol(apod, "api-keys"); m = mount(acont, "api-keys")
+    checks["api: Secret chat-api with a random key of 48 characters"] = len(key) == 48 and key.isalnum()
+    checks["api: the key mounted read-only as api.keys_file (only the key, as keys)"] = v is not None and m is not None \
+        and v["secret"]["secretName"] == "chat-api" and v["secret"]["items"] == [{"key": "api-key", "path": "keys"}] \
+        and ac["api"]["keys_file"] == m["mountPath"] + "/keys" and m.get("readOnly") is True
+    checks["api: key in no ConfigMap and not in the environment"] = not any(key in json.dumps(x) for x in a if x["kind"] == "ConfigMap") \
+        and not any("API" in n for n in env_names(acont)) and key not in json.dumps(one(a, "Deployment"))
+    checks["api: [api] idempotency_ttl, kick_ttl, requests_per_second, max_body_bytes rendered"] = \
+        (ac["api"]["idempotency_ttl"], ac["api"]["kick_ttl"], ac["api"]["requests_per_second"], ac["api"]["max_body_bytes"]) == ("30m", "90s", 200, 16384)
+    checks["api: no hooks, checksum/api annotation"] = "hooks" not in ac and vol(apod, "hooks-secret") is None \
+        and "checksum/api" in one(a, "Deployment")["spec"]["template"]["metadata"]["annotations"]
+    checks["api: the helm test pod gets no API key"] = vol(test_pod(a), "api-keys") is None
+ah = load("api-hooks")
+if ah:
+    hc = toml_of(ah); hpod, hcont = gateway(ah)
+    av = vol(hpod, "api-keys"); am = mount(hcont, "api-keys")
+    hv = vol(hpod, "hooks-secret"); hm = mount(hcont, "hooks-secret")
+    checks["api-hooks: API keys from existingSecret (no generated Secret)"] = secret(ah, "chat-api") is None \
+        and av["secret"]["secretName"] == "roomcast-api-keys" and av["secret"]["items"] == [{"key": "keys", "path": "keys"}] \
+        and hc["api"]["keys_file"] == am["mountPath"] + "/keys"
+    checks["api-hooks: HMAC key from hooks.existingSecret mounted read-only as hooks.secret_file"] = hv is not None and hm is not None \
+        and hv["secret"]["secretName"] == "roomcast-hooks" and hv["secret"]["items"] == [{"key": "hmac", "path": "secret"}] \
+        and hc["hooks"]["secret_file"] == hm["mountPath"] + "/secret" and hm.get("readOnly") is True and "secret" not in hc["hooks"]
+    checks["api-hooks: [hooks.publish] url, timeout, on_error rendered"] = hc["hooks"]["publish"] == \
+        {"url": "https://backend.chat.svc.cluster.local/hooks/publish", "timeout": "500ms", "on_error": "allow"}
 for name, ok in checks.items():
     print(("ok    " if ok else "FAIL  ") + name)
 sys.exit(0 if all(checks.values()) else 1)

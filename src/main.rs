@@ -36,6 +36,8 @@ enum Command {
     },
     /// Join a room, send a message and wait for it to come back (exit 0 on success).
     Probe(roomcast::probe::ProbeArgs),
+    /// Call the gateway's server API (/api/v1): publish into a room, read its history.
+    Api(roomcast::api_cli::ApiArgs),
     /// Mint an HS256 token with the configured secret (auth.jwt.secret or secret_file),
     /// for development and `helm test`; prints it on stdout.
     Token {
@@ -92,6 +94,7 @@ fn main() -> ExitCode {
             }
             report(runtime.block_on(roomcast::probe::probe(args)))
         }
+        Command::Api(args) => report(runtime.block_on(roomcast::api_cli::run(args))),
         Command::Token {
             sub,
             name,

@@ -189,6 +189,93 @@ mounted as auth.jwt.public_key_file.
 {{- end -}}
 
 {{/*
+Server API (api.*) and hooks (hooks.*). The API keys come from a Secret mounted as a file
+(api.keys_file): api.existingSecret, or the Secret <fullname>-api the chart generates
+(templates/secret.yaml). The hooks' HMAC key comes from hooks.existingSecret, mounted as
+hooks.secret_file; it is required with hooks.publish.url (your backend must know the key
+to verify the signatures, so the chart does not make one up). Neither key goes into the
+ConfigMap or the environment.
+*/}}
+{{- define "roomcast.apiGenerateSecret" -}}
+{{- if and .Values.api.enabled (not .Values.api.existingSecret) -}}true{{- end -}}
+{{- end -}}
+
+{{- define "roomcast.apiGeneratedSecretName" -}}
+{{- printf "%s-api" (include "roomcast.fullname" .) -}}
+{{- end -}}
+
+{{/* Name of the Secret holding the API keys (empty: the API is off). */}}
+{{- define "roomcast.apiSecretName" -}}
+{{- if .Values.api.enabled -}}
+{{- default (include "roomcast.apiGeneratedSecretName" .) .Values.api.existingSecret -}}
+{{- end -}}
+{{- end -}}
+
+{{/* Key of the API keys in that Secret (the generated one always uses api-key). */}}
+{{- define "roomcast.apiSecretKey" -}}
+{{- if .Values.api.existingSecret -}}{{ .Values.api.existingSecretKey }}{{- else -}}api-key{{- end -}}
+{{- end -}}
+
+{{- define "roomcast.apiKeysDir" -}}/var/run/secrets/roomcast/api{{- end -}}
+{{- define "roomcast.apiKeysFile" -}}{{ include "roomcast.apiKeysDir" . }}/keys{{- end -}}
+
+{{/* Name of the Secret holding the hooks' HMAC key (empty: none). A publish URL without one fails the render. */}}
+{{- define "roomcast.hooksSecretName" -}}
+{{- if and .Values.hooks.publish.url (not .Values.hooks.existingSecret) -}}
+{{- fail "hooks.publish.url needs hooks.existingSecret: the name of a Secret holding the HMAC-SHA256 key (16+ bytes, under hooks.existingSecretKey) that signs the hook requests; your backend verifies them with the same key" -}}
+{{- end -}}
+{{- .Values.hooks.existingSecret -}}
+{{- end -}}
+
+{{- define "roomcast.hooksSecretDir" -}}/var/run/secrets/roomcast/hooks{{- end -}}
+{{- define "roomcast.hooksSecretFile" -}}{{ include "roomcast.hooksSecretDir" . }}/secret{{- end -}}
+
+{{/* Volumes for the API keys and the hooks' key (gateway pods only); nothing by default. */}}
+{{- define "roomcast.apiVolumes" -}}
+{{- $mode := ternary 288 292 (not (empty .Values.podSecurityContext.fsGroup)) }}
+{{- if include "roomcast.apiSecretName" . }}
+- name: api-keys
+  secret:
+    secretName: {{ include "roomcast.apiSecretName" . }}
+    # Only the key, under a fixed file name; 0440 with an fsGroup, 0444 otherwise.
+    defaultMode: {{ $mode }}
+    items:
+      - key: {{ include "roomcast.apiSecretKey" . }}
+        path: keys
+{{- end }}
+{{- if include "roomcast.hooksSecretName" . }}
+- name: hooks-secret
+  secret:
+    secretName: {{ include "roomcast.hooksSecretName" . }}
+    defaultMode: {{ $mode }}
+    items:
+      - key: {{ .Values.hooks.existingSecretKey }}
+        path: secret
+{{- end }}
+{{- end -}}
+
+{{- define "roomcast.apiVolumeMounts" -}}
+{{- if include "roomcast.apiSecretName" . }}
+- name: api-keys
+  mountPath: {{ include "roomcast.apiKeysDir" . }}
+  readOnly: true
+{{- end }}
+{{- if include "roomcast.hooksSecretName" . }}
+- name: hooks-secret
+  mountPath: {{ include "roomcast.hooksSecretDir" . }}
+  readOnly: true
+{{- end }}
+{{- end -}}
+
+{{/* A duration of at least 1s, or the render fails naming the value. */}}
+{{- define "roomcast.atLeastOneSecond" -}}
+{{- if lt (include "roomcast.durationMs" . | atoi) 1000 -}}
+{{- fail (printf "%s must be at least 1s, not %v" (index . 0) (index . 1)) -}}
+{{- end -}}
+{{- index . 1 | toJson -}}
+{{- end -}}
+
+{{/*
 server.trusted_proxies: the given list; when not set (null) and the Ingress is on, the
 private IPv4 ranges the ingress controller's pods have their addresses in, so its
 X-Forwarded-For (the real client) is believed; otherwise none.
@@ -241,6 +328,33 @@ secret_file = {{ include "roomcast.jwtSecretFile" . | toJson }}
 {{- end }}
 {{- if $j.publicKey }}
 public_key_file = {{ include "roomcast.jwtPublicKeyFile" . | toJson }}
+{{- end }}
+{{- end }}
+
+{{- if .Values.api.enabled }}
+{{- $a := .Values.api }}
+
+[api]
+# The API keys: a file from the Secret {{ include "roomcast.apiSecretName" . }}, never the keys themselves.
+keys_file = {{ include "roomcast.apiKeysFile" . | toJson }}
+idempotency_ttl = {{ include "roomcast.atLeastOneSecond" (list "api.idempotencyTtl" $a.idempotencyTtl) }}
+kick_ttl = {{ include "roomcast.atLeastOneSecond" (list "api.kickTtl" $a.kickTtl) }}
+requests_per_second = {{ int $a.requestsPerSecond }}
+max_body_bytes = {{ int $a.maxBodyBytes }}
+{{- end }}
+{{- if include "roomcast.hooksSecretName" . }}
+
+[hooks]
+# The HMAC key signing hook requests: a file from the Secret {{ include "roomcast.hooksSecretName" . }}.
+secret_file = {{ include "roomcast.hooksSecretFile" . | toJson }}
+{{- end }}
+{{- with .Values.hooks.publish }}
+{{- if .url }}
+
+[hooks.publish]
+url = {{ .url | toJson }}
+timeout = {{ .timeout | toJson }}
+on_error = {{ .onError | toJson }}
 {{- end }}
 {{- end }}
 
