@@ -1053,3 +1053,516 @@ async fn jwt_page_says_the_session_expired_when_the_token_lapses_and_stops() {
     page.screenshot("jwt-expired").await;
     page.close().await;
 }
+
+// ---------------------------------------------------------------------------------------
+// Recent history on join, typing notices, idempotent sends, refused messages
+// ---------------------------------------------------------------------------------------
+
+/// Script: the text of the page's typing notice (`#typing`, empty when nobody types).
+const TYPING_NOTICE: &str = "return document.getElementById('typing').textContent;";
+
+impl Page {
+    /// The texts of the current room's message lines, in page order.
+    async fn texts(&self) -> Vec<String> {
+        self.lines().await.into_iter().map(|l| l.text).collect()
+    }
+
+    /// Types `text` into the message box without sending it.
+    async fn type_message(&self, text: &str) {
+        self.find("#text")
+            .await
+            .send_keys(text)
+            .await
+            .expect("type into #text");
+    }
+
+    /// Waits until the typing notice reads `text` ("" once nobody types).
+    async fn wait_typing(&self, text: &str) {
+        self.wait_for(
+            &format!("the typing notice {text:?}"),
+            "return document.getElementById('typing').textContent === arguments[0];",
+            json!(text),
+        )
+        .await;
+    }
+
+    /// From now on, records every text the typing notice shows in `window.__typingSeen`.
+    async fn watch_typing(&self) {
+        self.js(
+            "window.__typingSeen = [];
+             const el = document.getElementById('typing');
+             new MutationObserver(() => {
+               if (el.textContent !== '') window.__typingSeen.push(el.textContent);
+             }).observe(el, { childList: true, characterData: true, subtree: true });",
+            Value::Null,
+        )
+        .await;
+    }
+
+    /// Our own messages not confirmed yet: `[{state, text, note}]`.
+    async fn outgoing(&self) -> Value {
+        self.js(
+            "return [...document.querySelectorAll('#messages .outgoing')].map(l => ({
+               state: l.dataset.state,
+               text: l.querySelector('.text').textContent,
+               note: l.querySelector('.send-state').textContent,
+             }));",
+            Value::Null,
+        )
+        .await
+    }
+
+    /// From now on, records the frames the page sends (`window.__sent`) and the acks it
+    /// receives (`window.__acks`), and hides acks from the page while `window.__dropAcks`
+    /// is true: as if the connection broke after the server published, before the ack.
+    async fn spy_on_frames(&self, drop_acks: bool) {
+        self.js(
+            "window.__sent = [];
+             window.__acks = [];
+             window.__dropAcks = arguments[0];
+             const send = WebSocket.prototype.send;
+             WebSocket.prototype.send = function (data) {
+               try { window.__sent.push(JSON.parse(data)); } catch (_) {}
+               return send.call(this, data);
+             };
+             const data = Object.getOwnPropertyDescriptor(MessageEvent.prototype, 'data').get;
+             const dropped = new WeakMap();
+             Object.defineProperty(MessageEvent.prototype, 'data', {
+               configurable: true,
+               get() {
+                 const d = data.call(this);
+                 if (typeof d !== 'string' || !d.includes('\"type\":\"ack\"')) return d;
+                 if (!dropped.has(this)) {
+                   dropped.set(this, window.__dropAcks);
+                   window.__acks.push({ dropped: window.__dropAcks, ...JSON.parse(d) });
+                 }
+                 return dropped.get(this) ? null : d;
+               },
+             });",
+            json!(drop_acks),
+        )
+        .await;
+    }
+}
+
+#[tokio::test]
+async fn entering_a_room_shows_recent_messages() {
+    let env = TwoReplicas::start().await;
+    let (alice, bob) = env.pages().await;
+    alice.join("alice", "lobby").await;
+    for text in ["one", "two", "three"] {
+        alice.send(text).await;
+        alice.wait_message("alice", text).await;
+    }
+
+    // bob enters the room (on the other replica) after the conversation started.
+    bob.join("bob", "lobby").await;
+    bob.wait_message("alice", "three").await;
+    assert_eq!(
+        bob.texts().await,
+        ["one", "two", "three"],
+        "the recent messages, in order, once"
+    );
+    // They are shown as history: flagged, above the line saying bob joined.
+    let layout = bob
+        .js(
+            "return [...document.querySelectorAll('#messages .msg, #messages .sys[data-kind=\"joined\"]')]
+               .map(l => l.classList.contains('msg') ? `${l.dataset.replay}:${l.querySelector('.text').textContent}` : 'joined');",
+            Value::Null,
+        )
+        .await;
+    assert_eq!(
+        layout,
+        json!(["true:one", "true:two", "true:three", "joined"]),
+        "history is flagged and comes before 'You joined'"
+    );
+
+    // Live messages follow, without a duplicate of the history.
+    alice.send("four").await;
+    bob.wait_message("alice", "four").await;
+    let lines = bob.lines().await;
+    let texts: Vec<&str> = lines.iter().map(|l| l.text.as_str()).collect();
+    assert_eq!(texts, ["one", "two", "three", "four"]);
+    assert_unique_ids(&lines);
+    bob.screenshot("history-bob").await;
+    alice.close().await;
+    bob.close().await;
+}
+
+#[tokio::test]
+async fn entering_a_room_shows_at_most_its_last_50_messages() {
+    let env = TwoReplicas::start().await;
+    // 60 messages, more than the page asks for, fewer than the room keeps (history.size).
+    let mut carol = env.node_a.client().await;
+    carol.join("lobby", "carol").await;
+    let texts: Vec<String> = (1..=60).map(|i| format!("m{i}")).collect();
+    carol.send_many("lobby", &texts).await;
+
+    let bob = env.browser.open(&page_url(&env.node_b)).await;
+    bob.join("bob", "lobby").await;
+    bob.wait_message("carol", "m60").await;
+    carol.send("lobby", "live").await;
+    bob.wait_message("carol", "live").await;
+    let shown = bob.texts().await;
+    let mut expected: Vec<String> = (11..=60).map(|i| format!("m{i}")).collect();
+    expected.push("live".into());
+    assert_eq!(shown, expected, "the last 50, in order, then live ones");
+    bob.close().await;
+}
+
+#[tokio::test]
+async fn typing_shows_in_the_other_page_and_hides() {
+    let env = TwoReplicas::start().await;
+    let (alice, bob) = env.pages().await;
+    alice.join("alice", "lobby").await;
+    bob.join("bob", "lobby").await;
+    alice.wait_member("bob", 1).await;
+    bob.wait_member("alice", 1).await;
+    alice.watch_typing().await;
+
+    // alice types without sending: bob sees it, then (no more keys) it goes by itself.
+    alice.type_message("hel").await;
+    bob.wait_typing("alice is typing…").await;
+    bob.screenshot("typing-bob").await;
+    bob.wait_typing("").await;
+
+    // She types again, then sends: the notice goes with her message, not 3 s later.
+    alice.type_message("lo").await;
+    bob.wait_typing("alice is typing…").await;
+    alice
+        .find("#text")
+        .await
+        .send_keys(&Key::Enter.to_string())
+        .await
+        .expect("press Enter");
+    let notice_when_shown = bob
+        .wait_for(
+            "alice's message",
+            "const shown = [...document.querySelectorAll('#messages .msg')]
+               .some(m => m.querySelector('.text').textContent === 'hello');
+             return shown ? { notice: document.getElementById('typing').textContent } : null;",
+            Value::Null,
+        )
+        .await;
+    assert_eq!(
+        notice_when_shown,
+        json!({ "notice": "" }),
+        "the notice outlived alice's message"
+    );
+
+    // alice never saw a notice about herself.
+    alice.wait_message("alice", "hello").await;
+    let own = alice.js("return window.__typingSeen;", Value::Null).await;
+    assert_eq!(own, json!([]), "alice was shown her own typing");
+    let notice = alice.js(TYPING_NOTICE, Value::Null).await;
+    assert_eq!(notice, json!(""));
+    alice.close().await;
+    bob.close().await;
+}
+
+#[tokio::test]
+async fn typing_notice_names_everyone_typing() {
+    let env = TwoReplicas::start().await;
+    let (alice, bob) = env.pages().await;
+    let carol = env.browser.open(&page_url(&env.node_a)).await;
+    alice.join("alice", "lobby").await;
+    carol.join("carol", "lobby").await;
+    bob.join("bob", "lobby").await;
+    bob.wait_member("alice", 1).await;
+    bob.wait_member("carol", 1).await;
+
+    // Both keep typing (a key each half second) until bob names them together.
+    let deadline = tokio::time::Instant::now() + WAIT;
+    loop {
+        alice.type_message("a").await;
+        carol.type_message("c").await;
+        let notice = bob.js(TYPING_NOTICE, Value::Null).await;
+        if notice == json!("alice and carol are typing…") {
+            break;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "bob never showed both typing; last notice {notice}"
+        );
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
+    for (page, me) in [(&alice, "alice"), (&carol, "carol")] {
+        let notice = page.js(TYPING_NOTICE, Value::Null).await;
+        assert!(
+            !notice.as_str().unwrap_or_default().contains(me),
+            "{me} is shown her own typing: {notice}"
+        );
+    }
+    alice.close().await;
+    bob.close().await;
+    carol.close().await;
+}
+
+#[tokio::test]
+async fn unacked_message_is_resent_with_the_same_key_after_reconnect_and_shown_once() {
+    let env = TwoReplicas::start().await;
+    let (balancer, alice, bob) = env.balanced_pages().await;
+    alice.join("alice", "lobby").await;
+    bob.join("bob", "lobby").await;
+    alice.wait_member("bob", 1).await;
+
+    // The server publishes alice's message, but its ack never reaches her page.
+    alice.spy_on_frames(true).await;
+    alice.send("exactly once").await;
+    bob.wait_message("alice", "exactly once").await;
+    alice.wait_message("alice", "exactly once").await;
+    alice
+        .wait_for(
+            "the first ack (dropped)",
+            "return window.__acks.some(a => a.dropped);",
+            Value::Null,
+        )
+        .await;
+    let pending = alice.outgoing().await;
+    assert_eq!(
+        pending,
+        json!([{ "state": "pending", "text": "exactly once", "note": "sending…" }]),
+        "unacked, so shown as pending"
+    );
+
+    // The connection breaks; the page comes back (same replica) and rejoins the room.
+    alice.js("window.__dropAcks = false;", Value::Null).await;
+    balancer.route(Some(socket_addr(&env.node_a)));
+    alice
+        .wait_for(
+            "the resent message's ack",
+            "return window.__acks.some(a => !a.dropped);",
+            Value::Null,
+        )
+        .await;
+    alice
+        .wait_for(
+            "no pending message",
+            "return document.querySelectorAll('#messages .outgoing').length === 0;",
+            Value::Null,
+        )
+        .await;
+
+    // The same idem key both times: the server acked the repeat as a duplicate of the first.
+    let sent = alice
+        .js(
+            "return window.__sent.filter(f => f.type === 'send' && f.text === 'exactly once');",
+            Value::Null,
+        )
+        .await;
+    let sent = sent.as_array().expect("sent frames");
+    assert!(sent.len() >= 2, "not sent again: {sent:?}");
+    let idem = sent[0]["idem"].as_str().expect("an idem key");
+    assert!(!idem.is_empty() && idem.len() <= 64, "{idem:?}");
+    assert!(
+        sent.iter().all(|f| f["idem"] == sent[0]["idem"]),
+        "another key on the resend: {sent:?}"
+    );
+    let acks = alice.js("return window.__acks;", Value::Null).await;
+    let acks = acks.as_array().expect("acks");
+    assert_eq!(acks[0]["dropped"], json!(true), "{acks:?}");
+    assert!(
+        acks[1..]
+            .iter()
+            .all(|a| a["duplicate"] == json!(true) && a["id"] == acks[0]["id"]),
+        "the resend was published anew: {acks:?}"
+    );
+
+    // Both pages show the message once (a second publish would come before "after").
+    bob.send("after").await;
+    for page in [&alice, &bob] {
+        page.wait_message("bob", "after").await;
+        let lines = page.lines().await;
+        let texts: Vec<&str> = lines.iter().map(|l| l.text.as_str()).collect();
+        assert_eq!(texts, ["exactly once", "after"], "{}", page.label);
+        assert_eq!(lines[0].id, acks[0]["id"].as_str().unwrap_or_default());
+    }
+    alice.close().await;
+    bob.close().await;
+}
+
+#[tokio::test]
+async fn message_sent_while_disconnected_waits_and_goes_once_the_room_is_rejoined() {
+    let env = TwoReplicas::start().await;
+    let (balancer, alice, bob) = env.balanced_pages().await;
+    alice.join("alice", "lobby").await;
+    bob.join("bob", "lobby").await;
+
+    balancer.route(None);
+    alice.wait_disconnected().await;
+    alice.send("from the tunnel").await;
+    let pending = alice.outgoing().await;
+    assert_eq!(pending[0]["state"], json!("pending"), "{pending}");
+
+    balancer.route(Some(socket_addr(&env.node_b)));
+    bob.wait_message("alice", "from the tunnel").await;
+    alice.wait_message("alice", "from the tunnel").await;
+    alice
+        .wait_for(
+            "no pending message",
+            "return document.querySelectorAll('#messages .outgoing').length === 0;",
+            Value::Null,
+        )
+        .await;
+    assert_eq!(alice.texts().await, ["from the tunnel"]);
+    alice.close().await;
+    bob.close().await;
+}
+
+/// A publish hook nobody answers, and `on_error = deny`: every message is `rejected`.
+fn refusing_publish_hook(cfg: &mut roomcast::Config) {
+    cfg.hooks.secret = Some("browser-test-hook-secret".into());
+    cfg.hooks.publish.url = Some("http://127.0.0.1:1/publish".into());
+    cfg.hooks.publish.on_error = roomcast::config::OnError::Deny;
+}
+
+#[tokio::test]
+async fn message_rejected_by_the_publish_hook_says_why_and_is_not_resent() {
+    let env = TwoReplicas::start_with(refusing_publish_hook).await;
+    let (balancer, alice, bob) = env.balanced_pages().await;
+    alice.join("alice", "lobby").await;
+    bob.join("bob", "lobby").await;
+    alice.spy_on_frames(false).await;
+
+    alice.send("not allowed").await;
+    let line = alice
+        .wait_for(
+            "the refusal next to the message",
+            "const l = document.querySelector('#messages .outgoing[data-state=\"rejected\"]');
+             return l && { text: l.querySelector('.text').textContent,
+                           note: l.querySelector('.send-state').textContent };",
+            Value::Null,
+        )
+        .await;
+    assert_eq!(line["text"], json!("not allowed"));
+    let note = line["note"].as_str().unwrap_or_default();
+    assert!(
+        note.starts_with("not sent: ") && note.len() > "not sent: ".len(),
+        "the reason is not shown: {note:?}"
+    );
+    alice.screenshot("rejected-alice").await;
+
+    // It left the outbox: a reconnect does not send it again (resends go as the room is
+    // rejoined, so they would be recorded by the time the page shows it joined).
+    balancer.route(Some(socket_addr(&env.node_a)));
+    alice
+        .wait_for(
+            "the room to be rejoined",
+            "const t = document.querySelector('.room-tab[data-room=\"lobby\"]');
+             return window.__sent.some(f => f.type === 'join') && t.dataset.state === 'joined';",
+            Value::Null,
+        )
+        .await;
+    let sends = alice
+        .js(
+            "return window.__sent.filter(f => f.type === 'send').length;",
+            Value::Null,
+        )
+        .await;
+    assert_eq!(sends, json!(1), "the rejected message was sent again");
+    assert!(
+        alice.lines().await.is_empty(),
+        "a refused message is shown as sent"
+    );
+    assert!(
+        bob.lines().await.is_empty(),
+        "a refused message reached bob"
+    );
+    alice.close().await;
+    bob.close().await;
+}
+
+const API_KEY: &str = "browser-test-api-key-0123456789";
+
+fn with_server_api(cfg: &mut roomcast::Config) {
+    cfg.api.keys = vec![API_KEY.into()];
+}
+
+#[tokio::test]
+async fn page_removed_from_a_room_says_so_and_does_not_rejoin_it() {
+    let env = TwoReplicas::start_with(with_server_api).await;
+    let (balancer, alice, bob) = env.balanced_pages().await;
+    alice.join("alice", "dev").await;
+    alice.join("alice", "lobby").await;
+    bob.join("bob", "lobby").await;
+    bob.wait_member("alice", 1).await;
+
+    // The product's backend removes alice from lobby (bob's page is a handy HTTP client).
+    let status = bob
+        .js(
+            "return fetch('/api/v1/rooms/lobby/members/alice', {
+               method: 'DELETE', headers: { Authorization: `Bearer ${arguments[0]}` },
+             }).then(r => r.status);",
+            json!(API_KEY),
+        )
+        .await;
+    assert_eq!(status, json!(200));
+    alice
+        .wait_system_line("removed", "You were removed from lobby")
+        .await;
+    let banner = alice.wait_banner("removed").await;
+    assert_eq!(banner, "You were removed from lobby");
+    bob.wait_system_line("presence", "alice left").await;
+    let tab = alice
+        .js(
+            "return document.querySelector('.room-tab[data-room=\"lobby\"]').dataset.state;",
+            Value::Null,
+        )
+        .await;
+    assert_eq!(tab, json!("failed"));
+    alice.screenshot("removed-alice").await;
+
+    // After a reconnect the page rejoins dev, not lobby (rejoins go out together).
+    alice.spy_on_frames(false).await;
+    balancer.route(Some(socket_addr(&env.node_a)));
+    alice
+        .wait_for(
+            "dev to be rejoined",
+            "const t = document.querySelector('.room-tab[data-room=\"dev\"]');
+             return window.__sent.some(f => f.type === 'join') && t.dataset.state === 'joined';",
+            Value::Null,
+        )
+        .await;
+    let joins = alice
+        .js(
+            "return window.__sent.filter(f => f.type === 'join').map(f => f.room);",
+            Value::Null,
+        )
+        .await;
+    assert_eq!(
+        joins,
+        json!(["dev"]),
+        "rejoined the room it was removed from"
+    );
+    let saved = alice
+        .js(
+            "return JSON.parse(localStorage.getItem('roomcast.rooms'));",
+            Value::Null,
+        )
+        .await;
+    assert_eq!(saved, json!(["dev"]), "a reload would rejoin lobby");
+
+    // Joining again by hand is up to the user; while barred, the refusal shows as it came.
+    alice.type_into("#room", "lobby").await;
+    alice
+        .find("#join")
+        .await
+        .click()
+        .await
+        .expect("click #join");
+    let refusal = alice
+        .wait_for(
+            "the refused join",
+            "const l = [...document.querySelectorAll('#messages .sys[data-kind=\"error\"]')].pop();
+             return l && l.querySelector('.sys-text').textContent;",
+            Value::Null,
+        )
+        .await;
+    let refusal = refusal.as_str().unwrap_or_default();
+    assert!(
+        refusal.starts_with("could not join lobby: ") && refusal.len() > 22,
+        "{refusal:?}"
+    );
+    alice.close().await;
+    bob.close().await;
+}

@@ -2,6 +2,14 @@
 // several rooms, reconnect with jittered exponential backoff and resume with `since`
 // (docs/protocol.md, "Resuming after a reconnect").
 //
+// A fresh join asks for the room's recent history (`history`), so someone entering a room
+// sees the conversation they walked into; a rejoin after a reconnect resumes with `since`.
+// Every send carries a random idempotency key (`idem`) and waits in an outbox, shown as
+// pending, until its `ack`: after a reconnect (once the room is rejoined), or after an
+// `unavailable` error, it is sent again with the same key, so the server publishes it once.
+// Typing: a `typing` frame at most once a second while the user types; others' notices
+// show under the messages and go 3 s after their last `typing` frame, or with their message.
+//
 // jwt mode (docs/protocol.md, "Authentication"): open the page as `/#token=<jwt>`, optionally
 // `&refresh=<url-encoded same-origin URL>`. The token is read from the fragment (never sent
 // in a query string, never logged), removed from the address bar, sent as the first frame
@@ -22,6 +30,12 @@
   const BACKOFF_MIN_MS = 500;
   const BACKOFF_MAX_MS = 10000;
   const JOIN_RETRY_MS = 3000; // retry a join refused with `unavailable`
+  const HISTORY_ON_JOIN = 50; // recent messages asked for on a fresh join
+  const SEND_RETRY_MIN_MS = 1000; // first retry of a send refused with `unavailable`
+  const SEND_RETRY_MAX_MS = 10000;
+  const TYPING_SEND_MS = 1000; // at most one `typing` frame per room per second
+  const TYPING_SHOW_MS = 3000; // a notice goes this long after its user's last `typing`
+  const TYPING_REF = 'typing'; // the `ref` of every `typing` frame: errors for it are ignored
   const STORE_NAME = 'roomcast.name';
   const STORE_ROOMS = 'roomcast.rooms';
   const STORE_CURRENT = 'roomcast.current';
@@ -29,6 +43,9 @@
   const FATAL_JOIN_ERRORS = new Set([
     'invalid_room', 'invalid_name', 'too_many_rooms', 'bad_request', 'forbidden', 'unauthorized',
   ]);
+  // Send errors after which the same send (same `idem`) is tried again later; any other
+  // error is final: the message leaves the outbox and its line says why.
+  const RETRY_SEND_ERRORS = new Set(['unavailable', 'rate_limited']);
   // Close codes after which reconnecting with the same token is pointless.
   const AUTH_CLOSES = new Map([
     [4001, 'unauthorized'],
@@ -58,6 +75,7 @@
     send: $('send'),
     members: $('members'),
     memberCount: $('member-count'),
+    typing: $('typing'),
   };
 
   /**
@@ -67,8 +85,23 @@
    *   since: (string|null), cursor: (string|null), seen: Set<string>,
    *   lines: HTMLElement[], members: {name: string, color: string, id: (string|null)}[],
    *   unread: number,
-   *   tab: HTMLElement, badge: HTMLElement, retry: (number|null), everJoined: boolean
+   *   tab: HTMLElement, badge: HTMLElement, retry: (number|null), everJoined: boolean,
+   *   me: ({name: string, color: string, id: (string|null)}|null),
+   *   typing: Map<string, {name: string, timer: number}>, typingSentAt: number,
+   *   historyAnchor: (HTMLElement|null), awaiting: Map<string, HTMLElement>
    * }} Room
+   * `me`: who `joined` says we are. `typing`: who else is typing, by member key.
+   * `historyAnchor`: the "You joined" line while the history of a fresh join arrives (it
+   * goes above it). `awaiting`: acked sends' lines, by id, until the message itself arrives.
+   */
+
+  /**
+   * One send not acked yet (or acked, until its message arrives).
+   * @typedef {{
+   *   idem: string, room: string, text: string, ref: (string|null), retry: (number|null),
+   *   failures: number, line: HTMLElement
+   * }} Outgoing
+   * `ref`: the `ref` of the copy in flight on the current socket (null: none in flight).
    */
 
   const state = {
@@ -79,7 +112,9 @@
     /** @type {Map<string, Room>} */ rooms: new Map(),
     /** @type {string|null} */ current: null,
     refSeq: 0,
-    /** @type {Map<string, {kind: string, room: string, text?: string}>} */ refs: new Map(),
+    /** @type {Map<string, {kind: string, room: string, idem?: string}>} */ refs: new Map(),
+    /** @type {Map<string, Outgoing>} by idem key, in the order they were sent */ outbox: new Map(),
+    typingUnsupported: false, // the gateway refused a `typing` frame: stop sending them
     // jwt mode: the connection token (memory only) and where to get a new one.
     /** @type {string|null} */ token: null,
     /** @type {string|null} */ refreshUrl: null,
@@ -284,9 +319,20 @@
         clearTimeout(room.retry);
         room.retry = null;
       }
+      room.historyAnchor = null;
+      clearTyping(room);
       if (room.state !== 'failed') setRoomState(room, 'offline');
     }
+    // Nothing is in flight any more: unacked sends go again once their room is rejoined.
+    for (const out of state.outbox.values()) {
+      out.ref = null;
+      if (out.retry !== null) {
+        clearTimeout(out.retry);
+        out.retry = null;
+      }
+    }
     renderMembers();
+    renderTyping();
     const auth = AUTH_CLOSES.get(ev.code);
     if (auth === 'expired') {
       notAuthorized('expired', 'Session expired: sign in again to keep chatting.');
@@ -321,8 +367,10 @@
     // jwt mode ignores `name` (the token names the user); anonymous mode needs it.
     if (room.user) frame.name = room.user;
     // Resume from the cursor when we have one: the server replays what we missed.
+    // Otherwise ask for the recent history: the conversation we walk into.
     room.since = room.cursor;
     if (room.since !== null) frame.since = room.since;
+    else frame.history = HISTORY_ON_JOIN;
     frame.ref = nextRef('join', room.name);
     if (sendFrame(frame)) setRoomState(room, 'joining');
   }
@@ -344,6 +392,11 @@
         badge: null,
         retry: null,
         everJoined: false,
+        me: null,
+        typing: new Map(),
+        typingSentAt: 0,
+        historyAnchor: null,
+        awaiting: new Map(),
       };
       state.rooms.set(name, room);
       buildTab(room);
@@ -362,6 +415,8 @@
     if (!room) return;
     if (room.state === 'joined' || room.state === 'joining') sendFrame({ type: 'leave', room: name });
     if (room.retry !== null) clearTimeout(room.retry);
+    clearTyping(room);
+    dropOutbox(room);
     state.rooms.delete(name);
     room.tab.parentElement.remove();
     if (state.current === name) {
@@ -430,6 +485,7 @@
       ui.hint.hidden = false;
     }
     renderMembers();
+    renderTyping();
     updateComposer();
     store(STORE_CURRENT, name);
   }
@@ -461,6 +517,33 @@
       box.append(node);
       if (atBottom) box.scrollTop = box.scrollHeight;
     }
+  }
+
+  /** Puts `node` just above `anchor` (a line of `room`), or at the end if `anchor` is gone. */
+  function insertLineBefore(room, node, anchor) {
+    const i = room.lines.indexOf(anchor);
+    if (i < 0) {
+      appendLine(room, node);
+      return;
+    }
+    const isCurrent = room.name === state.current;
+    const box = ui.messages;
+    const atBottom = box.scrollHeight - box.scrollTop - box.clientHeight < 40;
+    room.lines.splice(i, 0, node);
+    if (room.lines.length > MAX_LINES_PER_ROOM) {
+      const old = room.lines.shift();
+      if (isCurrent) old.remove();
+    }
+    if (isCurrent && anchor.parentNode === box) {
+      anchor.before(node);
+      if (atBottom) box.scrollTop = box.scrollHeight;
+    }
+  }
+
+  function removeLine(room, node) {
+    const i = room.lines.indexOf(node);
+    if (i >= 0) room.lines.splice(i, 1);
+    node.remove();
   }
 
   function timeEl(ts) {
@@ -498,8 +581,9 @@
 
   function messageLine(msg) {
     const line = document.createElement('div');
-    line.className = 'msg';
+    line.className = msg.replay ? 'msg replay' : 'msg';
     line.dataset.id = msg.id;
+    if (msg.replay) line.dataset.replay = 'true';
     const from = document.createElement('span');
     from.className = 'from';
     from.textContent = msg.name;
@@ -558,6 +642,174 @@
     ui.memberCount.textContent = room && room.state === 'joined' ? `(${items.length})` : '';
   }
 
+  // ---------- typing ----------
+
+  /** Tells the room we are typing: at most once per TYPING_SEND_MS (the server drops extras). */
+  function sendTyping(room) {
+    if (state.typingUnsupported || room.state !== 'joined') return;
+    const now = Date.now();
+    if (now - room.typingSentAt < TYPING_SEND_MS) return;
+    room.typingSentAt = now;
+    sendFrame({ type: 'typing', room: room.name, ref: TYPING_REF });
+  }
+
+  function clearTyping(room) {
+    for (const t of room.typing.values()) clearTimeout(t.timer);
+    room.typing.clear();
+  }
+
+  /** `u` stopped typing (their message arrived, they left). */
+  function stopTyping(room, u) {
+    const key = memberKey(u);
+    const t = room.typing.get(key);
+    if (!t) return;
+    clearTimeout(t.timer);
+    room.typing.delete(key);
+    if (room.name === state.current) renderTyping();
+  }
+
+  /** "bob is typing…", "bob and carol are typing…" for the current room (empty: nobody). */
+  function renderTyping() {
+    const room = state.current === null ? null : state.rooms.get(state.current);
+    const names = room && room.state === 'joined'
+      ? [...room.typing.values()].map((t) => t.name).sort((a, b) => a.localeCompare(b))
+      : [];
+    let text = '';
+    if (names.length === 1) text = `${names[0]} is typing…`;
+    else if (names.length === 2) text = `${names[0]} and ${names[1]} are typing…`;
+    else if (names.length === 3) text = `${names[0]}, ${names[1]} and ${names[2]} are typing…`;
+    else if (names.length > 3) text = `${names.length} people are typing…`;
+    // The live region stays in the page (empty when nobody types), so that screen readers
+    // announce each change; only its text changes.
+    if (ui.typing.textContent !== text) ui.typing.textContent = text;
+  }
+
+  // ---------- outbox ----------
+
+  /** A random idempotency key (a UUID: 36 bytes, under the 64 allowed). */
+  function idemKey() {
+    const c = window.crypto;
+    if (c && typeof c.randomUUID === 'function') return c.randomUUID(); // secure contexts only
+    const bytes = new Uint8Array(16);
+    if (c && typeof c.getRandomValues === 'function') c.getRandomValues(bytes);
+    else for (let i = 0; i < bytes.length; i += 1) bytes[i] = Math.floor(Math.random() * 256);
+    return [...bytes].map((b) => b.toString(16).padStart(2, '0')).join('');
+  }
+
+  /** Our own message while it is not acked: `data-state` pending, sent, rejected or failed. */
+  function outgoingLine(room, text) {
+    const me = room.me || { name: room.user || 'you', color: '' };
+    const line = document.createElement('div');
+    line.className = 'outgoing';
+    line.dataset.state = 'pending';
+    const from = document.createElement('span');
+    from.className = 'from';
+    from.textContent = me.name;
+    from.style.color = safeColor(me.color);
+    const body = document.createElement('span');
+    body.className = 'text';
+    body.textContent = text;
+    const note = document.createElement('span');
+    note.className = 'send-state';
+    note.textContent = 'sending…';
+    line.append(timeEl(Date.now()), from, body, note);
+    return line;
+  }
+
+  function setOutgoingState(out, s, note) {
+    out.line.dataset.state = s;
+    out.line.querySelector('.send-state').textContent = note;
+  }
+
+  /** Queues `text` for `room` with a fresh idem key and sends it if the room is joined. */
+  function queueSend(room, text) {
+    const out = {
+      idem: idemKey(),
+      room: room.name,
+      text,
+      ref: null,
+      retry: null,
+      failures: 0,
+      line: outgoingLine(room, text),
+    };
+    state.outbox.set(out.idem, out);
+    appendLine(room, out.line);
+    // Anything older still waiting for a retry goes first, so the order is kept.
+    flushOutbox(room, true);
+  }
+
+  /**
+   * Sends every unacked message of `room` that is not in flight, in order, each with its
+   * own idem key (so the server publishes a repeat only once). With `now`, also those
+   * waiting for a retry timer.
+   */
+  function flushOutbox(room, now) {
+    if (room.state !== 'joined') return;
+    for (const out of state.outbox.values()) {
+      if (out.room !== room.name || out.ref !== null) continue;
+      if (out.retry !== null) {
+        if (!now) continue;
+        clearTimeout(out.retry);
+        out.retry = null;
+      }
+      const ref = nextRef('send', room.name, { idem: out.idem });
+      if (!sendFrame({ type: 'send', room: room.name, text: out.text, idem: out.idem, ref })) {
+        state.refs.delete(ref);
+        return; // not connected: everything goes once the room is rejoined
+      }
+      out.ref = ref;
+    }
+  }
+
+  /** Tries `out` again later (jittered backoff), or sooner when the room shows signs of life. */
+  function retrySendLater(out) {
+    const base = Math.min(SEND_RETRY_MAX_MS, SEND_RETRY_MIN_MS * 2 ** Math.min(out.failures, 16));
+    out.failures += 1;
+    out.retry = setTimeout(() => {
+      out.retry = null;
+      const room = state.rooms.get(out.room);
+      if (room && state.outbox.get(out.idem) === out) flushOutbox(room, false);
+    }, base * (0.5 + Math.random()));
+  }
+
+  /** Takes `out` out of the outbox for good; its line stays, saying why it was not sent. */
+  function failSend(out, s, note) {
+    state.outbox.delete(out.idem);
+    if (out.retry !== null) clearTimeout(out.retry);
+    out.retry = null;
+    setOutgoingState(out, s, note);
+  }
+
+  /** The room is gone (left, removed): its unsent messages with it. */
+  function dropOutbox(room, note) {
+    for (const out of [...state.outbox.values()]) {
+      if (out.room === room.name) failSend(out, 'failed', note || 'not sent');
+    }
+  }
+
+  function onAck(f) {
+    const info = typeof f.ref === 'string' ? state.refs.get(f.ref) : undefined;
+    if (info) state.refs.delete(f.ref);
+    if (!info || info.kind !== 'send') return;
+    const out = state.outbox.get(info.idem);
+    const room = state.rooms.get(info.room);
+    if (!out || !room) return;
+    state.outbox.delete(out.idem);
+    if (out.retry !== null) clearTimeout(out.retry);
+    out.retry = null;
+    // `duplicate`: an earlier copy was published after all; the id is that copy's.
+    const id = typeof f.id === 'string' ? f.id : null;
+    if (id === null || room.seen.has(id)) {
+      removeLine(room, out.line); // the message itself is already shown
+    } else {
+      // The line stands in for the message until it arrives (in its place among the others).
+      setOutgoingState(out, 'sent', '');
+      out.line.dataset.id = id;
+      room.awaiting.set(id, out.line);
+    }
+    flushOutbox(room, true); // publishing works: what waits for a retry can go now
+  }
+
   // ---------- frames from the server ----------
 
   function user(u) {
@@ -590,10 +842,15 @@
         if (room) onPresence(room, f);
         break;
       case 'ack':
-        state.refs.delete(f.ref);
+        onAck(f);
         break;
       case 'left':
-        break; // the room was already removed locally when leave was sent
+        // An answer to our `leave` finds no room: it was removed locally when leave was sent.
+        if (room) onLeft(room, f);
+        break;
+      case 'typing':
+        if (room) onTyping(room, f);
+        break;
       case 'error':
         onError(f);
         break;
@@ -630,30 +887,107 @@
     } else if (f.recovered === false) {
       systemLine(room, 'missed', 'some messages may have been missed');
     }
+    room.me = me;
     setRoomState(room, 'joined');
     if (me.id !== null) showIdentity(me.name);
-    if (first) systemLine(room, 'joined', `You joined ${room.name} as ${me.name}`);
-    if (room.name === state.current) renderMembers();
+    if (first) {
+      systemLine(room, 'joined', `You joined ${room.name} as ${me.name}`);
+      // The history of a fresh join follows `joined`: it goes above this line.
+      if (room.since === null) room.historyAnchor = room.lines[room.lines.length - 1] || null;
+    }
+    if (room.name === state.current) {
+      renderMembers();
+      renderTyping();
+    }
+    flushOutbox(room, true); // what was not acked before the reconnect, same idem keys
+  }
+
+  /** Orders message ids (`<ms>-<seq>`, docs/protocol.md): negative if `a` is older. */
+  function compareIds(a, b) {
+    const pa = /^(\d+)-(\d+)$/.exec(a);
+    const pb = /^(\d+)-(\d+)$/.exec(b);
+    if (!pa || !pb) return a === b ? 0 : 1;
+    return Number(pa[1]) - Number(pb[1]) || Number(pa[2]) - Number(pb[2]);
   }
 
   function onMessage(room, f) {
     if (typeof f.id !== 'string') return;
+    const replay = f.replay === true;
+    // Replays come right after `joined`, before anything live: once something live
+    // arrives, the history of the join is complete.
+    if (!replay) room.historyAnchor = null;
     if (room.seen.has(f.id)) return; // replays after a resume may repeat what we have
     room.seen.add(f.id);
     if (room.seen.size > MAX_SEEN_IDS) room.seen.delete(room.seen.values().next().value);
-    room.cursor = f.id;
+    // Never move the cursor back (a history replay is older than `offset`).
+    if (room.cursor === null || compareIds(f.id, room.cursor) > 0) room.cursor = f.id;
     const from = user(f.from);
-    appendLine(
-      room,
-      messageLine({ id: f.id, name: from.name, color: from.color, text: String(f.text ?? ''), ts: f.ts }),
-    );
-    if (room.name !== state.current) {
+    // Our own message: its pending line makes way for it.
+    const mine = room.awaiting.get(f.id);
+    if (mine) {
+      room.awaiting.delete(f.id);
+      removeLine(room, mine);
+    }
+    const line = messageLine({
+      id: f.id, name: from.name, color: from.color, text: String(f.text ?? ''), ts: f.ts, replay,
+    });
+    const history = replay && room.historyAnchor !== null;
+    if (history) insertLineBefore(room, line, room.historyAnchor);
+    else appendLine(room, line);
+    if (!replay) {
+      stopTyping(room, from); // their message is here: no longer "typing"
+      flushOutbox(room, true); // publishing works: what waits for a retry can go now
+    }
+    if (room.name !== state.current && !history) {
       room.unread += 1;
       updateBadge(room);
     }
   }
 
+  function onTyping(room, f) {
+    if (room.state !== 'joined') return;
+    const u = user(f.user);
+    // Never ourselves (another tab of ours, or a server that echoes).
+    if (room.me !== null && memberKey(u) === memberKey(room.me)) return;
+    const key = memberKey(u);
+    const prev = room.typing.get(key);
+    if (prev) clearTimeout(prev.timer);
+    const timer = setTimeout(() => {
+      if (room.typing.get(key)?.timer !== timer) return;
+      room.typing.delete(key);
+      if (room.name === state.current) renderTyping();
+    }, TYPING_SHOW_MS);
+    room.typing.set(key, { name: u.name, timer });
+    if (room.name === state.current) renderTyping();
+  }
+
+  /** The server took us out of the room (`reason`): say so, and do not join it again. */
+  function onLeft(room, f) {
+    if (typeof f.reason !== 'string') return; // an answer to a `leave` of an earlier visit
+    const text = f.reason === 'removed'
+      ? `You were removed from ${room.name}`
+      : `You are no longer in ${room.name} (${f.reason})`;
+    if (room.retry !== null) {
+      clearTimeout(room.retry);
+      room.retry = null;
+    }
+    room.members = [];
+    room.historyAnchor = null;
+    clearTyping(room);
+    dropOutbox(room, 'not sent: you are no longer in this room');
+    systemLine(room, 'removed', text);
+    // `failed`: not rejoined on reconnect nor on reload; joining it again is up to the user.
+    setRoomState(room, 'failed');
+    saveRooms();
+    showBanner('removed', text);
+    if (room.name === state.current) {
+      renderMembers();
+      renderTyping();
+    }
+  }
+
   function onPresence(room, f) {
+    room.historyAnchor = null;
     const u = user(f.user);
     if (f.event === 'join') {
       room.members.push(u);
@@ -662,6 +996,9 @@
       const i = room.members.findIndex((m) => memberKey(m) === memberKey(u));
       if (i >= 0) room.members.splice(i, 1);
       systemLine(room, 'presence', `${u.name} left`);
+      // In jwt mode `leave` means the user's last connection: no one is typing any more.
+      // In anonymous mode another connection may share the name; it types again if it does.
+      stopTyping(room, u);
     } else {
       return;
     }
@@ -716,6 +1053,11 @@
       showBanner('info', 'This gateway does not use sign-in tokens: pick a display name.');
       return;
     }
+    if (f.ref === TYPING_REF) {
+      // A notice nobody needs: never shown. A gateway without typing support says so once.
+      if (code === 'unknown_type' || code === 'bad_request') state.typingUnsupported = true;
+      return;
+    }
     if (code === 'unauthorized' && (f.ref === AUTH_REF || !state.ready)) {
       // The token was refused (bad signature, expired, ...): the message says why.
       notAuthorized('unauthorized', `Not authorized: ${message || code}`);
@@ -732,6 +1074,7 @@
     if (info && info.kind === 'join' && room) {
       if (code === 'already_joined') {
         setRoomState(room, 'joined');
+        flushOutbox(room, true);
         return;
       }
       systemLine(room, 'error', `could not join ${room.name}: ${message || code}`);
@@ -746,6 +1089,24 @@
             if (state.ready && state.rooms.get(room.name) === room && room.state === 'offline') joinRoom(room);
           }, JOIN_RETRY_MS);
         }
+      }
+      return;
+    }
+    const out = info && info.kind === 'send' ? state.outbox.get(info.idem) : undefined;
+    if (out && out.ref === f.ref) {
+      out.ref = null;
+      if (RETRY_SEND_ERRORS.has(code)) {
+        // Nothing was published (or, after `unavailable`, maybe it was: the same idem key
+        // makes the retry harmless). Try again when publishing works again.
+        setOutgoingState(out, 'pending', code === 'unavailable' ? 'not sent yet, retrying…' : 'sending…');
+        retrySendLater(out);
+      } else if (code === 'draining') {
+        // The connection closes; the message goes again once the room is rejoined.
+      } else if (code === 'rejected') {
+        // The publish hook refused it: the message says why.
+        failSend(out, 'rejected', `not sent: ${message || code}`);
+      } else {
+        failSend(out, 'failed', `not sent (${code})${message ? `: ${message}` : ''}`);
       }
       return;
     }
@@ -775,6 +1136,7 @@
       return;
     }
     if (state.token === null) store(STORE_NAME, n.name);
+    hideBanner('removed');
     addRoom(r.room, n.name, true);
     ui.room.value = '';
     ui.text.focus();
@@ -786,17 +1148,20 @@
     if (text.trim() === '' || state.current === null) return;
     const room = state.rooms.get(state.current);
     if (!room) return;
-    if (room.state !== 'joined') {
+    // A room we are in, or were in before the connection dropped (it is rejoined on
+    // reconnect): the message waits in the outbox, shown as pending, until it is acked.
+    const queued = room.state === 'joined' || (room.everJoined && room.state !== 'failed');
+    if (!queued) {
       systemLine(room, 'error', 'not connected to this room yet; the message was not sent');
       return;
     }
-    const ref = nextRef('send', room.name, { text });
-    if (sendFrame({ type: 'send', room: room.name, text, ref })) {
-      ui.text.value = '';
-    } else {
-      state.refs.delete(ref);
-      systemLine(room, 'error', 'not connected; the message was not sent');
-    }
+    queueSend(room, text);
+    ui.text.value = '';
+  });
+
+  ui.text.addEventListener('input', () => {
+    const room = state.current === null ? null : state.rooms.get(state.current);
+    if (room && ui.text.value.trim() !== '') sendTyping(room);
   });
 
   window.addEventListener('online', () => {
