@@ -14,7 +14,7 @@
 use std::sync::{Arc, Mutex};
 
 use axum::Router;
-use axum::extract::rejection::JsonRejection;
+use axum::extract::rejection::{BytesRejection, JsonRejection, PathRejection};
 use axum::extract::{DefaultBodyLimit, MatchedPath, Path, Query, Request, State};
 use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
 use axum::middleware::{self, Next};
@@ -47,7 +47,12 @@ const SYSTEM_USER: &str = "system";
 
 /// The keys the API accepts: `api.keys` plus the lines of `api.keys_file`.
 pub(crate) fn load_keys(config: &Config) -> Result<Vec<String>, ConfigError> {
-    let mut keys: Vec<String> = config.api.keys.iter().map(|k| k.trim().to_string()).collect();
+    let mut keys: Vec<String> = config
+        .api
+        .keys
+        .iter()
+        .map(|k| k.trim().to_string())
+        .collect();
     if let Some(path) = &config.api.keys_file {
         let text = std::fs::read_to_string(path).map_err(|e| ConfigError::Invalid {
             key: "api.keys_file",
@@ -87,7 +92,12 @@ struct ApiInner {
 
 /// The API's routes, to be merged into the client router: the endpoints when `keys` is
 /// non-empty, else a 404 for everything under the prefix.
-pub(crate) fn router(rooms: Rooms, metrics: Arc<Metrics>, config: &Config, keys: Vec<String>) -> Router {
+pub(crate) fn router(
+    rooms: Rooms,
+    metrics: Arc<Metrics>,
+    config: &Config,
+    keys: Vec<String>,
+) -> Router {
     if keys.is_empty() {
         return Router::new()
             .route(PREFIX, axum::routing::any(disabled))
@@ -116,12 +126,17 @@ pub(crate) fn router(rooms: Rooms, metrics: Arc<Metrics>, config: &Config, keys:
         .route_layer(middleware::from_fn_with_state(api.clone(), authorize));
     let v1 = Router::new()
         .route("/openapi.json", get(openapi))
+        .route("/", axum::routing::any(not_found))
         .merge(protected)
         .fallback(not_found)
+        .method_not_allowed_fallback(method_not_allowed)
         .layer(middleware::from_fn_with_state(api.clone(), count))
         .layer(DefaultBodyLimit::max(config.api.max_body_bytes))
         .with_state(api);
-    Router::new().nest(PREFIX, v1)
+    // `nest` does not route the prefix with a trailing slash to the nested fallback.
+    Router::new()
+        .nest(PREFIX, v1)
+        .route(&format!("{PREFIX}/"), axum::routing::any(not_found))
 }
 
 /// An API error: the HTTP status and `{"error":{"code":..,"message":..}}`.
@@ -156,7 +171,11 @@ impl ApiError {
     }
 
     fn bad_request(message: impl Into<String>) -> Self {
-        Self::new(StatusCode::BAD_REQUEST, ErrorCode::BadRequest.as_str(), message)
+        Self::new(
+            StatusCode::BAD_REQUEST,
+            ErrorCode::BadRequest.as_str(),
+            message,
+        )
     }
 }
 
@@ -181,15 +200,34 @@ impl From<RoomError> for ApiError {
     }
 }
 
+/// A body or path the extractors refused: 413 `too_large` for a body over
+/// `api.max_body_bytes`, 415 for a body that is not `application/json`, else 400
+/// `bad_request` (missing, wrong-typed or unknown fields, bad JSON, a path that is not UTF-8).
+fn rejection(status: StatusCode, text: String) -> ApiError {
+    match status {
+        StatusCode::PAYLOAD_TOO_LARGE => ApiError::new(status, ErrorCode::TooLarge.as_str(), text),
+        StatusCode::UNSUPPORTED_MEDIA_TYPE => {
+            ApiError::new(status, ErrorCode::BadRequest.as_str(), text)
+        }
+        _ => ApiError::bad_request(text),
+    }
+}
+
 impl From<JsonRejection> for ApiError {
     fn from(e: JsonRejection) -> Self {
-        let status = e.status();
-        let code = if status == StatusCode::PAYLOAD_TOO_LARGE {
-            ErrorCode::TooLarge
-        } else {
-            ErrorCode::BadRequest
-        };
-        ApiError::new(status, code.as_str(), e.body_text())
+        rejection(e.status(), e.body_text())
+    }
+}
+
+impl From<PathRejection> for ApiError {
+    fn from(e: PathRejection) -> Self {
+        rejection(e.status(), e.body_text())
+    }
+}
+
+impl From<BytesRejection> for ApiError {
+    fn from(e: BytesRejection) -> Self {
+        rejection(e.status(), e.body_text())
     }
 }
 
@@ -226,6 +264,14 @@ async fn disabled() -> ApiError {
     )
 }
 
+async fn method_not_allowed() -> ApiError {
+    ApiError::new(
+        StatusCode::METHOD_NOT_ALLOWED,
+        ErrorCode::BadRequest.as_str(),
+        "this endpoint does not take that method; see /api/v1/openapi.json",
+    )
+}
+
 async fn not_found() -> ApiError {
     ApiError::new(
         StatusCode::NOT_FOUND,
@@ -240,8 +286,9 @@ async fn authorize(State(api): State<Api>, request: Request, next: Next) -> Resp
         .headers()
         .get(header::AUTHORIZATION)
         .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.strip_prefix("Bearer "))
-        .map(str::trim);
+        .and_then(|v| v.split_once(' '))
+        .filter(|(scheme, _)| scheme.eq_ignore_ascii_case("bearer"))
+        .map(|(_, key)| key.trim());
     let Some(presented) = presented else {
         return ApiError::new(
             StatusCode::UNAUTHORIZED,
@@ -286,7 +333,10 @@ async fn authorize(State(api): State<Api>, request: Request, next: Next) -> Resp
 async fn count(State(api): State<Api>, request: Request, next: Next) -> Response {
     let endpoint = endpoint_label(
         request.method(),
-        request.extensions().get::<MatchedPath>().map(MatchedPath::as_str),
+        request
+            .extensions()
+            .get::<MatchedPath>()
+            .map(MatchedPath::as_str),
     );
     let response = next.run(request).await;
     api.inner
@@ -299,7 +349,9 @@ async fn count(State(api): State<Api>, request: Request, next: Next) -> Response
 
 /// The endpoint label of a request: a fixed set, whatever the path holds.
 fn endpoint_label(method: &axum::http::Method, path: Option<&str>) -> &'static str {
-    let path = path.and_then(|p| p.strip_prefix(PREFIX)).unwrap_or_default();
+    let path = path
+        .and_then(|p| p.strip_prefix(PREFIX))
+        .unwrap_or_default();
     match (method.as_str(), path) {
         ("POST", "/rooms/{room}/messages") => "publish",
         ("GET", "/rooms/{room}/history") => "history",
@@ -372,9 +424,10 @@ pub(crate) struct PublishResponse {
     request_body = PublishRequest,
     responses(
         (status = 200, description = "Published (or a duplicate of an earlier call)", body = PublishResponse),
-        (status = 400, description = "Bad room, text, sender or key", body = ErrorBody),
+        (status = 400, description = "Bad room, text, sender or key; malformed JSON, missing, wrong-typed or unknown fields", body = ErrorBody),
         (status = 401, description = "Missing or wrong key", body = ErrorBody),
         (status = 413, description = "Body or text too large", body = ErrorBody),
+        (status = 415, description = "The body is not `application/json`", body = ErrorBody),
         (status = 429, description = "Rate limit of the key", body = ErrorBody),
         (status = 503, description = "The bus is unavailable; nothing was published", body = ErrorBody),
     ),
@@ -382,10 +435,17 @@ pub(crate) struct PublishResponse {
 )]
 async fn publish(
     State(api): State<Api>,
-    Path(room): Path<String>,
-    body: Result<axum::Json<PublishRequest>, JsonRejection>,
+    room: Result<Path<String>, PathRejection>,
+    body: Result<axum::Json<serde_json::Value>, JsonRejection>,
 ) -> ApiResult<PublishResponse> {
+    let Path(room) = room?;
     let axum::Json(body) = body?;
+    // Through a JSON value: serde would also read a struct from an array.
+    if !body.is_object() {
+        return Err(ApiError::bad_request("the body must be a JSON object"));
+    }
+    let body: PublishRequest = serde_json::from_value(body)
+        .map_err(|e| ApiError::bad_request(format!("bad body: {e}")))?;
     validate_room(&room)?;
     check_text(&body.text, api.inner.config.limits.max_text_bytes)?;
     let from = match body.from {
@@ -410,7 +470,14 @@ async fn publish(
     let rooms = &api.inner.rooms;
     let span = info_span!("api_publish", node = %rooms.node(), room = %room);
     let published = rooms
-        .publish(&room, &from, "api", body.text, telemetry::traceparent(&span), idem)
+        .publish(
+            &room,
+            &from,
+            "api",
+            body.text,
+            telemetry::traceparent(&span),
+            idem,
+        )
         .instrument(span)
         .await?;
     Ok(axum::Json(PublishResponse {
@@ -476,9 +543,10 @@ pub(crate) struct HistoryResponse {
 )]
 async fn history(
     State(api): State<Api>,
-    Path(room): Path<String>,
+    room: Result<Path<String>, PathRejection>,
     query: Result<Query<HistoryQuery>, axum::extract::rejection::QueryRejection>,
 ) -> ApiResult<HistoryResponse> {
+    let Path(room) = room?;
     let Query(query) = query.map_err(|e| ApiError::bad_request(e.body_text()))?;
     validate_room(&room)?;
     let limit = query.limit.unwrap_or(50);
@@ -496,9 +564,7 @@ async fn history(
     };
     let range = match (&query.before, &query.after) {
         (Some(_), Some(_)) => {
-            return Err(ApiError::bad_request(
-                "give `before` or `after`, not both",
-            ));
+            return Err(ApiError::bad_request("give `before` or `after`, not both"));
         }
         (Some(b), None) => HistoryRange::Before(parse("before", b)?),
         (None, Some(a)) => HistoryRange::After(parse("after", a)?),
@@ -558,7 +624,11 @@ pub(crate) struct MembersResponse {
     ),
     security(("bearer" = []))
 )]
-async fn members(State(api): State<Api>, Path(room): Path<String>) -> ApiResult<MembersResponse> {
+async fn members(
+    State(api): State<Api>,
+    room: Result<Path<String>, PathRejection>,
+) -> ApiResult<MembersResponse> {
+    let Path(room) = room?;
     validate_room(&room)?;
     let members: Vec<ApiUser> = api
         .inner
@@ -640,16 +710,20 @@ pub(crate) struct DisconnectResponse {
         (status = 200, description = "How many connections closed", body = DisconnectResponse),
         (status = 400, description = "Bad id or body", body = ErrorBody),
         (status = 401, description = "Missing or wrong key", body = ErrorBody),
+        (status = 413, description = "Body too large", body = ErrorBody),
+        (status = 415, description = "A body that is not `application/json`", body = ErrorBody),
         (status = 503, description = "The bus is unavailable; nobody was disconnected", body = ErrorBody),
     ),
     security(("bearer" = []))
 )]
 async fn disconnect(
     State(api): State<Api>,
-    Path(id): Path<String>,
+    id: Result<Path<String>, PathRejection>,
     headers: HeaderMap,
-    body: axum::body::Bytes,
+    body: Result<axum::body::Bytes, BytesRejection>,
 ) -> ApiResult<DisconnectResponse> {
+    let Path(id) = id?;
+    let body = body?;
     check_user_id(&id)?;
     let request: DisconnectRequest = if body.iter().all(u8::is_ascii_whitespace) {
         DisconnectRequest::default()
@@ -665,8 +739,13 @@ async fn disconnect(
                 "send the body as Content-Type: application/json",
             ));
         }
-        serde_json::from_slice(&body)
-            .map_err(|e| ApiError::bad_request(format!("bad JSON body: {e}")))?
+        let value: serde_json::Value = serde_json::from_slice(&body)
+            .map_err(|e| ApiError::bad_request(format!("bad JSON body: {e}")))?;
+        if !value.is_object() {
+            return Err(ApiError::bad_request("the body must be a JSON object"));
+        }
+        serde_json::from_value(value)
+            .map_err(|e| ApiError::bad_request(format!("bad body: {e}")))?
     };
     if let Some(reason) = &request.reason
         && reason.len() > 256
@@ -709,8 +788,9 @@ pub(crate) struct KickResponse {
 )]
 async fn kick(
     State(api): State<Api>,
-    Path((room, id)): Path<(String, String)>,
+    path: Result<Path<(String, String)>, PathRejection>,
 ) -> ApiResult<KickResponse> {
+    let Path((room, id)) = path?;
     validate_room(&room)?;
     check_user_id(&id)?;
     let ControlOutcome {
@@ -786,7 +866,11 @@ mod tests {
     fn the_openapi_document_is_3_1_and_lists_every_endpoint() {
         let doc: serde_json::Value =
             serde_json::from_str(&ApiDoc::openapi().to_json().expect("renders")).expect("json");
-        assert!(doc["openapi"].as_str().is_some_and(|v| v.starts_with("3.1")));
+        assert!(
+            doc["openapi"]
+                .as_str()
+                .is_some_and(|v| v.starts_with("3.1"))
+        );
         let paths = doc["paths"].as_object().expect("paths");
         for (method, path) in [
             ("post", "/api/v1/rooms/{room}/messages"),
@@ -814,7 +898,10 @@ mod tests {
         config.api.keys = vec!["key-from-list-0123456789".into()];
         config.api.keys_file = Some(dir.clone());
         let keys = load_keys(&config).expect("keys");
-        assert_eq!(keys, ["key-from-list-0123456789", "key-from-file-0123456789"]);
+        assert_eq!(
+            keys,
+            ["key-from-list-0123456789", "key-from-file-0123456789"]
+        );
         std::fs::write(&dir, "short\n").expect("write");
         assert!(load_keys(&config).is_err());
         let _ = std::fs::remove_file(dir);

@@ -44,8 +44,8 @@ pub mod telemetry;
 
 mod bus;
 
-mod auth;
 pub(crate) mod api;
+mod auth;
 pub(crate) mod hooks;
 
 mod rooms;

@@ -336,7 +336,12 @@ impl Rooms {
 
     /// Relays "`user` is typing" to the room's other members on every replica, unless
     /// this user's last one from this node was under a second ago (then it is dropped).
-    pub(crate) async fn typing(&self, room: &str, user: &User, conn: &str) -> Result<(), RoomError> {
+    pub(crate) async fn typing(
+        &self,
+        room: &str,
+        user: &User,
+        conn: &str,
+    ) -> Result<(), RoomError> {
         let allowed = match self.inner.rooms.get_mut(room) {
             Some(mut r) => typing_allowed(&mut r.typing_out, user_key(user)),
             None => false,
@@ -543,11 +548,11 @@ impl Rooms {
     async fn remove_user(&self, room: &Arc<str>, user: &str) -> u64 {
         let mut removed = 0;
         for key in self.local_members_of(Some(room), user) {
-            let local = self
-                .inner
-                .rooms
-                .get(&**room)
-                .and_then(|r| r.members.get(&key).map(|l| (l.member.clone(), l.presence.clone())));
+            let local = self.inner.rooms.get(&**room).and_then(|r| {
+                r.members
+                    .get(&key)
+                    .map(|l| (l.member.clone(), l.presence.clone()))
+            });
             let Some((member, presence)) = local else {
                 continue;
             };

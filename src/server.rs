@@ -127,7 +127,11 @@ pub async fn run(
     let hook = crate::hooks::PublishHook::from_config(&config, metrics.clone())?;
     let api_keys = crate::api::load_keys(&config)?;
     if !api_keys.is_empty() {
-        info!(keys = api_keys.len(), "server API enabled at {}", crate::api::PREFIX);
+        info!(
+            keys = api_keys.len(),
+            "server API enabled at {}",
+            crate::api::PREFIX
+        );
     }
     let api_router = crate::api::router(rooms.clone(), metrics.clone(), &config, api_keys);
     let state = AppState {

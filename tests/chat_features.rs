@@ -40,7 +40,10 @@ async fn join_with_history_shows_the_last_n_then_live(c: &Cluster) {
     let live = writer.send(room, "m6").await;
     let m6 = reader.next_of_type("message").await;
     assert_eq!((id_of(&m6), text_of(&m6)), (id_of(&live), "m6".to_string()));
-    assert!(m6.get("replay").is_none(), "live messages are not flagged: {m6}");
+    assert!(
+        m6.get("replay").is_none(),
+        "live messages are not flagged: {m6}"
+    );
     reader.assert_silent(Duration::from_millis(300)).await;
 
     // Without `history` (or with 0) a join replays nothing.
@@ -96,7 +99,11 @@ async fn join_with_history_during_sends_has_no_gap_or_duplicate(c: &Cluster) {
         .expect("some during message");
     let k0: usize = texts[first_during]["during-".len()..].parse().expect("k");
     let expected: Vec<String> = (k0..40).map(|k| format!("during-{k}")).collect();
-    assert_eq!(texts[first_during..], expected, "no gap after the first seen");
+    assert_eq!(
+        texts[first_during..],
+        expected,
+        "no gap after the first seen"
+    );
 }
 on_both_buses!(
     join_with_history_during_sends_has_no_gap_or_duplicate,
@@ -115,7 +122,9 @@ async fn typing_reaches_others_not_the_sender_and_is_throttled(c: &Cluster) {
     alice.wait_presence(room, "join", "bob").await;
 
     for _ in 0..5 {
-        alice.send_json(json!({"type": "typing", "room": room})).await;
+        alice
+            .send_json(json!({"type": "typing", "room": room}))
+            .await;
     }
     let typing = bob.next_json().await;
     assert_eq!(typing["type"], "typing", "{typing}");
@@ -126,7 +135,9 @@ async fn typing_reaches_others_not_the_sender_and_is_throttled(c: &Cluster) {
 
     // A second later another one passes.
     tokio::time::sleep(Duration::from_millis(1100)).await;
-    alice.send_json(json!({"type": "typing", "room": room})).await;
+    alice
+        .send_json(json!({"type": "typing", "room": room}))
+        .await;
     let again = bob.next_json().await;
     assert_eq!(again["type"], "typing", "{again}");
 
@@ -137,7 +148,10 @@ async fn typing_reaches_others_not_the_sender_and_is_throttled(c: &Cluster) {
         .try_join_frame(json!({"room": room, "name": "carol", "history": 50}))
         .await;
     let replay = carol.next_json().await;
-    assert_eq!((replay["type"].as_str(), text_of(&replay)), (Some("message"), "hello".into()));
+    assert_eq!(
+        (replay["type"].as_str(), text_of(&replay)),
+        (Some("message"), "hello".into())
+    );
     carol.assert_silent(Duration::from_millis(200)).await;
 
     // Typing in a room one has not joined is refused.
@@ -145,7 +159,10 @@ async fn typing_reaches_others_not_the_sender_and_is_throttled(c: &Cluster) {
         .send_json(json!({"type": "typing", "room": "elsewhere", "ref": "t1"}))
         .await;
     let error = alice.next_of_type("error").await;
-    assert_eq!((error["code"].as_str(), error["ref"].as_str()), (Some("not_joined"), Some("t1")));
+    assert_eq!(
+        (error["code"].as_str(), error["ref"].as_str()),
+        (Some("not_joined"), Some("t1"))
+    );
 }
 on_both_buses!(typing_reaches_others_not_the_sender_and_is_throttled, 2);
 
@@ -158,9 +175,7 @@ async fn idem_retry_after_a_reconnect_acks_once(c: &Cluster) {
 
     let mut sender = c.client(0).await;
     sender.join(room, "sam").await;
-    let send = |idem: &str, r: &str| {
-        json!({"type": "send", "room": room, "text": "once", "idem": idem, "ref": r})
-    };
+    let send = |idem: &str, r: &str| json!({"type": "send", "room": room, "text": "once", "idem": idem, "ref": r});
     let send_as_olga =
         json!({"type": "send", "room": room, "text": "olga", "idem": "k-1", "ref": "o1"});
     sender.send_json(send("k-1", "s1")).await;
@@ -218,7 +233,11 @@ async fn concurrent_idem_sends_on_two_replicas_publish_once(c: &Cluster) {
     }
     a.send(room, "end").await;
     let got = watcher.messages_until("end").await;
-    assert_eq!(got.len(), 11, "ten keys, one message each, then end: {got:?}");
+    assert_eq!(
+        got.len(),
+        11,
+        "ten keys, one message each, then end: {got:?}"
+    );
 }
 on_both_buses!(concurrent_idem_sends_on_two_replicas_publish_once, 2);
 
@@ -229,9 +248,14 @@ async fn an_oversized_idem_key_is_refused() {
     let mut client = c.client(0).await;
     client.join("a", "x").await;
     client
-        .send_json(json!({"type": "send", "room": "a", "text": "t", "idem": "k".repeat(65), "ref": "r"}))
+        .send_json(
+            json!({"type": "send", "room": "a", "text": "t", "idem": "k".repeat(65), "ref": "r"}),
+        )
         .await;
     let error = client.expect("error").await;
-    assert_eq!((error["code"].as_str(), error["ref"].as_str()), (Some("bad_request"), Some("r")));
+    assert_eq!(
+        (error["code"].as_str(), error["ref"].as_str()),
+        (Some("bad_request"), Some("r"))
+    );
     client.assert_silent(Duration::from_millis(200)).await;
 }

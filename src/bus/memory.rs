@@ -83,7 +83,11 @@ impl MemRoom {
 
     /// The last `n` entries.
     fn last(&self, n: usize) -> Vec<(MsgId, Bytes)> {
-        self.log.iter().skip(self.log.len().saturating_sub(n)).cloned().collect()
+        self.log
+            .iter()
+            .skip(self.log.len().saturating_sub(n))
+            .cloned()
+            .collect()
     }
 
     /// Forgets expired idempotency keys and bars.
@@ -414,7 +418,12 @@ mod tests {
         let (bus, mut rx) = MemoryBus::new(10, Duration::from_secs(60));
         let mut ids = Vec::new();
         for i in 0..5 {
-            ids.push(bus.publish("a", message(&i.to_string()), None).await.unwrap().id);
+            ids.push(
+                bus.publish("a", message(&i.to_string()), None)
+                    .await
+                    .unwrap()
+                    .id,
+            );
         }
         bus.publish("b", message("other"), None).await.unwrap();
         assert!(ids.windows(2).all(|w| w[0] < w[1]), "{ids:?}");
@@ -435,7 +444,12 @@ mod tests {
         let (bus, _rx) = MemoryBus::new(3, Duration::from_secs(60));
         let mut ids = Vec::new();
         for i in 0..5 {
-            ids.push(bus.publish("a", message(&i.to_string()), None).await.unwrap().id);
+            ids.push(
+                bus.publish("a", message(&i.to_string()), None)
+                    .await
+                    .unwrap()
+                    .id,
+            );
         }
         // ids[1] was the newest trimmed entry: everything after it is still there.
         let c = bus.catch_up("a", ids[1]).await.unwrap();
@@ -517,7 +531,12 @@ mod tests {
         let (bus, _rx) = MemoryBus::new(100, Duration::from_secs(60));
         let mut ids = Vec::new();
         for i in 0..7 {
-            ids.push(bus.publish("a", message(&i.to_string()), None).await.unwrap().id);
+            ids.push(
+                bus.publish("a", message(&i.to_string()), None)
+                    .await
+                    .unwrap()
+                    .id,
+            );
         }
         let mut seen: Vec<MsgId> = Vec::new();
         let mut page = bus.history("a", HistoryRange::Latest, 3).await.unwrap();
@@ -528,11 +547,20 @@ mod tests {
             if !page.more {
                 break;
             }
-            page = bus.history("a", HistoryRange::Before(seen[0]), 3).await.unwrap();
+            page = bus
+                .history("a", HistoryRange::Before(seen[0]), 3)
+                .await
+                .unwrap();
         }
         assert_eq!(seen, ids);
-        let forward = bus.history("a", HistoryRange::After(ids[4]), 3).await.unwrap();
-        assert_eq!(forward.entries.iter().map(|e| e.0).collect::<Vec<_>>(), ids[5..].to_vec());
+        let forward = bus
+            .history("a", HistoryRange::After(ids[4]), 3)
+            .await
+            .unwrap();
+        assert_eq!(
+            forward.entries.iter().map(|e| e.0).collect::<Vec<_>>(),
+            ids[5..].to_vec()
+        );
         assert!(!forward.more);
     }
 
@@ -543,7 +571,10 @@ mod tests {
         bus.bar("a", "c1", 5_000).await.unwrap();
         let info = bus.join("a", &member("c1"), None, 0).await.unwrap();
         assert!(info.kicked_ms.is_some_and(|ms| ms > 0 && ms <= 5_000));
-        assert!(bus.members("a").await.unwrap().is_empty(), "nothing recorded");
+        assert!(
+            bus.members("a").await.unwrap().is_empty(),
+            "nothing recorded"
+        );
         let other = bus.join("a", &member("c2"), None, 0).await.unwrap();
         assert_eq!(other.kicked_ms, None);
         tokio::time::advance(Duration::from_secs(6)).await;

@@ -83,8 +83,9 @@ pub(crate) fn user_key(user: &User) -> &str {
     user.id.as_deref().unwrap_or(&user.name)
 }
 
-/// An idempotency key (already scoped by the caller: API key or sender) and how long the
-/// bus remembers it.
+/// An idempotency key (already scoped by the caller: `a:` for the server API, shared by
+/// every API key so a retry after a key rotation still matches; per user for clients)
+/// and how long the bus remembers it.
 #[derive(Debug, Clone)]
 pub(crate) struct Idem {
     pub(crate) key: String,
@@ -331,7 +332,12 @@ impl Bus {
         each!(self, b => b.control(message).await)
     }
 
-    pub(crate) async fn bar(&self, room: &str, user_key: &str, ttl_ms: u64) -> Result<(), BusError> {
+    pub(crate) async fn bar(
+        &self,
+        room: &str,
+        user_key: &str,
+        ttl_ms: u64,
+    ) -> Result<(), BusError> {
         each!(self, b => b.bar(room, user_key, ttl_ms).await)
     }
 

@@ -468,10 +468,8 @@ impl Backend for RedisBus {
                 .await?;
             names.extend(strings(rooms));
         }
-        let counts = futures_util::future::try_join_all(
-            names.iter().map(|room| self.members(room)),
-        )
-        .await?;
+        let counts =
+            futures_util::future::try_join_all(names.iter().map(|room| self.members(room))).await?;
         Ok(names
             .into_iter()
             .zip(counts)
@@ -673,10 +671,7 @@ fn members_of(values: Value) -> Vec<User> {
 /// The strings of an array reply (non-strings skipped).
 fn strings(value: Value) -> Vec<String> {
     match value {
-        Value::Array(values) => values
-            .into_iter()
-            .filter_map(|v| v.as_string())
-            .collect(),
+        Value::Array(values) => values.into_iter().filter_map(|v| v.as_string()).collect(),
         _ => Vec::new(),
     }
 }

@@ -34,9 +34,9 @@ pub(crate) use self::writer::Out;
 use self::writer::{CLOSE_GRACE, Release};
 use crate::auth::{self, AuthError, Verifier};
 use crate::bus::{Idem, MemberRef};
-use crate::hooks::{PublishHook, Verdict};
 use crate::clock;
 use crate::config::Config;
+use crate::hooks::{PublishHook, Verdict};
 use crate::metrics::Metrics;
 use crate::protocol::{
     ClientFrame, DisconnectReason, Encode, ErrorCode, FrameError, MsgId, ServerFrame, User,
