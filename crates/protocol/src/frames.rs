@@ -138,7 +138,11 @@ pub fn parse_client_frame(text: &str) -> Result<ClientFrame, FrameError> {
                     format!("`ref` is longer than {MAX_REF_BYTES} bytes"),
                 ));
             }
-            if let ClientFrame::Send { idem: Some(idem), reference, .. } = &frame
+            if let ClientFrame::Send {
+                idem: Some(idem),
+                reference,
+                ..
+            } = &frame
                 && (idem.is_empty() || idem.len() > MAX_IDEM_BYTES)
             {
                 return Err(FrameError::new(
