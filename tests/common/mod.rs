@@ -2,6 +2,10 @@
 //!
 //! - [`RedisServer`]: a `redis-server` child per test on a free loopback port (stop/restart it
 //!   to inject faults; `redis_cmd`/`numsub` to look inside).
+//! - [`RedisCluster`] (masters with replicas, `cluster-enabled` processes: kill a slot's
+//!   master, move a slot) and [`RedisSentinel`] (master, replica, three sentinels: kill the
+//!   master): real topologies for the cluster and sentinel buses (issue 12).
+//! - `backend`: a local HTTP server playing the product's backend for the publish hook.
 //! - [`Node`]: `roomcast::run` in-process on port 0; [`ProcessNode`]: the real binary.
 //! - [`Cluster`]: one bus (memory or Redis) and its replicas, so a scenario runs on both.
 //! - [`Client`]: a tokio-tungstenite WebSocket client speaking protocol v1; [`RawWs`]: a
@@ -16,11 +20,13 @@ mod client;
 mod http;
 mod node;
 mod redis;
+pub mod redis_cluster;
 
 pub use client::*;
 pub use http::*;
 pub use node::*;
 pub use redis::*;
+pub use redis_cluster::*;
 
 pub use serde_json::{Value, json};
 pub use std::time::Duration;
