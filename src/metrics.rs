@@ -228,6 +228,16 @@ impl Metrics {
         for result in ["allow", "rewrite", "deny", "error"] {
             m.hook_results.with_label_values(&[result]);
         }
+        for endpoint in [
+            "publish",
+            "history",
+            "members",
+            "rooms",
+            "disconnect",
+            "kick",
+        ] {
+            m.api_requests.with_label_values(&[endpoint, "200"]);
+        }
         m
     }
 
