@@ -15,7 +15,6 @@
 use std::collections::VecDeque;
 use std::io::Write;
 use std::path::{Path, PathBuf};
-use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::{Context, anyhow, bail};
@@ -519,17 +518,10 @@ fn quote_body(body: &[u8]) -> String {
 /// client in `auth`), no redirects. For an `http://` URL a platform without usable roots
 /// is no reason to fail: TLS is not used.
 fn http_client(timeout: Duration, https: bool) -> anyhow::Result<reqwest::Client> {
-    use rustls_platform_verifier::BuilderVerifierExt as _;
-    let provider = Arc::new(rustls::crypto::ring::default_provider());
-    let builder = rustls::ClientConfig::builder_with_provider(provider)
-        .with_safe_default_protocol_versions()
-        .context("TLS setup")?;
-    let tls = match builder.clone().with_platform_verifier() {
-        Ok(b) => b.with_no_client_auth(),
-        Err(e) if https => return Err(anyhow!("TLS setup (platform certificates): {e}")),
-        Err(_) => builder
-            .with_root_certificates(rustls::RootCertStore::empty())
-            .with_no_client_auth(),
+    let tls = match crate::tls::client_config() {
+        Ok(tls) => tls,
+        Err(e) if https => return Err(anyhow!("{e} (platform certificates)")),
+        Err(_) => crate::tls::no_roots_config().map_err(|e| anyhow!(e))?,
     };
     reqwest::Client::builder()
         .tls_backend_preconfigured(tls)

@@ -669,15 +669,8 @@ impl Jwks {
 
 /// The JWKS client: rustls with the ring provider and the platform's roots, 5 s timeout.
 fn http_client() -> Result<reqwest::Client, String> {
-    use rustls_platform_verifier::BuilderVerifierExt as _;
-    let provider = Arc::new(rustls::crypto::ring::default_provider());
-    let tls = rustls::ClientConfig::builder_with_provider(provider)
-        .with_safe_default_protocol_versions()
-        .and_then(|b| b.with_platform_verifier())
-        .map_err(|e| format!("TLS setup: {e}"))?
-        .with_no_client_auth();
     reqwest::Client::builder()
-        .tls_backend_preconfigured(tls)
+        .tls_backend_preconfigured(crate::tls::client_config()?)
         .timeout(JWKS_FETCH_TIMEOUT)
         .connect_timeout(JWKS_FETCH_TIMEOUT)
         .build()

@@ -441,15 +441,8 @@ fn read_secret_file(path: &std::path::Path) -> Result<Vec<u8>, ConfigError> {
 /// and a 3xx is an error), connections pooled and kept alive. The whole call is bounded by
 /// the caller; the connect timeout only stops a connect from outliving it.
 fn http_client(timeout: Duration) -> Result<reqwest::Client, String> {
-    use rustls_platform_verifier::BuilderVerifierExt as _;
-    let provider = Arc::new(rustls::crypto::ring::default_provider());
-    let tls = rustls::ClientConfig::builder_with_provider(provider)
-        .with_safe_default_protocol_versions()
-        .and_then(|b| b.with_platform_verifier())
-        .map_err(|e| format!("TLS setup: {e}"))?
-        .with_no_client_auth();
     reqwest::Client::builder()
-        .tls_backend_preconfigured(tls)
+        .tls_backend_preconfigured(crate::tls::client_config()?)
         .connect_timeout(timeout)
         .redirect(reqwest::redirect::Policy::none())
         .pool_idle_timeout(Duration::from_secs(60))

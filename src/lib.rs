@@ -8,6 +8,7 @@
 //! - `protocol`: the client wire protocol, from the shared `roomcast-protocol` crate,
 //!   plus encoding frames to shared WebSocket bytes.
 //! - `clock`: wall-clock timestamps and the monotonic clock every timeout uses.
+//! - `tls`: the rustls client configuration of every outgoing HTTP client.
 //! - `metrics`: the Prometheus metrics (names documented in `docs/operations.md`).
 //! - [`telemetry`]: logs and OpenTelemetry trace export.
 //! - `bus`: the bus between replicas (memory or Redis), complete: publish with room
@@ -41,6 +42,7 @@ mod protocol;
 mod clock;
 mod metrics;
 pub mod telemetry;
+mod tls;
 
 mod bus;
 
