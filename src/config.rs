@@ -4,7 +4,7 @@
 //! `docs/configuration.md`.
 
 use std::net::SocketAddr;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
@@ -249,19 +249,85 @@ pub struct NodeConfig {
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct RedisConfig {
-    /// `None` selects the in-process bus (single node).
+    /// How the gateway finds Redis: one server (`redis.url`), a Redis Cluster (seed
+    /// `redis.nodes`) or a master watched by Sentinel (`redis.sentinels` +
+    /// `redis.sentinel_master`).
+    pub mode: RedisMode,
+    /// Standalone mode: `redis://` or `rediss://` URL. `None` (and standalone mode)
+    /// selects the in-process bus (single node).
     pub url: Option<String>,
-    /// Secret: overrides the password in `url`.
+    /// Cluster mode: seed nodes, `host:port` (any reachable subset of the cluster).
+    pub nodes: Vec<String>,
+    /// Sentinel mode: the sentinels, `host:port`.
+    pub sentinels: Vec<String>,
+    /// Sentinel mode: the name the sentinels monitor the master under.
+    pub sentinel_master: Option<String>,
+    /// Secret, sentinel mode: the sentinels' own password (`requirepass` of the
+    /// sentinels), when they have one; `redis.password` is the data nodes'.
+    pub sentinel_password: Option<String>,
+    /// ACL user (Redis 6+); every mode. Overrides a user in `url`.
+    pub username: Option<String>,
+    /// Secret: every mode; overrides the password in `url`.
     pub password: Option<String>,
+    /// TLS to every Redis node (and sentinel); `rediss://` URLs imply it.
+    pub tls: bool,
+    /// PEM file of the CA(s) that sign the Redis servers' certificates; without it the
+    /// platform's trust store is used. Needs TLS.
+    pub tls_ca_file: Option<PathBuf>,
+    /// Replicas that must hold each published message before it is acknowledged
+    /// (Redis `WAIT` after the publish); 0 acknowledges once the master has it. Set 1
+    /// with a replicated master (cluster or Sentinel) so a failover cannot lose an
+    /// acknowledged message.
+    pub replica_acks: u32,
+    /// How long a publish waits for `replica_acks` replicas before the sender gets
+    /// `unavailable` (and retries; with `idem` the retry never duplicates).
+    #[serde(with = "humantime_serde")]
+    pub replica_ack_timeout: Duration,
     /// Prefix of every key and channel, so deployments can share one Redis.
     pub prefix: String,
+}
+
+/// How the gateway finds Redis (`redis.mode`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum RedisMode {
+    #[default]
+    Standalone,
+    Cluster,
+    Sentinel,
+}
+
+impl RedisConfig {
+    /// Whether a Redis bus is configured (else the in-process bus serves one node).
+    pub fn enabled(&self) -> bool {
+        self.mode != RedisMode::Standalone || self.url.is_some()
+    }
+
+    /// Whether connections use TLS (`redis.tls`, or a `rediss://` URL).
+    pub fn uses_tls(&self) -> bool {
+        self.tls
+            || self
+                .url
+                .as_deref()
+                .is_some_and(|u| u.starts_with("rediss://"))
+    }
 }
 
 impl Default for RedisConfig {
     fn default() -> Self {
         Self {
+            mode: RedisMode::Standalone,
             url: None,
+            nodes: Vec::new(),
+            sentinels: Vec::new(),
+            sentinel_master: None,
+            sentinel_password: None,
+            username: None,
             password: None,
+            tls: false,
+            tls_ca_file: None,
+            replica_acks: 0,
+            replica_ack_timeout: Duration::from_secs(1),
             prefix: "roomcast".into(),
         }
     }
@@ -469,12 +535,6 @@ impl Config {
 
     /// Checks the values that types alone cannot, naming the first key at fault.
     pub fn validate(&self) -> Result<(), ConfigError> {
-        fn invalid(key: &'static str, reason: impl Into<String>) -> ConfigError {
-            ConfigError::Invalid {
-                key,
-                reason: reason.into(),
-            }
-        }
         let l = &self.limits;
         let positive: [(&'static str, usize); 5] = [
             ("limits.max_text_bytes", l.max_text_bytes),
@@ -536,6 +596,7 @@ impl Config {
         if self.history.ttl < Duration::from_secs(1) {
             return Err(invalid("history.ttl", "must be at least 1s"));
         }
+        self.validate_redis()?;
         if let Some(url) = &self.redis.url {
             if !(url.starts_with("redis://") || url.starts_with("rediss://")) {
                 return Err(invalid(
@@ -660,6 +721,106 @@ impl Config {
         Ok(())
     }
 
+    /// The `redis.mode` combinations: each mode's own keys present, the others' absent.
+    fn validate_redis(&self) -> Result<(), ConfigError> {
+        let r = &self.redis;
+        match r.mode {
+            RedisMode::Standalone => {
+                if !r.nodes.is_empty() {
+                    return Err(invalid(
+                        "redis.nodes",
+                        "is only used with redis.mode = \"cluster\"",
+                    ));
+                }
+                if !r.sentinels.is_empty() {
+                    return Err(invalid(
+                        "redis.sentinels",
+                        "is only used with redis.mode = \"sentinel\"",
+                    ));
+                }
+                if r.sentinel_master.is_some() {
+                    return Err(invalid(
+                        "redis.sentinel_master",
+                        "is only used with redis.mode = \"sentinel\"",
+                    ));
+                }
+                if r.sentinel_password.is_some() {
+                    return Err(invalid(
+                        "redis.sentinel_password",
+                        "is only used with redis.mode = \"sentinel\"",
+                    ));
+                }
+            }
+            RedisMode::Cluster => {
+                if r.url.is_some() {
+                    return Err(invalid(
+                        "redis.url",
+                        "is not used with redis.mode = \"cluster\": list seed nodes in redis.nodes",
+                    ));
+                }
+                if r.nodes.is_empty() {
+                    return Err(invalid(
+                        "redis.nodes",
+                        "redis.mode = \"cluster\" needs at least one seed node (host:port)",
+                    ));
+                }
+                check_host_ports("redis.nodes", &r.nodes)?;
+                if !r.sentinels.is_empty() || r.sentinel_master.is_some() {
+                    return Err(invalid(
+                        "redis.sentinels",
+                        "is only used with redis.mode = \"sentinel\"",
+                    ));
+                }
+            }
+            RedisMode::Sentinel => {
+                if r.url.is_some() {
+                    return Err(invalid(
+                        "redis.url",
+                        "is not used with redis.mode = \"sentinel\": list the sentinels in redis.sentinels",
+                    ));
+                }
+                if r.sentinels.is_empty() {
+                    return Err(invalid(
+                        "redis.sentinels",
+                        "redis.mode = \"sentinel\" needs at least one sentinel (host:port)",
+                    ));
+                }
+                check_host_ports("redis.sentinels", &r.sentinels)?;
+                if r.sentinel_master.as_deref().is_none_or(str::is_empty) {
+                    return Err(invalid(
+                        "redis.sentinel_master",
+                        "redis.mode = \"sentinel\" needs the monitored master's name",
+                    ));
+                }
+                if !r.nodes.is_empty() {
+                    return Err(invalid(
+                        "redis.nodes",
+                        "is only used with redis.mode = \"cluster\"",
+                    ));
+                }
+            }
+        }
+        if r.replica_acks > 0 && r.replica_ack_timeout.is_zero() {
+            return Err(invalid(
+                "redis.replica_ack_timeout",
+                "must be more than 0 when redis.replica_acks is set",
+            ));
+        }
+        if r.username.as_deref().is_some_and(str::is_empty) {
+            return Err(invalid("redis.username", "must not be empty when set"));
+        }
+        if let Some(ca) = &r.tls_ca_file {
+            if !r.uses_tls() {
+                return Err(invalid(
+                    "redis.tls_ca_file",
+                    "needs redis.tls = true (or a rediss:// redis.url)",
+                ));
+            }
+            crate::tls::read_ca_file(ca).map_err(|e| invalid("redis.tls_ca_file", e))?;
+        }
+        Ok(())
+    }
+
     /// This node's id, resolved once: the configured `node.id`, or (when unset) the
     /// hostname plus a short random suffix, stored back so every later reader (logs,
     /// traces, the gateway) sees the same id.
@@ -687,6 +848,9 @@ impl Config {
         if shown.redis.password.is_some() {
             shown.redis.password = Some("<redacted>".into());
         }
+        if shown.redis.sentinel_password.is_some() {
+            shown.redis.sentinel_password = Some("<redacted>".into());
+        }
         if shown.auth.jwt.secret.is_some() {
             shown.auth.jwt.secret = Some("<redacted>".into());
         }
@@ -701,6 +865,36 @@ impl Config {
         }
         toml::to_string_pretty(&shown).unwrap_or_else(|e| format!("# cannot render: {e}\n"))
     }
+}
+
+/// A validation failure naming its key.
+fn invalid(key: &'static str, reason: impl Into<String>) -> ConfigError {
+    ConfigError::Invalid {
+        key,
+        reason: reason.into(),
+    }
+}
+
+/// Each entry must be `host:port` (a name or IPv4 address, or `[v6]`, and a port 1-65535).
+fn check_host_ports(key: &'static str, entries: &[String]) -> Result<(), ConfigError> {
+    for entry in entries {
+        let ok = entry.rsplit_once(':').is_some_and(|(host, port)| {
+            let host = host
+                .strip_prefix('[')
+                .and_then(|h| h.strip_suffix(']'))
+                .unwrap_or(host);
+            !host.is_empty()
+                && !host.contains([' ', '/', '[', ']'])
+                && port.parse::<u16>().is_ok_and(|p| p > 0)
+        });
+        if !ok {
+            return Err(invalid(
+                key,
+                format!("{entry:?} is not host:port (e.g. redis-0.redis:6379)"),
+            ));
+        }
+    }
+    Ok(())
 }
 
 /// The `ROOMCAST_*` variables that name configuration keys, and the names of those that
@@ -733,6 +927,8 @@ fn environment_source(
         .with_list_parse_key("server.allowed_origins")
         .with_list_parse_key("server.trusted_proxies")
         .with_list_parse_key("api.keys")
+        .with_list_parse_key("redis.nodes")
+        .with_list_parse_key("redis.sentinels")
         .source(Some(accepted));
     (env, unknown)
 }

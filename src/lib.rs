@@ -64,5 +64,5 @@ pub mod probe;
 pub mod shutdown;
 
 pub use auth::{TokenRequest, mint_hs256};
-pub use config::Config;
+pub use config::{Config, RedisMode};
 pub use server::{Error, Listeners, run};

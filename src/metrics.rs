@@ -39,6 +39,9 @@ pub(crate) struct Metrics {
     pub(crate) disconnects: IntCounterVec,
     pub(crate) bus_up: IntGauge,
     pub(crate) bus_reconnects: IntCounter,
+    /// Recoveries (resubscribe every room, catch up from the logs) by reason:
+    /// reconnect, moved (cluster slots changed owner), lagged.
+    pub(crate) bus_recoveries: IntCounterVec,
     pub(crate) draining: IntGauge,
     /// Publish hook calls by result: allow, rewrite, deny, error (failed or timed out;
     /// `hooks.publish.on_error` decided).
@@ -183,6 +186,11 @@ impl Metrics {
             ),
             bus_up: gauge("roomcast_bus_up", "1 while the bus is connected."),
             bus_reconnects: counter("roomcast_bus_reconnects_total", "Bus reconnections."),
+            bus_recoveries: counter_vec(
+                "roomcast_bus_recoveries_total",
+                "Resubscribe-and-catch-up recoveries by reason (reconnect, moved, lagged).",
+                "reason",
+            ),
             draining: gauge("roomcast_draining", "1 while this node drains."),
             hook_results: counter_vec(
                 "roomcast_hook_requests_total",
@@ -227,6 +235,9 @@ impl Metrics {
         }
         for result in ["allow", "rewrite", "deny", "error"] {
             m.hook_results.with_label_values(&[result]);
+        }
+        for reason in ["reconnect", "moved", "lagged"] {
+            m.bus_recoveries.with_label_values(&[reason]);
         }
         for endpoint in [
             "publish",

@@ -743,6 +743,7 @@ impl Rooms {
                     self.inner.metrics.bus_reconnects.inc();
                     self.recover("reconnect").await;
                 }
+                BusEvent::Moved => self.recover("moved").await,
                 BusEvent::Lagged(n) => {
                     warn!(
                         dropped = n,
@@ -759,6 +760,11 @@ impl Rooms {
     /// missed from its history (duplicates are skipped by id), before any newer message:
     /// the loop handles no live message until the catch-up is done.
     async fn recover(&self, why: &'static str) {
+        self.inner
+            .metrics
+            .bus_recoveries
+            .with_label_values(&[why])
+            .inc();
         self.inner.resubscribing.store(true, Ordering::Release);
         let rooms: Vec<Arc<str>> = self.inner.rooms.iter().map(|r| r.key().clone()).collect();
         let mut attempt = 0u32;

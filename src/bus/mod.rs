@@ -159,6 +159,9 @@ pub(crate) enum BusEvent {
     /// The subscriber connection was re-established: subscriptions are gone and messages
     /// may have been missed in between.
     Reconnected,
+    /// Rooms moved between servers (a cluster failover or resharding): subscriptions on
+    /// the old owners are gone and messages may have been missed in between.
+    Moved,
     /// The receive loop fell behind and `n` messages were dropped.
     Lagged(u64),
     Closed,
@@ -281,18 +284,16 @@ impl BusReceiver {
 }
 
 impl Bus {
-    /// The bus the configuration asks for: Redis with `redis.url`, else in-process.
-    /// The Redis bus connects (and reconnects) in the background.
+    /// The bus the configuration asks for: Redis (a server, Sentinel or a cluster, by
+    /// `redis.mode`) when configured, else in-process. The Redis bus connects (and
+    /// reconnects) in the background.
     pub(crate) fn connect(config: &Config, node: Arc<str>) -> Result<(Bus, BusReceiver), BusError> {
-        Ok(match &config.redis.url {
-            None => {
-                let (bus, rx) = memory::MemoryBus::new(config.history.size, config.history.ttl);
-                (Bus::Memory(bus), BusReceiver::Memory(rx))
-            }
-            Some(url) => {
-                let (bus, rx) = redis::RedisBus::connect(config, url, node)?;
-                (Bus::Redis(bus), BusReceiver::Redis(rx))
-            }
+        Ok(if config.redis.enabled() {
+            let (bus, rx) = redis::RedisBus::connect(config, node)?;
+            (Bus::Redis(bus), BusReceiver::Redis(rx))
+        } else {
+            let (bus, rx) = memory::MemoryBus::new(config.history.size, config.history.ttl);
+            (Bus::Memory(bus), BusReceiver::Memory(rx))
         })
     }
 

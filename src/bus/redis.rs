@@ -1,30 +1,45 @@
-//! The Redis bus (fred): one command client (auto-pipelined) and one subscriber client.
+//! The Redis bus (fred): one command client (auto-pipelined) and one subscriber client,
+//! against one server (`redis.mode = "standalone"`), a master found through Sentinel
+//! (`"sentinel"`) or a Redis Cluster (`"cluster"`).
 //!
 //! Keys put the room in a hash tag so a room's channel, log and members share one slot:
-//! `{prefix}:{room}:ch` (PUBLISH channel), `{prefix}:{room}:log` (bounded stream, the
-//! history), `{prefix}:{room}:members` (presence hash `node|conn` -> user JSON).
-//! Per node: `{prefix}:nodes` (sorted set of node -> liveness deadline) and
-//! `{prefix}:node:{node}:rooms` (rooms where the node has members, for reaping).
-//! Per room, for the server API: `{prefix}:{room}:idem:{key}` (idempotency key -> first
-//! id, expiring) and `{prefix}:{room}:bar:{user}` (a kicked user's bar, expiring).
+//! `{prefix}:{room}:ch` (the room's channel), `{prefix}:{room}:log` (bounded stream, the
+//! history), `{prefix}:{room}:members` (presence hash `node|conn` -> leave envelope),
+//! `{prefix}:{room}:users` (jwt mode: user id -> connections),
+//! `{prefix}:{room}:idem:{key}` (idempotency key -> first id, expiring) and
+//! `{prefix}:{room}:bar:{user}` (a kicked user's bar, expiring). Every script touches the
+//! keys of one room only, so on a cluster it runs on the shard that owns the room.
+//! Per node: `{prefix}:nodes` (sorted set of node -> liveness deadline; -1 while being
+//! reaped) and `{prefix}:node:{node}:rooms` (rooms where the node has members, for
+//! reaping), each written by its own command, never in a script with room keys.
 //! `{prefix}:ctl` is the control channel every replica subscribes to (disconnect, kick).
+//!
+//! On a cluster, channels are shard channels: publishing is SPUBLISH (inside the room's
+//! script) and a replica SSUBSCRIBEs a room's channel on the shard that owns the slot;
+//! nothing uses classic PUBLISH, which a cluster broadcasts to every node. A watcher
+//! reads the slot map every second; when an owner changes (failover, resharding) the
+//! rooms are resubscribed on their new owners and caught up from their logs, exactly as
+//! after a reconnect.
+//!
 //! Each multi-step operation is one Lua script (`lua/*.lua`), so it is atomic and one
 //! round trip: publishing is XADD + PEXPIRE + PUBLISH of `"<id> <envelope>"`. A member's
-//! presence value is its leave envelope, so a reaper announces the leave verbatim.
+//! presence value is its leave envelope, so a reaper announces the leave verbatim. With
+//! `redis.replica_acks`, a publish is acknowledged only once that many replicas have it
+//! (WAIT), so a failover cannot lose an acknowledged message.
 
 use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
 use bytes::Bytes;
 use fred::clients::SubscriberClient;
+use fred::interfaces::ClusterInterface as _;
 use fred::prelude::*;
-use fred::types::config::Options;
+use fred::types::config::{Options, ServerConfig};
 use fred::types::scripts::Script;
-use fred::types::{CustomCommand, Message};
-use tokio::sync::broadcast;
+use fred::types::{ClusterHash, CustomCommand, Message};
 use tokio::sync::broadcast::error::RecvError;
-
-use std::sync::atomic::{AtomicBool, Ordering};
+use tokio::sync::{broadcast, watch};
 
 use super::envelope::split_channel_frame;
 use super::{
@@ -32,19 +47,23 @@ use super::{
     JoinInfo, MemberRef, PresenceEvent, Published,
 };
 use crate::clock;
-use crate::config::Config;
+use crate::config::{Config, RedisMode};
 use crate::protocol::{MsgId, User};
 
 const PUBLISH_LUA: &str = include_str!("lua/publish.lua");
 const JOIN_LUA: &str = include_str!("lua/join.lua");
 const CATCH_UP_LUA: &str = include_str!("lua/catch_up.lua");
 const LEAVE_LUA: &str = include_str!("lua/leave.lua");
-const REAP_LUA: &str = include_str!("lua/reap.lua");
+const REAP_ROOM_LUA: &str = include_str!("lua/reap_room.lua");
+const RESTORE_LUA: &str = include_str!("lua/restore.lua");
+const NODES_LUA: &str = include_str!("lua/nodes.lua");
 
 /// How long a bus command may take before the client is told `unavailable`.
 const COMMAND_TIMEOUT: Duration = Duration::from_secs(2);
 /// Messages fred buffers for the receive loop before it counts as lagging.
 const BROADCAST_CAPACITY: usize = 1 << 16;
+/// How often the topology watcher reads the slot map and the replica counts.
+const TOPOLOGY_INTERVAL: Duration = Duration::from_secs(1);
 
 #[derive(Clone)]
 pub(crate) struct RedisBus {
@@ -54,28 +73,50 @@ pub(crate) struct RedisBus {
 struct Inner {
     client: Client,
     subscriber: SubscriberClient,
+    /// A Redis Cluster: shard channels (SPUBLISH/SSUBSCRIBE) and the slot watcher.
+    cluster: bool,
     prefix: String,
     node: Arc<str>,
     history_size: usize,
     history_ttl_ms: u64,
     presence_ttl_ms: u64,
+    /// `redis.replica_acks` and its timeout: WAIT after each publish.
+    replica_acks: u32,
+    replica_ack_timeout_ms: u64,
     /// Set once this node's liveness entry is in Redis: only then may members join, or
     /// a crash right after start would leave members no reaper can find.
     registered: AtomicBool,
     /// Set once the control channel is subscribed.
     control_subscribed: AtomicBool,
+    /// Set by [`Backend::shutdown`]: the clients' tasks end on purpose.
+    closing: AtomicBool,
+    /// Tells the receive loop that rooms must be resubscribed and caught up (slots
+    /// moved, or the subscriber was started again).
+    topology: watch::Sender<u64>,
+    /// Replicas connected to each master (`host:port`; `""` off a cluster), read by the
+    /// topology watcher when `redis.replica_acks` is set: a publish waits for at most
+    /// that many, so a master left without replicas (after a failover) still accepts.
+    connected_replicas: std::sync::Mutex<std::collections::HashMap<String, u32>>,
+    /// Restore presence on the next heartbeat too: the heartbeat found this node being
+    /// reaped, and the reaper may still remove members restored before it finished.
+    restore_again: AtomicBool,
     options: Options,
     publish: Script,
     join: Script,
     catch_up: Script,
     leave: Script,
-    reap: Script,
+    reap_room: Script,
+    restore: Script,
+    nodes: Script,
 }
 
-/// The receiving half: fred's broadcast of channel messages plus reconnect events.
+/// The receiving half: fred's broadcast of channel messages plus reconnect events, and
+/// (on a cluster) slot map changes from the watcher.
 pub(crate) struct RedisReceiver {
     messages: broadcast::Receiver<Message>,
     reconnects: broadcast::Receiver<fred::types::config::Server>,
+    /// Slot map changes from the watcher; `None` without a watcher (or after it ended).
+    topology: Option<watch::Receiver<u64>>,
     channel_prefix: String,
     control_channel: String,
     /// The first connection is not a reconnect.
@@ -90,11 +131,21 @@ impl RedisReceiver {
                 r = self.reconnects.recv() => match r {
                     Ok(_) | Err(RecvError::Lagged(_)) => {
                         if std::mem::replace(&mut self.connected_before, true) {
+                            // A cluster reconnects node by node: one recovery for all.
+                            while self.reconnects.try_recv().is_ok() {}
                             return BusEvent::Reconnected;
                         }
                     }
                     Err(RecvError::Closed) => return BusEvent::Closed,
                 },
+                changed = changed(&mut self.topology), if self.topology.is_some() => {
+                    if !changed {
+                        // The watcher ended (bus shut down); keep serving messages.
+                        self.topology = None;
+                        continue;
+                    }
+                    return BusEvent::Moved;
+                }
                 m = self.messages.recv() => match m {
                     Ok(msg) => {
                         if *msg.channel == *self.control_channel {
@@ -130,20 +181,85 @@ impl RedisReceiver {
     }
 }
 
+/// Waits for the next change; false when the watcher is gone.
+async fn changed(topology: &mut Option<watch::Receiver<u64>>) -> bool {
+    match topology {
+        Some(rx) => rx.changed().await.is_ok(),
+        None => false,
+    }
+}
+
+/// `host:port` -> fred's server (IPv6 in brackets).
+fn server(entry: &str) -> Result<fred::types::config::Server, BusError> {
+    let (host, port) = entry
+        .rsplit_once(':')
+        .and_then(|(h, p)| Some((h, p.parse::<u16>().ok()?)))
+        .ok_or_else(|| BusError::Unavailable(format!("{entry:?} is not host:port")))?;
+    let host = host
+        .strip_prefix('[')
+        .and_then(|h| h.strip_suffix(']'))
+        .unwrap_or(host);
+    Ok(fred::types::config::Server::new(host, port))
+}
+
+/// fred's configuration for `redis.*`: the mode's servers, credentials and TLS.
+fn fred_config(config: &Config) -> Result<fred::prelude::Config, BusError> {
+    let r = &config.redis;
+    let mut out = match r.mode {
+        RedisMode::Standalone => {
+            let url = r.url.as_deref().unwrap_or("redis://127.0.0.1:6379");
+            fred::prelude::Config::from_url(url)?
+        }
+        RedisMode::Cluster => fred::prelude::Config {
+            server: ServerConfig::Clustered {
+                hosts: r
+                    .nodes
+                    .iter()
+                    .map(|n| server(n))
+                    .collect::<Result<_, _>>()?,
+                policy: Default::default(),
+            },
+            ..Default::default()
+        },
+        RedisMode::Sentinel => fred::prelude::Config {
+            server: ServerConfig::Sentinel {
+                hosts: r
+                    .sentinels
+                    .iter()
+                    .map(|n| server(n))
+                    .collect::<Result<_, _>>()?,
+                service_name: r.sentinel_master.clone().unwrap_or_default(),
+                username: None,
+                password: r.sentinel_password.clone(),
+            },
+            ..Default::default()
+        },
+    };
+    if let Some(username) = &r.username {
+        out.username = Some(username.clone());
+    }
+    if let Some(password) = &r.password {
+        out.password = Some(password.clone());
+    }
+    if r.uses_tls() {
+        let tls =
+            crate::tls::redis_config(r.tls_ca_file.as_deref()).map_err(BusError::Unavailable)?;
+        out.tls = Some(fred::types::config::TlsConnector::from(tls).into());
+    }
+    // Keep retrying the first connection too: the pod stays unready until Redis is up.
+    out.fail_fast = false;
+    Ok(out)
+}
+
 impl RedisBus {
     /// Creates the clients and starts connecting in the background (reconnecting forever
     /// with backoff); readiness reports when the bus is up.
     pub(crate) fn connect(
         config: &Config,
-        url: &str,
         node: Arc<str>,
     ) -> Result<(Self, RedisReceiver), BusError> {
-        let mut redis_config = fred::prelude::Config::from_url(url)?;
-        if let Some(password) = &config.redis.password {
-            redis_config.password = Some(password.clone());
-        }
-        // Keep retrying the first connection too: the pod stays unready until Redis is up.
-        redis_config.fail_fast = false;
+        let redis_config = fred_config(config)?;
+        let cluster = config.redis.mode == RedisMode::Cluster;
         let mut builder = Builder::from_config(redis_config);
         builder
             .with_performance_config(|p| {
@@ -157,44 +273,68 @@ impl RedisBus {
             .set_policy(ReconnectPolicy::new_exponential(0, 100, 2_000, 2));
         let client = builder.build()?;
         let subscriber = builder.build_subscriber_client()?;
+        let watched = cluster || config.redis.replica_acks > 0;
+        let (topology_tx, topology_rx) = watch::channel(0u64);
         let receiver = RedisReceiver {
             messages: subscriber.message_rx(),
             reconnects: subscriber.reconnect_rx(),
+            topology: Some(topology_rx),
             channel_prefix: format!("{}:{{", config.redis.prefix),
             control_channel: control_channel(&config.redis.prefix),
             connected_before: false,
         };
-        client.connect();
-        subscriber.connect();
+        let client_task = client.connect();
+        let subscriber_task = subscriber.connect();
         let options = Options {
             fail_fast: true,
             timeout: Some(COMMAND_TIMEOUT),
-            max_attempts: Some(1),
+            // One write, no retry on a new connection (a publish must not run twice).
+            // On a cluster a command may also meet ASK while its slot migrates: fred
+            // spends an attempt on the redirection, and with none left it ends the
+            // client's router for good, so a cluster allows the redirected write.
+            max_attempts: Some(if cluster { 3 } else { 1 }),
             ..Options::default()
         };
-        let inner = Inner {
+        let inner = Arc::new(Inner {
             client,
             subscriber,
+            cluster,
             prefix: config.redis.prefix.clone(),
             node,
             history_size: config.history.size,
             history_ttl_ms: config.history.ttl.as_millis() as u64,
             presence_ttl_ms: config.presence.ttl.as_millis() as u64,
+            replica_acks: config.redis.replica_acks,
+            replica_ack_timeout_ms: config.redis.replica_ack_timeout.as_millis().max(1) as u64,
             registered: AtomicBool::new(false),
             control_subscribed: AtomicBool::new(false),
+            closing: AtomicBool::new(false),
+            topology: topology_tx,
+            restore_again: AtomicBool::new(false),
+            connected_replicas: Default::default(),
             options,
             publish: Script::from_lua(PUBLISH_LUA),
             join: Script::from_lua(JOIN_LUA),
             catch_up: Script::from_lua(CATCH_UP_LUA),
             leave: Script::from_lua(LEAVE_LUA),
-            reap: Script::from_lua(REAP_LUA),
-        };
-        Ok((
-            RedisBus {
-                inner: Arc::new(inner),
-            },
-            receiver,
-        ))
+            reap_room: Script::from_lua(REAP_ROOM_LUA),
+            restore: Script::from_lua(RESTORE_LUA),
+            nodes: Script::from_lua(NODES_LUA),
+        });
+        if watched {
+            tokio::spawn(watch_topology(Arc::downgrade(&inner)));
+        }
+        tokio::spawn(supervise(
+            Arc::downgrade(&inner),
+            Half::Commands,
+            client_task,
+        ));
+        tokio::spawn(supervise(
+            Arc::downgrade(&inner),
+            Half::Subscriber,
+            subscriber_task,
+        ));
+        Ok((RedisBus { inner }, receiver))
     }
 
     fn key(&self, room: &str, suffix: &str) -> String {
@@ -209,28 +349,65 @@ impl RedisBus {
         format!("{}:nodes", self.inner.prefix)
     }
 
+    /// The command that publishes to a channel: SPUBLISH on a cluster (the channel's
+    /// shard only), PUBLISH otherwise.
+    fn publish_command(&self) -> &'static str {
+        if self.inner.cluster {
+            "SPUBLISH"
+        } else {
+            "PUBLISH"
+        }
+    }
+
+    /// Subscribes channels: SSUBSCRIBE on a cluster, one slot at a time (routed to the
+    /// slot's owner), SUBSCRIBE otherwise.
+    async fn subscribe_channels(&self, channels: Vec<String>) -> Result<(), BusError> {
+        let sub = self.inner.subscriber.with_options(&self.inner.options);
+        if !self.inner.cluster {
+            sub.subscribe(channels).await?;
+            return Ok(());
+        }
+        let mut by_slot: std::collections::BTreeMap<u16, Vec<String>> = Default::default();
+        for channel in channels {
+            by_slot.entry(slot(&channel)).or_default().push(channel);
+        }
+        for (_, channels) in by_slot {
+            sub.ssubscribe(channels).await?;
+        }
+        Ok(())
+    }
+
     /// Subscribes the control channel once (the subscriber client keeps it across
     /// reconnects, and [`Backend::resubscribe`] repeats it).
     async fn subscribe_control(&self) {
         if self.inner.control_subscribed.load(Ordering::Acquire) {
             return;
         }
-        let sub = self.inner.subscriber.with_options(&self.inner.options);
-        match sub.subscribe(control_channel(&self.inner.prefix)).await {
+        match self
+            .subscribe_channels(vec![control_channel(&self.inner.prefix)])
+            .await
+        {
             Ok(()) => self.inner.control_subscribed.store(true, Ordering::Release),
             Err(e) => tracing::warn!(error = %e, "subscribing the control channel failed"),
         }
     }
 
-    /// Runs one command (with the bus's timeout) and returns its raw reply.
-    async fn command(&self, name: &'static str, args: Vec<Value>) -> Result<Value, BusError> {
+    /// Runs one command on the node owning `key`'s slot (with the bus's timeout) and
+    /// returns its raw reply.
+    async fn command(
+        &self,
+        name: &'static str,
+        key: &str,
+        args: Vec<Value>,
+    ) -> Result<Value, BusError> {
         let client = self.inner.client.with_options(&self.inner.options);
-        let command = CustomCommand::new_static(name, None, false);
+        let command = CustomCommand::new_static(name, ClusterHash::Custom(slot(key)), false);
         Ok(client.custom::<Value, Value>(command, args).await?)
     }
 
-    /// Runs a script by SHA, loading it first if Redis does not know it (e.g. after a
-    /// restart). Fails fast when Redis is down.
+    /// Runs a script by SHA on the node owning its first key's slot, loading it first if
+    /// Redis does not know it (e.g. after a restart or a failover). Fails fast when
+    /// Redis is down.
     async fn eval(
         &self,
         script: &Script,
@@ -238,6 +415,7 @@ impl RedisBus {
         args: Vec<Value>,
     ) -> Result<Value, BusError> {
         let client = self.inner.client.with_options(&self.inner.options);
+        let hash = ClusterHash::Custom(keys.first().map(|k| slot(k)).unwrap_or(0));
         let numkeys = keys.len() as i64;
         let tail = || {
             let mut v: Vec<Value> = Vec::with_capacity(2 + keys.len() + args.len());
@@ -248,63 +426,117 @@ impl RedisBus {
         };
         let mut with_sha = vec![Value::from(script.sha1().clone())];
         with_sha.extend(tail());
-        let evalsha = CustomCommand::new_static("EVALSHA", None, false);
+        let evalsha = CustomCommand::new_static("EVALSHA", hash.clone(), false);
         match client.custom::<Value, Value>(evalsha, with_sha).await {
             Err(e) if e.details().contains("NOSCRIPT") => {
-                // Redis lost its script cache (restart): EVAL sends the body and caches it.
+                // Redis lost its script cache (restart, failover): EVAL sends the body
+                // and caches it.
                 let mut with_body = vec![Value::from(script.lua().cloned().unwrap_or_default())];
                 with_body.extend(tail());
-                let eval = CustomCommand::new_static("EVAL", None, false);
+                let eval = CustomCommand::new_static("EVAL", hash, false);
                 Ok(client.custom::<Value, Value>(eval, with_body).await?)
             }
             other => Ok(other?),
         }
     }
 
-    /// Refreshes this node's liveness deadline. Returns true if the node was not
-    /// registered (first beat, reaped by a peer, or Redis lost its data), in which case
-    /// the caller records its members again.
-    async fn heartbeat(&self, deadline_ms: u64) -> Result<bool, BusError> {
-        let added: i64 = self
+    /// With `redis.replica_acks`: waits until that many replicas of the node owning
+    /// `key` have every write so far; fails (so the sender retries, with its `idem` key
+    /// if it has one) when they do not confirm in time.
+    async fn wait_for_replicas(&self, key: &str) -> Result<(), BusError> {
+        if self.inner.replica_acks == 0 {
+            return Ok(());
+        }
+        let master = if self.inner.cluster {
+            self.inner
+                .client
+                .cached_cluster_state()
+                .and_then(|state| {
+                    state
+                        .get_server(slot(key))
+                        .map(|s| format!("{}:{}", s.host, s.port))
+                })
+                .unwrap_or_default()
+        } else {
+            String::new()
+        };
+        let connected = self
             .inner
-            .client
-            .with_options(&self.inner.options)
-            .zadd(
-                self.nodes_key(),
-                None,
-                None,
-                false,
-                false,
-                (deadline_ms as f64, self.inner.node.to_string()),
+            .connected_replicas
+            .lock()
+            .ok()
+            .and_then(|m| m.get(&master).copied());
+        // Unknown yet: ask for them all.
+        let want = connected.map_or(self.inner.replica_acks, |n| n.min(self.inner.replica_acks));
+        if want == 0 {
+            return Ok(());
+        }
+        let acked = self
+            .command(
+                "WAIT",
+                key,
+                vec![
+                    Value::from(i64::from(want)),
+                    Value::from(self.inner.replica_ack_timeout_ms as i64),
+                ],
             )
             .await?;
-        Ok(added == 1)
-    }
-
-    /// Records members again after a heartbeat found this node unregistered.
-    async fn restore(&self, members: &[(Arc<str>, MemberRef)]) -> Result<(), BusError> {
-        let pipeline = self.inner.client.pipeline();
-        for (room, member) in members {
-            let _: () = pipeline
-                .hset(
-                    self.key(room, "members"),
-                    (member.field(), member.presence(PresenceEvent::Leave)),
-                )
-                .await?;
-            let _: () = pipeline
-                .sadd(self.node_rooms_key(&member.node), room.to_string())
-                .await?;
-            if let Some(id) = &member.user.id {
-                let _: () = pipeline
-                    .hincrby(self.key(room, "users"), id.as_str(), 1)
-                    .await?;
-            }
+        let acked = acked.as_i64().unwrap_or(0);
+        if acked < i64::from(want) {
+            return Err(BusError::Unavailable(format!(
+                "{acked} of {want} replicas confirmed the write (redis.replica_acks)"
+            )));
         }
-        let _: Vec<Value> = pipeline.all().await?;
         Ok(())
     }
 
-    /// Reaps nodes whose deadline passed; returns how many members were removed.
+    /// One operation of `lua/nodes.lua` on the node set.
+    async fn nodes_op(&self, op: &'static str, node: &str, ms: i64) -> Result<bool, BusError> {
+        let reply = self
+            .eval(
+                &self.inner.nodes,
+                vec![self.nodes_key()],
+                vec![Value::from(op), Value::from(node), Value::from(ms)],
+            )
+            .await?;
+        Ok(reply.as_i64() == Some(1))
+    }
+
+    /// Records members again after a heartbeat found this node unregistered (or being
+    /// reaped); idempotent per member. Returns how many were recorded again.
+    async fn restore(&self, members: &[(Arc<str>, MemberRef)]) -> Result<usize, BusError> {
+        let mut rooms: Vec<&str> = members.iter().map(|(r, _)| &**r).collect();
+        rooms.sort_unstable();
+        rooms.dedup();
+        if !rooms.is_empty() {
+            self.command(
+                "SADD",
+                &self.node_rooms_key(&self.inner.node),
+                std::iter::once(Value::from(self.node_rooms_key(&self.inner.node)))
+                    .chain(rooms.iter().map(|r| Value::from(*r)))
+                    .collect(),
+            )
+            .await?;
+        }
+        let restored = futures_util::future::try_join_all(members.iter().map(|(room, member)| {
+            self.eval(
+                &self.inner.restore,
+                vec![self.key(room, "members"), self.key(room, "users")],
+                vec![
+                    Value::from(member.field()),
+                    Value::from(member.presence(PresenceEvent::Leave)),
+                    Value::from(member.user.id.as_deref().unwrap_or_default()),
+                ],
+            )
+        }))
+        .await?;
+        Ok(restored.iter().filter(|v| v.as_i64() == Some(1)).count())
+    }
+
+    /// Reaps nodes whose deadline passed, room by room (each room's script on the
+    /// room's shard); returns how many members were removed. Safe to run on every
+    /// replica at once and to resume after a reaper died: each step is idempotent, and
+    /// the node is forgotten only after its last room.
     async fn reap(&self, now_ms: u64) -> Result<u64, BusError> {
         let dead: Vec<String> = self
             .inner
@@ -320,20 +552,36 @@ impl RedisBus {
             .await?;
         let mut removed = 0;
         for node in dead {
-            if node == *self.inner.node {
+            if node == *self.inner.node || !self.nodes_op("claim", &node, now_ms as i64).await? {
                 continue;
             }
-            let n = self
-                .eval(
-                    &self.inner.reap,
-                    vec![self.nodes_key()],
-                    vec![
-                        Value::from(node.as_str()),
-                        Value::from(self.inner.prefix.as_str()),
-                    ],
+            let set = self.node_rooms_key(&node);
+            let rooms = strings(
+                self.command("SMEMBERS", &set, vec![Value::from(set.as_str())])
+                    .await?,
+            );
+            let mut n = 0;
+            for room in rooms {
+                let reaped = self
+                    .eval(
+                        &self.inner.reap_room,
+                        vec![self.key(&room, "members"), self.key(&room, "users")],
+                        vec![
+                            Value::from(node.as_str()),
+                            Value::from(self.key(&room, "ch")),
+                            Value::from(self.publish_command()),
+                        ],
+                    )
+                    .await?;
+                n += reaped.as_i64().unwrap_or(0).max(0) as u64;
+                self.command(
+                    "SREM",
+                    &set,
+                    vec![Value::from(set.as_str()), Value::from(room)],
                 )
                 .await?;
-            let n = n.as_i64().unwrap_or(0).max(0) as u64;
+            }
+            self.nodes_op("done", &node, now_ms as i64).await?;
             if n > 0 {
                 tracing::info!(dead_node = %node, members = n, "reaped members of a dead node");
             }
@@ -341,6 +589,190 @@ impl RedisBus {
         }
         Ok(removed)
     }
+}
+
+/// The hash slot of a key or channel (its `{...}` tag, if any).
+fn slot(key: &str) -> u16 {
+    fred::util::redis_keyslot(key.as_bytes())
+}
+
+/// The topology watcher, every [`TOPOLOGY_INTERVAL`]: on a cluster it reads the slot
+/// map and, when a slot's owner changes, refreshes the clients' routing and tells the
+/// receive loop (which resubscribes every room on its owner and catches up); with
+/// `redis.replica_acks` it counts each master's connected replicas. Ends with the bus.
+async fn watch_topology(inner: std::sync::Weak<Inner>) {
+    let mut known: Option<Vec<(i64, i64, String)>> = None;
+    loop {
+        tokio::time::sleep(TOPOLOGY_INTERVAL).await;
+        let Some(inner) = inner.upgrade() else {
+            return;
+        };
+        if !inner.client.is_connected() {
+            continue;
+        }
+        let mut masters = vec![String::new()];
+        if inner.cluster {
+            let client = inner.client.with_options(&inner.options);
+            let command = CustomCommand::new_static("CLUSTER", ClusterHash::Random, false);
+            let map = match client
+                .custom::<Value, Value>(command, vec![Value::from("SLOTS")])
+                .await
+            {
+                Ok(reply) => slot_owners(reply),
+                Err(e) => {
+                    tracing::debug!(error = %e, "reading the cluster slot map failed");
+                    continue;
+                }
+            };
+            if map.is_empty() {
+                continue;
+            }
+            if known.is_none() {
+                // The first read compares with the routing the subscriber already uses:
+                // a slot may have moved since it subscribed rooms.
+                known = inner.subscriber.cached_cluster_state().map(|state| {
+                    let mut ranges: Vec<(i64, i64, String)> = state
+                        .slots()
+                        .iter()
+                        .map(|r| {
+                            let owner = format!("{}:{}", r.primary.host, r.primary.port);
+                            (i64::from(r.start), i64::from(r.end), owner)
+                        })
+                        .collect();
+                    ranges.sort();
+                    ranges
+                });
+            }
+            tracing::trace!(node = %inner.node, ?map, "cluster slot map");
+            masters = map.iter().map(|(_, _, owner)| owner.clone()).collect();
+            masters.sort();
+            masters.dedup();
+            if known.as_ref() != Some(&map) {
+                if known.is_some() {
+                    tracing::info!(
+                        node = %inner.node,
+                        "cluster slot owners changed; resubscribing rooms on their owners"
+                    );
+                    if let Err(e) = inner.subscriber.sync_cluster().await {
+                        tracing::warn!(error = %e, "refreshing the subscriber's slot map failed");
+                        continue;
+                    }
+                    if let Err(e) = inner.client.sync_cluster().await {
+                        tracing::warn!(error = %e, "refreshing the command client's slot map failed");
+                    }
+                    inner.topology.send_modify(|generation| *generation += 1);
+                }
+                known = Some(map);
+            }
+        }
+        if inner.replica_acks > 0 {
+            count_replicas(&inner, &masters).await;
+        }
+    }
+}
+
+/// One of the bus's two fred clients.
+#[derive(Debug, Clone, Copy)]
+enum Half {
+    Commands,
+    Subscriber,
+}
+
+/// Keeps a fred client's connection task running. The task ends for good when fred's
+/// router meets an error it does not recover from (seen on a cluster: an ASK
+/// redirection with no attempt left while a slot migrates), which would leave the
+/// client timing out every command; it is started again, and after the subscriber's
+/// restart every room is resubscribed and caught up. Ends with the bus or its shutdown.
+async fn supervise(
+    inner: std::sync::Weak<Inner>,
+    half: Half,
+    mut task: fred::types::ConnectHandle,
+) {
+    loop {
+        let result = task.await;
+        let Some(inner) = inner.upgrade() else {
+            return;
+        };
+        if inner.closing.load(Ordering::Acquire) {
+            return;
+        }
+        let error = match result {
+            Ok(Ok(())) => "ended".to_string(),
+            Ok(Err(e)) if e.is_canceled() => return,
+            Ok(Err(e)) => e.to_string(),
+            Err(e) => e.to_string(),
+        };
+        tracing::warn!(client = ?half, %error, "a Redis client's connection task stopped; starting it again");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+        task = match half {
+            Half::Commands => inner.client.connect(),
+            Half::Subscriber => {
+                let task = inner.subscriber.connect();
+                inner.control_subscribed.store(false, Ordering::Release);
+                inner.topology.send_modify(|generation| *generation += 1);
+                task
+            }
+        };
+    }
+}
+
+/// Records how many replicas each master has connected (`INFO replication`).
+async fn count_replicas(inner: &Inner, masters: &[String]) {
+    for master in masters {
+        let command = CustomCommand::new_static("INFO", ClusterHash::Random, false);
+        let args = vec![Value::from("replication")];
+        let reply = if master.is_empty() {
+            inner
+                .client
+                .with_options(&inner.options)
+                .custom::<Value, Value>(command, args)
+                .await
+        } else {
+            let Ok(server) = server(master) else {
+                continue;
+            };
+            inner
+                .client
+                .with_cluster_node(server)
+                .custom::<Value, Value>(command, args)
+                .await
+        };
+        let Some(count) = reply.ok().and_then(|v| v.as_string()).and_then(|info| {
+            info.lines()
+                .find_map(|l| l.trim().strip_prefix("connected_slaves:"))
+                .and_then(|n| n.parse::<u32>().ok())
+        }) else {
+            continue;
+        };
+        if let Ok(mut map) = inner.connected_replicas.lock() {
+            map.insert(master.clone(), count);
+        }
+    }
+}
+
+/// `CLUSTER SLOTS` as sorted (start, end, owner `host:port`) ranges.
+fn slot_owners(reply: Value) -> Vec<(i64, i64, String)> {
+    let Value::Array(ranges) = reply else {
+        return Vec::new();
+    };
+    let mut out: Vec<(i64, i64, String)> = ranges
+        .into_iter()
+        .filter_map(|range| {
+            let Value::Array(parts) = range else {
+                return None;
+            };
+            let start = parts.first()?.as_i64()?;
+            let end = parts.get(1)?.as_i64()?;
+            let Some(Value::Array(owner)) = parts.get(2) else {
+                return None;
+            };
+            let host = owner.first()?.as_string()?;
+            let port = owner.get(1)?.as_i64()?;
+            Some((start, end, format!("{host}:{port}")))
+        })
+        .collect();
+    out.sort();
+    out
 }
 
 impl Backend for RedisBus {
@@ -358,12 +790,14 @@ impl Backend for RedisBus {
         envelope: String,
         idem: Option<Idem>,
     ) -> Result<Published, BusError> {
-        let mut keys = vec![self.key(room, "log")];
+        let log = self.key(room, "log");
+        let mut keys = vec![log.clone()];
         let mut args = vec![
             Value::from(self.inner.history_size as i64),
             Value::from(self.inner.history_ttl_ms as i64),
             Value::from(self.key(room, "ch")),
             Value::from(envelope),
+            Value::from(self.publish_command()),
         ];
         if let Some(idem) = idem {
             keys.push(self.key(room, &format!("idem:{}", idem.key)));
@@ -376,39 +810,44 @@ impl Backend for RedisBus {
         let (Some(id), Some(duplicate)) = (parts.first(), parts.get(1)) else {
             return Err(BusError::Protocol("publish: expected two parts".into()));
         };
-        Ok(Published {
+        let published = Published {
             id: parse_id(id)?,
             duplicate: duplicate.as_i64() == Some(1),
-        })
+        };
+        self.wait_for_replicas(&log).await?;
+        Ok(published)
     }
 
     async fn signal(&self, room: &str, envelope: String) -> Result<(), BusError> {
+        let channel = self.key(room, "ch");
         self.command(
-            "PUBLISH",
-            vec![Value::from(self.key(room, "ch")), Value::from(envelope)],
+            self.publish_command(),
+            &channel,
+            vec![Value::from(channel.as_str()), Value::from(envelope)],
         )
         .await?;
         Ok(())
     }
 
     async fn control(&self, message: String) -> Result<usize, BusError> {
+        let channel = control_channel(&self.inner.prefix);
         let receivers = self
             .command(
-                "PUBLISH",
-                vec![
-                    Value::from(control_channel(&self.inner.prefix)),
-                    Value::from(message),
-                ],
+                self.publish_command(),
+                &channel,
+                vec![Value::from(channel.as_str()), Value::from(message)],
             )
             .await?;
         Ok(receivers.as_i64().unwrap_or(0).max(0) as usize)
     }
 
     async fn bar(&self, room: &str, user_key: &str, ttl_ms: u64) -> Result<(), BusError> {
+        let key = self.key(room, &format!("bar:{user_key}"));
         self.command(
             "SET",
+            &key,
             vec![
-                Value::from(self.key(room, &format!("bar:{user_key}"))),
+                Value::from(key.as_str()),
                 Value::from("1"),
                 Value::from("PX"),
                 Value::from(ttl_ms.max(1) as i64),
@@ -424,17 +863,17 @@ impl Backend for RedisBus {
         range: HistoryRange,
         limit: usize,
     ) -> Result<HistoryPage, BusError> {
-        let log = Value::from(self.key(room, "log"));
+        let log = self.key(room, "log");
         let count = [Value::from("COUNT"), Value::from((limit + 1) as i64)];
         let (command, bounds) = match range {
             HistoryRange::Latest => ("XREVRANGE", ["+".to_string(), "-".to_string()]),
             HistoryRange::Before(id) => ("XREVRANGE", [format!("({id}"), "-".to_string()]),
             HistoryRange::After(id) => ("XRANGE", [format!("({id}"), "+".to_string()]),
         };
-        let mut args = vec![log];
+        let mut args = vec![Value::from(log.as_str())];
         args.extend(bounds.into_iter().map(Value::from));
         args.extend(count);
-        let mut entries = parse_entries(self.command(command, args).await?)?;
+        let mut entries = parse_entries(self.command(command, &log, args).await?)?;
         let more = entries.len() > limit;
         entries.truncate(limit);
         if command == "XREVRANGE" {
@@ -444,18 +883,21 @@ impl Backend for RedisBus {
     }
 
     async fn members(&self, room: &str) -> Result<Vec<User>, BusError> {
+        let key = self.key(room, "members");
         let reply = self
-            .command("HVALS", vec![Value::from(self.key(room, "members"))])
+            .command("HVALS", &key, vec![Value::from(key.as_str())])
             .await?;
         Ok(members_of(reply))
     }
 
     async fn rooms(&self) -> Result<Vec<(String, usize)>, BusError> {
+        let nodes_key = self.nodes_key();
         let nodes = self
             .command(
                 "ZRANGE",
+                &nodes_key,
                 vec![
-                    Value::from(self.nodes_key()),
+                    Value::from(nodes_key.as_str()),
                     Value::from(0),
                     Value::from(-1),
                 ],
@@ -463,8 +905,9 @@ impl Backend for RedisBus {
             .await?;
         let mut names = std::collections::BTreeSet::new();
         for node in strings(nodes) {
+            let set = self.node_rooms_key(&node);
             let rooms = self
-                .command("SMEMBERS", vec![Value::from(self.node_rooms_key(&node))])
+                .command("SMEMBERS", &set, vec![Value::from(set.as_str())])
                 .await?;
             names.extend(strings(rooms));
         }
@@ -479,24 +922,24 @@ impl Backend for RedisBus {
     }
 
     async fn subscribe(&self, room: &str) -> Result<(), BusError> {
-        let sub = self.inner.subscriber.with_options(&self.inner.options);
-        sub.subscribe(self.key(room, "ch")).await?;
-        Ok(())
+        self.subscribe_channels(vec![self.key(room, "ch")]).await
     }
 
     async fn unsubscribe(&self, room: &str) -> Result<(), BusError> {
         // Fails fast like every bus command: a reconnect starts with no subscriptions anyway.
         let sub = self.inner.subscriber.with_options(&self.inner.options);
-        sub.unsubscribe(self.key(room, "ch")).await?;
+        if self.inner.cluster {
+            sub.sunsubscribe(self.key(room, "ch")).await?;
+        } else {
+            sub.unsubscribe(self.key(room, "ch")).await?;
+        }
         Ok(())
     }
 
     async fn resubscribe(&self, rooms: &[Arc<str>]) -> Result<(), BusError> {
         let mut channels: Vec<String> = rooms.iter().map(|r| self.key(r, "ch")).collect();
         channels.push(control_channel(&self.inner.prefix));
-        let sub = self.inner.subscriber.with_options(&self.inner.options);
-        sub.subscribe(channels).await?;
-        Ok(())
+        self.subscribe_channels(channels).await
     }
 
     async fn join(
@@ -506,13 +949,21 @@ impl Backend for RedisBus {
         since: Option<MsgId>,
         history: usize,
     ) -> Result<JoinInfo, BusError> {
+        // First the node's room set (its own slot), so a reaper finds the member should
+        // this node die; a join that then fails leaves only a harmless extra entry.
+        let set = self.node_rooms_key(&member.node);
+        self.command(
+            "SADD",
+            &set,
+            vec![Value::from(set.as_str()), Value::from(room)],
+        )
+        .await?;
         let reply = self
             .eval(
                 &self.inner.join,
                 vec![
                     self.key(room, "members"),
                     self.key(room, "log"),
-                    self.node_rooms_key(&member.node),
                     self.key(room, "users"),
                     self.key(room, &format!("bar:{}", super::user_key(&member.user))),
                 ],
@@ -523,7 +974,7 @@ impl Backend for RedisBus {
                     Value::from(member.presence(PresenceEvent::Join)),
                     Value::from(since.map(|s| s.to_string()).unwrap_or_default()),
                     Value::from(self.inner.history_size as i64),
-                    Value::from(room),
+                    Value::from(self.publish_command()),
                     Value::from(member.user.id.as_deref().unwrap_or_default()),
                     Value::from(history.min(self.inner.history_size) as i64),
                 ],
@@ -567,21 +1018,27 @@ impl Backend for RedisBus {
     ) -> Result<(), BusError> {
         self.eval(
             &self.inner.leave,
-            vec![
-                self.key(room, "members"),
-                self.node_rooms_key(&member.node),
-                self.key(room, "users"),
-            ],
+            vec![self.key(room, "members"), self.key(room, "users")],
             vec![
                 Value::from(member.field()),
                 Value::from(self.key(room, "ch")),
                 Value::from(member.presence(PresenceEvent::Leave)),
-                Value::from(room),
-                Value::from(if last_local { "1" } else { "0" }),
+                Value::from(self.publish_command()),
                 Value::from(member.user.id.as_deref().unwrap_or_default()),
             ],
         )
         .await?;
+        if last_local {
+            // After the presence is gone: a failure here leaves only an extra entry,
+            // which a reaper skips.
+            let set = self.node_rooms_key(&member.node);
+            self.command(
+                "SREM",
+                &set,
+                vec![Value::from(set.as_str()), Value::from(room)],
+            )
+            .await?;
+        }
         Ok(())
     }
 
@@ -611,21 +1068,30 @@ impl Backend for RedisBus {
         }
         let now_ms = clock::unix_micros() / 1000;
         self.subscribe_control().await;
-        match self.heartbeat(now_ms + self.inner.presence_ttl_ms).await {
+        let deadline = (now_ms + self.inner.presence_ttl_ms) as i64;
+        match self.nodes_op("beat", &self.inner.node, deadline).await {
             Ok(unregistered) => {
                 self.inner.registered.store(true, Ordering::Release);
-                let members = if unregistered {
+                let again = self
+                    .inner
+                    .restore_again
+                    .swap(unregistered, Ordering::AcqRel);
+                let members = if unregistered || again {
                     memberships()
                 } else {
                     Vec::new()
                 };
                 if !members.is_empty() {
-                    tracing::info!(
-                        members = members.len(),
-                        "node was not registered; restoring presence"
-                    );
-                    if let Err(e) = self.restore(&members).await {
-                        tracing::warn!(error = %e, "presence restore failed");
+                    match self.restore(&members).await {
+                        Ok(0) => {}
+                        Ok(n) => tracing::info!(
+                            members = n,
+                            "node was not registered; restored its presence"
+                        ),
+                        Err(e) => {
+                            self.inner.restore_again.store(true, Ordering::Release);
+                            tracing::warn!(error = %e, "presence restore failed");
+                        }
                     }
                 }
             }
@@ -646,6 +1112,7 @@ impl Backend for RedisBus {
         if let Err(e) = unregister {
             tracing::warn!(error = %e, "could not deregister this node");
         }
+        self.inner.closing.store(true, Ordering::Release);
         let _ = self.inner.subscriber.quit().await;
         let _ = self.inner.client.quit().await;
     }

@@ -476,6 +476,20 @@ impl Client {
             .await
     }
 
+    /// Sends a `send` frame (`room`, `text` and whatever else it holds, such as `idem`);
+    /// returns the answer (`ack` or `error`), keeping other frames for later reads.
+    pub async fn try_send_frame(&mut self, mut frame: Value) -> Value {
+        let reference = self.new_ref();
+        frame["type"] = json!("send");
+        frame["ref"] = json!(reference);
+        self.send_json(frame).await;
+        let r = json!(reference);
+        self.await_reply(&reference, |v| {
+            (v["type"] == "ack" || v["type"] == "error") && v["ref"] == r
+        })
+        .await
+    }
+
     /// Sends `text` to `room` and returns the `ack` (panics on an error).
     pub async fn send(&mut self, room: &str, text: &str) -> Value {
         let v = self.try_send(room, text).await;

@@ -37,9 +37,10 @@ pub fn free_port() -> u16 {
     listener.local_addr().expect("local addr").port()
 }
 
-/// Defines `mod $scenario { on_memory_bus, on_redis_bus }`: two tests running the async
-/// function `$scenario(&Cluster)` against a memory-bus node and `$replicas` Redis-bus
-/// replicas, each configured with `node_config` and then `$tweak`.
+/// Defines `mod $scenario { on_memory_bus, on_redis_bus, on_cluster_bus }`: three tests
+/// running the async function `$scenario(&Cluster)` against a memory-bus node, `$replicas`
+/// replicas on one Redis, and `$replicas` replicas on a Redis Cluster (sharded pub/sub),
+/// each configured with `node_config` and then `$tweak`.
 macro_rules! on_both_buses {
     ($scenario:ident, $replicas:expr) => {
         on_both_buses!($scenario, $replicas, common::defaults);
@@ -57,6 +58,12 @@ macro_rules! on_both_buses {
             #[tokio::test(flavor = "multi_thread")]
             async fn on_redis_bus() {
                 let cluster = Cluster::start(Bus::Redis, $replicas, $tweak).await;
+                super::$scenario(&cluster).await;
+            }
+
+            #[tokio::test(flavor = "multi_thread")]
+            async fn on_cluster_bus() {
+                let cluster = Cluster::start(Bus::RedisCluster, $replicas, $tweak).await;
                 super::$scenario(&cluster).await;
             }
         }

@@ -14,7 +14,7 @@ use tokio::sync::watch;
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 
-use super::{Client, RedisServer, wait_ready};
+use super::{Client, RedisCluster, RedisServer, wait_ready};
 
 /// How long a node may take to become ready (bus connected).
 pub const READY_TIMEOUT: Duration = Duration::from_secs(30);
@@ -347,6 +347,9 @@ pub enum Bus {
     Memory,
     /// A fresh `redis-server` shared by every replica.
     Redis,
+    /// A fresh Redis Cluster of three masters (no replicas) shared by every replica:
+    /// `redis.mode = "cluster"`, sharded pub/sub.
+    RedisCluster,
 }
 
 /// One bus and its replicas, so one scenario runs on both buses. On the memory bus there is
@@ -354,6 +357,7 @@ pub enum Bus {
 pub struct Cluster {
     pub bus: Bus,
     pub redis: Option<RedisServer>,
+    pub redis_cluster: Option<RedisCluster>,
     pub nodes: Vec<Node>,
 }
 
@@ -366,8 +370,12 @@ impl Cluster {
         tweak: impl Fn(&mut roomcast::Config),
     ) -> Cluster {
         let redis = match bus {
-            Bus::Memory => None,
             Bus::Redis => Some(RedisServer::start().await),
+            Bus::Memory | Bus::RedisCluster => None,
+        };
+        let redis_cluster = match bus {
+            Bus::RedisCluster => Some(RedisCluster::start(3, 0).await),
+            Bus::Memory | Bus::Redis => None,
         };
         let count = if bus == Bus::Memory {
             1
@@ -377,15 +385,30 @@ impl Cluster {
         let mut nodes = Vec::with_capacity(count);
         for i in 0..count {
             let mut cfg = node_config(redis.as_ref(), &format!("node-{i}"));
+            if let Some(cluster) = &redis_cluster {
+                use_cluster(&mut cfg, cluster);
+            }
             tweak(&mut cfg);
             nodes.push(Node::start(cfg).await);
         }
-        Cluster { bus, redis, nodes }
+        Cluster {
+            bus,
+            redis,
+            redis_cluster,
+            nodes,
+        }
     }
 
     /// Replica `i % replicas`.
     pub fn node(&self, i: usize) -> &Node {
         &self.nodes[i % self.nodes.len()]
+    }
+
+    /// The Redis Cluster; panics on the other buses.
+    pub fn redis_cluster(&self) -> &RedisCluster {
+        self.redis_cluster
+            .as_ref()
+            .expect("this cluster has no Redis Cluster")
     }
 
     /// The Redis server; panics on the memory bus.
@@ -402,6 +425,14 @@ impl Cluster {
     pub async fn client(&self, i: usize) -> Client {
         Client::connect(&self.node(i).ws_url).await
     }
+}
+
+/// Points a node's configuration at a Redis Cluster (`redis.mode = "cluster"`, every
+/// live node as a seed).
+pub fn use_cluster(cfg: &mut roomcast::Config, cluster: &RedisCluster) {
+    cfg.redis.url = None;
+    cfg.redis.mode = roomcast::RedisMode::Cluster;
+    cfg.redis.nodes = cluster.seeds();
 }
 
 /// A tweak that keeps [`node_config`] as it is.

@@ -1,23 +1,23 @@
 -- Join: unless the user is barred from the room (server API kick), record the member's
 -- presence and announce it, then read the members, where the room's log stands and the
--- replay (after since, or else the last N entries).
--- KEYS[1] room members hash   KEYS[2] room stream   KEYS[3] this node's room set
--- KEYS[4] room users hash (user id -> connections; jwt mode: one member per user)
--- KEYS[5] the user's bar key in this room
+-- replay (after since, or else the last N entries). Every key is in the room's slot.
+-- KEYS[1] room members hash   KEYS[2] room stream
+-- KEYS[3] room users hash (user id -> connections; jwt mode: one member per user)
+-- KEYS[4] the user's bar key in this room
 -- ARGV[1] member field (node|conn)   ARGV[2] the member's leave envelope (kept as the
 -- hash value, so a reaper can announce the leave verbatim)   ARGV[3] room channel
 -- ARGV[4] join envelope   ARGV[5] since ('' for none)   ARGV[6] replay limit
--- ARGV[7] room name   ARGV[8] user id ('' when anonymous: one member per connection)
+-- ARGV[7] publish command (PUBLISH, or SPUBLISH on a cluster)
+-- ARGV[8] user id ('' when anonymous: one member per connection)
 -- ARGV[9] without since: how many of the newest entries to replay (0 for none)
 -- Returns {-2, ms the bar has left} when barred, else
 -- {member values, head, recovered (-1 = no since, 0, 1), entries}.
-local barred = redis.call('PTTL', KEYS[5])
+local barred = redis.call('PTTL', KEYS[4])
 if barred > 0 then return {-2, barred} end
 redis.call('HSET', KEYS[1], ARGV[1], ARGV[2])
-redis.call('SADD', KEYS[3], ARGV[7])
 -- A user's first connection in the room (on any replica) announces the join.
-if ARGV[8] == '' or redis.call('HINCRBY', KEYS[4], ARGV[8], 1) == 1 then
-  redis.call('PUBLISH', ARGV[3], ARGV[4])
+if ARGV[8] == '' or redis.call('HINCRBY', KEYS[3], ARGV[8], 1) == 1 then
+  redis.call(ARGV[7], ARGV[3], ARGV[4])
 end
 local members = redis.call('HVALS', KEYS[1])
 local head, maxdel = '0-0', '0-0'
