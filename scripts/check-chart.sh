@@ -4,7 +4,8 @@
 #   - helm template of each set, every manifest validated (strict) against Kubernetes 1.29
 #     and the newest version kubernetes-validate knows (ServiceMonitor is skipped: it is a
 #     Prometheus Operator CRD with no built-in schema)
-#   - wrong values (helm/ci/invalid/*.yaml) must make helm template fail
+#   - wrong values (helm/ci/invalid/*.yaml) must make helm template fail, with the message
+#     in the file's "# expect: TEXT" line when it has one
 #   - the rendered TOML config of each set passes `$ROOMCAST_BIN config --check FILE`
 #   - terminationGracePeriodSeconds == propagationDelay + timeout + margin (several sets)
 #   - identity (auth.*): [auth]/[auth.jwt] rendered, the HS256 key only as a mounted file
@@ -17,6 +18,12 @@
 #     [api]/[hooks.publish] rendered, checksum/api, NOTES telling how to read the key; a
 #     hook URL without hooks.existingSecret fails the render (helm/ci/invalid); and a gateway
 #     started from the rendered config with the generated key file serves `roomcast api`
+#   - external Redis Cluster / Sentinel (redis.external.mode): the cluster and sentinel sets
+#     render ROOMCAST_REDIS__MODE and NODES / SENTINELS + SENTINEL_MASTER (never a URL), no
+#     bundled Redis, the password only from a secretKeyRef, TLS and the CA bundle (Secret or
+#     ConfigMap) mounted read-only as ROOMCAST_REDIS__TLS_CA_FILE; the default renders none
+#     of it; every wrong combination (helm/ci/invalid/redis-*.yaml) fails with its message;
+#     and the gateway, given the rendered variables, reports that very Redis configuration
 #   - the dashboard: helm/dashboards/roomcast.json is a regular file, byte-identical to
 #     grafana/roomcast.json (the single source; a copy, not a symlink, so helm prints no
 #     symlink warning), `helm template` and `helm package` carry exactly that file, no helm
@@ -116,8 +123,12 @@ done
 # --- wrong values must fail ------------------------------------------------------------
 for f in "$CHART"/ci/invalid/*.yaml; do
     name="$(basename "$f" .yaml)"
+    expect="$(sed -n 's/^# expect: //p' "$f" | head -n1)"
     if helm_q template chat "$CHART" -f "$f" >"$OUT/invalid-$name.out" 2>"$OUT/invalid-$name.err"; then
         fail "wrong values rejected: $name (helm template succeeded)" "$f"
+    elif [ -n "$expect" ] && ! grep -qF -- "$expect" "$OUT/invalid-$name.err"; then
+        { echo "expected the message: $expect"; echo "--- got:"; cat "$OUT/invalid-$name.err"; } >"$OUT/invalid-$name.fail"
+        fail "wrong values rejected: $name (not with the expected message)" "$OUT/invalid-$name.fail"
     else
         why="$(grep -m1 "at '" "$OUT/invalid-$name.err" || grep -m1 -E "execution error|Error" "$OUT/invalid-$name.err")"
         pass "wrong values rejected: $name ($(echo "$why" | sed 's/^ *- //; s/^Error: execution error at ([^)]*): //' | cut -c1-100))"
@@ -279,6 +290,71 @@ if [ -x "$ROOMCAST_BIN" ]; then
     api_serve_check
 fi
 
+# --- external Redis Cluster / Sentinel: the gateway reads what the chart renders --------
+# What a pod with redis.external.mode cluster / sentinel gets: the rendered config file plus
+# the Deployment's ROOMCAST_REDIS__* variables (the password is a secretKeyRef, left out;
+# the CA bundle path points at a stand-in CA here). `roomcast config` must load them (the
+# checks a pod runs at start: host:port lists, no redis.url in these modes, a readable CA
+# bundle) and print that very Redis configuration.
+redis_env_check() {
+    local set="$1"
+    local name="redis ($set): the gateway loads the rendered ROOMCAST_REDIS__* variables as that configuration"
+    if [ ! -f "$OUT/render-$set.yaml" ] || [ ! -f "$OUT/roomcast-$set.toml" ]; then
+        fail "$name (set not rendered)"
+        return
+    fi
+    [ -f "$OUT/redis-ca.pem" ] || openssl req -x509 -newkey ec -pkeyopt ec_paramgen_curve:prime256v1 -nodes \
+        -keyout "$OUT/redis-ca.key" -subj /CN=check-chart-redis-ca -days 1 -out "$OUT/redis-ca.pem" >/dev/null 2>&1
+    local vars=()
+    while IFS= read -r line; do vars+=("$line"); done < <("$PY" - "$OUT/render-$set.yaml" "$OUT/redis-ca.pem" <<'EOF'
+import sys, yaml
+dep = next(d for d in yaml.safe_load_all(open(sys.argv[1])) if d and d["kind"] == "Deployment")
+for e in dep["spec"]["template"]["spec"]["containers"][0]["env"]:
+    if e["name"].startswith("ROOMCAST_REDIS__") and "value" in e:
+        v = sys.argv[2] if e["name"] == "ROOMCAST_REDIS__TLS_CA_FILE" else e["value"]
+        print(f'{e["name"]}={v}')
+EOF
+)
+    local no_env=()
+    while IFS= read -r var; do no_env+=(-u "$var"); done \
+        < <(env | sed -n 's/^\(ROOMCAST_[A-Z0-9_]*\)=.*/\1/p')
+    if env "${no_env[@]}" "${vars[@]}" "$ROOMCAST_BIN" config --config "$OUT/roomcast-$set.toml" \
+        >"$OUT/redis-effective-$set.toml" 2>"$OUT/redis-effective-$set.err" \
+        && "$PY" - "$OUT/redis-effective-$set.toml" "$OUT/render-$set.yaml" "$OUT/redis-ca.pem" \
+            >>"$OUT/redis-effective-$set.err" 2>&1 <<'EOF'
+import sys, tomllib, yaml
+got = tomllib.load(open(sys.argv[1], "rb"))["redis"]
+docs = [d for d in yaml.safe_load_all(open(sys.argv[2])) if d]
+dep = next(d for d in docs if d["kind"] == "Deployment")
+env = {e["name"]: e.get("value") for e in dep["spec"]["template"]["spec"]["containers"][0]["env"]}
+cm = next(d for d in docs if d["kind"] == "ConfigMap" and "roomcast.toml" in d.get("data", {}))
+want = {"mode": env["ROOMCAST_REDIS__MODE"], "prefix": tomllib.loads(cm["data"]["roomcast.toml"])["redis"]["prefix"]}
+if want["mode"] == "cluster":
+    want["nodes"] = env["ROOMCAST_REDIS__NODES"].split(",")
+else:
+    want["sentinels"] = env["ROOMCAST_REDIS__SENTINELS"].split(",")
+    want["sentinel_master"] = env["ROOMCAST_REDIS__SENTINEL_MASTER"]
+if "ROOMCAST_REDIS__USERNAME" in env: want["username"] = env["ROOMCAST_REDIS__USERNAME"]
+if "ROOMCAST_REDIS__TLS" in env: want["tls"] = env["ROOMCAST_REDIS__TLS"] == "true"
+if "ROOMCAST_REDIS__REPLICA_ACKS" in env: want["replica_acks"] = int(env["ROOMCAST_REDIS__REPLICA_ACKS"])
+if "ROOMCAST_REDIS__TLS_CA_FILE" in env: want["tls_ca_file"] = sys.argv[3]
+bad = {k: (v, got.get(k)) for k, v in want.items() if got.get(k) != v}
+assert not bad, f"expected vs effective: {bad}"
+assert "url" not in got, f"a redis.url in {want['mode']} mode: {got['url']}"
+print("effective [redis]:", got)
+EOF
+    then
+        pass "$name"
+    else
+        { echo "variables: ${vars[*]}"; cat "$OUT/redis-effective-$set.err"; echo "--- roomcast config:"; cat "$OUT/redis-effective-$set.toml"; } >"$OUT/redis-effective-$set.fail"
+        fail "$name" "$OUT/redis-effective-$set.fail"
+    fi
+}
+if [ -x "$ROOMCAST_BIN" ]; then
+    redis_env_check cluster
+    redis_env_check sentinel
+fi
+
 # --- terminationGracePeriodSeconds follows the drain settings ---------------------------
 check_grace() {
     local label="$1" margin="$2"; shift 2
@@ -369,6 +445,43 @@ else
     fail "NOTES tell how to read the API key" "$OUT/notes.log"
 fi
 
+# An external standalone Redis keeps its URL and may add an ACL user, TLS and a CA bundle
+# (here from a ConfigMap, with a rediss:// URL instead of tls: true); no redis.mode variable.
+redis_sa="$(helm_q template chat "$CHART" --set redis.enabled=false \
+    --set redis.external.url=rediss://redis.data.svc.cluster.local:6380/1 --set redis.external.username=chat \
+    --set redis.external.caConfigMap.name=corp-ca --show-only templates/deployment.yaml 2>"$OUT/redis-standalone.err")"
+if printf '%s\n' "$redis_sa" | "$PY" -c '
+import sys, yaml
+p = yaml.safe_load(sys.stdin)["spec"]["template"]["spec"]; c = p["containers"][0]
+env = {e["name"]: e for e in c["env"] if e["name"].startswith("ROOMCAST_REDIS__")}
+vol = next(v for v in p["volumes"] if v["name"] == "redis-ca")
+assert sorted(env) == ["ROOMCAST_REDIS__PASSWORD", "ROOMCAST_REDIS__TLS_CA_FILE", "ROOMCAST_REDIS__URL", "ROOMCAST_REDIS__USERNAME"], sorted(env)
+assert env["ROOMCAST_REDIS__URL"]["value"] == "rediss://redis.data.svc.cluster.local:6380/1"
+assert env["ROOMCAST_REDIS__USERNAME"]["value"] == "chat"
+assert env["ROOMCAST_REDIS__TLS_CA_FILE"]["value"] == "/etc/roomcast-redis-ca/ca.crt"
+assert vol["configMap"] == {"name": "corp-ca", "defaultMode": 292, "items": [{"key": "ca.crt", "path": "ca.crt"}]}, vol
+assert "secretKeyRef" in env["ROOMCAST_REDIS__PASSWORD"]["valueFrom"]
+' >"$OUT/redis-standalone.log" 2>&1; then
+    pass "external standalone Redis: URL, username and a CA bundle (rediss://, caConfigMap), no redis.mode variable"
+else
+    cat "$OUT/redis-standalone.err" >>"$OUT/redis-standalone.log"
+    fail "external standalone Redis: URL, username and a CA bundle (rediss://, caConfigMap), no redis.mode variable" "$OUT/redis-standalone.log"
+fi
+
+# NOTES name the Redis topology and the egress ports the gateway needs.
+notes -f "$CHART/ci/cluster-values.yaml" >"$OUT/notes-cluster.txt"
+notes -f "$CHART/ci/sentinel-values.yaml" >"$OUT/notes-sentinel.txt"
+if grep -qF 'Bus: external Redis Cluster, seed nodes clustercfg.chat-prod.abc123.use1.cache.amazonaws.com:6379, 10.0.12.7:6380, TLS with the CA bundle from Secret redis-ca.' "$OUT/notes-cluster.txt" \
+    && grep -qF '(ports 6379, 6380)' "$OUT/notes-cluster.txt" \
+    && grep -qF 'Bus: Redis Sentinel, master "mymaster" through the sentinels redis-sentinel-0.' "$OUT/notes-sentinel.txt" \
+    && grep -qF '(port 26379)' "$OUT/notes-sentinel.txt" \
+    && grep -qF 'Bus: bundled Redis (chat-redis).' "$OUT/notes-default.txt"; then
+    pass "NOTES name the Redis topology (bundled, Cluster, Sentinel) and the egress ports"
+else
+    cat "$OUT"/notes-cluster.txt "$OUT"/notes-sentinel.txt >"$OUT/notes-redis.log" 2>&1
+    fail "NOTES name the Redis topology and the egress ports" "$OUT/notes-redis.log"
+fi
+
 # --- structure checks on the rendered sets ---------------------------------------------
 "$PY" - "$OUT" >"$OUT/structure.log" 2>&1 <<'EOF'
 import sys, yaml, os, json
@@ -418,6 +531,9 @@ if e:
     checks["external-redis: URL from redis.external.url"] = eenv["ROOMCAST_REDIS__URL"]["value"] == "redis://redis.data.svc.cluster.local:6379/2"
     checks["external-redis: password from secrets.existingSecret"] = eenv["ROOMCAST_REDIS__PASSWORD"]["valueFrom"]["secretKeyRef"]["name"] == "roomcast-credentials"
     checks["external-redis: chart creates no Secret"] = one(e, "Secret") is None
+    checks["external-redis: no redis.mode/nodes/sentinels/TLS variables, no CA volume (standalone)"] = \
+        not any(n.startswith("ROOMCAST_REDIS__") and n not in ("ROOMCAST_REDIS__URL", "ROOMCAST_REDIS__PASSWORD") for n in eenv) \
+        and not any(v["name"] == "redis-ca" for v in edep["spec"]["template"]["spec"]["volumes"])
 h = load("hpa")
 if h:
     checks["hpa: autoscaling/v2 HPA, Deployment without replicas"] = one(h, "HorizontalPodAutoscaler")["apiVersion"] == "autoscaling/v2" and "replicas" not in one(h, "Deployment")["spec"]
@@ -546,6 +662,61 @@ if ah:
         and hc["hooks"]["secret_file"] == hm["mountPath"] + "/secret" and hm.get("readOnly") is True and "secret" not in hc["hooks"]
     checks["api-hooks: [hooks.publish] url, timeout, on_error rendered"] = hc["hooks"]["publish"] == \
         {"url": "https://backend.chat.svc.cluster.local/hooks/publish", "timeout": "500ms", "on_error": "allow"}
+
+# --- external Redis Cluster / Sentinel (redis.external.mode) ---
+def redis_env(docs):
+    return {x["name"]: x for x in one(docs, "Deployment")["spec"]["template"]["spec"]["containers"][0]["env"] if x["name"].startswith("ROOMCAST_REDIS__")}
+def plain(env): return {k: v.get("value") for k, v in env.items() if "value" in v}
+denv = redis_env(d)
+checks["default: only ROOMCAST_REDIS__URL and __PASSWORD (no redis.mode etc. for older gateways)"] = sorted(denv) == ["ROOMCAST_REDIS__PASSWORD", "ROOMCAST_REDIS__URL"] \
+    and not any(v["name"] == "redis-ca" for v in pod["volumes"]) and "checksum/redis-ca" not in dep["spec"]["template"]["metadata"]["annotations"]
+def password_from_secret(env, name):
+    p = env.get("ROOMCAST_REDIS__PASSWORD", {})
+    return "value" not in p and p.get("valueFrom", {}).get("secretKeyRef", {}).get("name") == name \
+        and p["valueFrom"]["secretKeyRef"]["key"] == "redis-password"
+def ca_mounted(docs, kind, name, key):
+    p = one(docs, "Deployment")["spec"]["template"]["spec"]; c = p["containers"][0]
+    v = next((x for x in p["volumes"] if x["name"] == "redis-ca"), None)
+    m = next((x for x in c["volumeMounts"] if x["name"] == "redis-ca"), None)
+    src = (v or {}).get({"Secret": "secret", "ConfigMap": "configMap"}[kind], {})
+    return v is not None and m is not None and m.get("readOnly") is True \
+        and src.get({"Secret": "secretName", "ConfigMap": "name"}[kind]) == name \
+        and src.get("items") == [{"key": key, "path": "ca.crt"}] \
+        and plain(redis_env(docs)).get("ROOMCAST_REDIS__TLS_CA_FILE") == m["mountPath"] + "/ca.crt"
+def no_value_in_configmaps(docs, *values):
+    return not any(v in json.dumps(x) for x in docs if x["kind"] == "ConfigMap" for v in values)
+cl = load("cluster")
+if cl:
+    cenv = redis_env(cl); cplain = plain(cenv)
+    checks["cluster: ROOMCAST_REDIS__MODE=cluster and NODES = the seed nodes, comma-separated"] = cplain.get("ROOMCAST_REDIS__MODE") == "cluster" \
+        and cplain.get("ROOMCAST_REDIS__NODES") == "clustercfg.chat-prod.abc123.use1.cache.amazonaws.com:6379,10.0.12.7:6380"
+    checks["cluster: no Redis URL (env or config), no sentinel variables"] = "ROOMCAST_REDIS__URL" not in cenv \
+        and not any(k.startswith("ROOMCAST_REDIS__SENTINEL") for k in cenv) and "url" not in toml_of(cl).get("redis", {})
+    checks["cluster: no bundled Redis (StatefulSet, Service, NetworkPolicy chat-redis)"] = one(cl, "StatefulSet") is None \
+        and not any(x["metadata"]["name"] == "chat-redis" for x in cl) \
+        and sorted(x["metadata"]["name"] for x in cl if x["kind"] == "NetworkPolicy") == ["chat"]
+    checks["cluster: password from a secretKeyRef on secrets.existingSecret, chart creates no Secret"] = password_from_secret(cenv, "roomcast-credentials") \
+        and one(cl, "Secret") is None
+    checks["cluster: ROOMCAST_REDIS__USERNAME and ROOMCAST_REDIS__TLS=true"] = cplain.get("ROOMCAST_REDIS__USERNAME") == "roomcast" \
+        and cplain.get("ROOMCAST_REDIS__TLS") == "true"
+    checks["cluster: replicaAcks renders ROOMCAST_REDIS__REPLICA_ACKS=1"] = cplain.get("ROOMCAST_REDIS__REPLICA_ACKS") == "1"
+    checks["cluster: CA bundle from caSecret mounted read-only as ROOMCAST_REDIS__TLS_CA_FILE, checksum/redis-ca"] = ca_mounted(cl, "Secret", "redis-ca", "ca.pem") \
+        and "checksum/redis-ca" in one(cl, "Deployment")["spec"]["template"]["metadata"]["annotations"]
+    checks["cluster: redis.prefix still in the config file"] = toml_of(cl)["redis"] == {"prefix": "chat-prod"}
+se = load("sentinel")
+if se:
+    senv = redis_env(se); splain = plain(senv)
+    checks["sentinel: ROOMCAST_REDIS__MODE=sentinel, SENTINELS (comma-separated) and SENTINEL_MASTER"] = splain.get("ROOMCAST_REDIS__MODE") == "sentinel" \
+        and splain.get("ROOMCAST_REDIS__SENTINELS") == ",".join(f"redis-sentinel-{i}.redis-sentinel.data.svc.cluster.local:26379" for i in range(3)) \
+        and splain.get("ROOMCAST_REDIS__SENTINEL_MASTER") == "mymaster"
+    checks["sentinel: no Redis URL, no NODES, no bundled Redis"] = "ROOMCAST_REDIS__URL" not in senv and "ROOMCAST_REDIS__NODES" not in senv \
+        and "url" not in toml_of(se).get("redis", {}) and one(se, "StatefulSet") is None
+    sec = next((x for x in se if x["kind"] == "Secret" and x["metadata"]["name"] == "chat-secrets"), None)
+    checks["sentinel: password from a secretKeyRef on the chart's Secret, in no ConfigMap or plain env"] = password_from_secret(senv, "chat-secrets") \
+        and sec is not None and base64.b64decode(sec["data"]["redis-password"]).decode() == "s3ntinelPassw0rd" \
+        and no_value_in_configmaps(se, "s3ntinelPassw0rd") and "s3ntinelPassw0rd" not in json.dumps(one(se, "Deployment"))
+    checks["sentinel: CA bundle from caConfigMap mounted read-only as ROOMCAST_REDIS__TLS_CA_FILE, TLS on, no username"] = ca_mounted(se, "ConfigMap", "redis-ca-bundle", "ca.crt") \
+        and splain.get("ROOMCAST_REDIS__TLS") == "true" and "ROOMCAST_REDIS__USERNAME" not in senv
 for name, ok in checks.items():
     print(("ok    " if ok else "FAIL  ") + name)
 sys.exit(0 if all(checks.values()) else 1)

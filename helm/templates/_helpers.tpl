@@ -63,8 +63,158 @@ app.kubernetes.io/component: redis
 {{- if .Values.redis.enabled -}}
 {{- printf "redis://%s:6379" (include "roomcast.redisHost" .) -}}
 {{- else -}}
-{{- required "redis.external.url is required when redis.enabled is false" .Values.redis.external.url -}}
+{{- required "redis.external.url is required when redis.enabled is false (with redis.external.mode standalone)" .Values.redis.external.url -}}
 {{- end -}}
+{{- end -}}
+
+{{/*
+The bus mode (redis.mode): standalone, cluster or sentinel, after checking the
+redis.external values fit together. Every combination the gateway would refuse at start
+(exit 64) fails the render here instead, naming the value to fix. With the bundled Redis
+(redis.enabled) the other redis.external values are not used, as before.
+*/}}
+{{- define "roomcast.redisMode" -}}
+{{- $r := .Values.redis -}}
+{{- $x := $r.external -}}
+{{- $mode := default "standalone" $x.mode -}}
+{{- if and $r.enabled (eq $mode "cluster") -}}
+{{- fail "redis.external.mode=cluster needs redis.enabled=false: the bundled Redis is a single server, not a Redis Cluster (set redis.enabled=false and list the seed nodes in redis.external.nodes)" -}}
+{{- end -}}
+{{- if and $r.enabled (eq $mode "sentinel") -}}
+{{- fail "redis.external.mode=sentinel needs redis.enabled=false: the bundled Redis has no Sentinel (set redis.enabled=false, redis.external.sentinels and redis.external.sentinelMaster)" -}}
+{{- end -}}
+{{- if not $r.enabled -}}
+{{- if eq $mode "cluster" -}}
+{{- if $x.url -}}
+{{- fail "redis.external.url must be empty with redis.external.mode=cluster (the gateway refuses redis.url in cluster mode): list the seed nodes in redis.external.nodes" -}}
+{{- end -}}
+{{- if empty $x.nodes -}}
+{{- fail "redis.external.mode=cluster needs redis.external.nodes: at least one seed node as host:port (e.g. the configuration endpoint, clustercfg.chat.abc123.use1.cache.amazonaws.com:6379)" -}}
+{{- end -}}
+{{- end -}}
+{{- if eq $mode "sentinel" -}}
+{{- if $x.url -}}
+{{- fail "redis.external.url must be empty with redis.external.mode=sentinel (the gateway refuses redis.url in sentinel mode): list the sentinels in redis.external.sentinels" -}}
+{{- end -}}
+{{- if empty $x.sentinels -}}
+{{- fail "redis.external.mode=sentinel needs redis.external.sentinels: at least one sentinel as host:port (e.g. redis-sentinel.data.svc.cluster.local:26379)" -}}
+{{- end -}}
+{{- if not $x.sentinelMaster -}}
+{{- fail "redis.external.mode=sentinel needs redis.external.sentinelMaster: the name the sentinels monitor the master under (sentinel monitor NAME ..., e.g. mymaster)" -}}
+{{- end -}}
+{{- end -}}
+{{- if and (not (empty $x.nodes)) (ne $mode "cluster") -}}
+{{- fail (printf "redis.external.nodes is only used with redis.external.mode=cluster (mode is %s): set the mode, or remove the nodes" $mode) -}}
+{{- end -}}
+{{- if and (or (not (empty $x.sentinels)) $x.sentinelMaster) (ne $mode "sentinel") -}}
+{{- fail (printf "redis.external.sentinels and redis.external.sentinelMaster are only used with redis.external.mode=sentinel (mode is %s): set the mode, or remove them" $mode) -}}
+{{- end -}}
+{{- if and $x.caSecret.name $x.caConfigMap.name -}}
+{{- fail "set at most one of redis.external.caSecret.name and redis.external.caConfigMap.name (the CA bundle comes from one of them)" -}}
+{{- end -}}
+{{- if and (or $x.caSecret.name $x.caConfigMap.name) (not $x.tls) (not (hasPrefix "rediss://" (toString $x.url))) -}}
+{{- fail (printf "redis.external.%s needs redis.external.tls=true (or a rediss:// redis.external.url): the gateway refuses redis.tls_ca_file without TLS" (ternary "caSecret" "caConfigMap" (not (empty $x.caSecret.name)))) -}}
+{{- end -}}
+{{- end -}}
+{{- $mode -}}
+{{- end -}}
+
+{{/*
+The CA bundle of an external Redis with TLS (redis.external.caSecret or caConfigMap):
+"secret" or "configMap" when one is mounted, empty otherwise (and always with the bundled
+Redis, which has no TLS).
+*/}}
+{{- define "roomcast.redisCaSource" -}}
+{{- if not .Values.redis.enabled -}}
+{{- if .Values.redis.external.caSecret.name -}}secret{{- else if .Values.redis.external.caConfigMap.name -}}configMap{{- end -}}
+{{- end -}}
+{{- end -}}
+
+{{- define "roomcast.redisCaDir" -}}/etc/roomcast-redis-ca{{- end -}}
+{{- define "roomcast.redisCaFile" -}}{{ include "roomcast.redisCaDir" . }}/ca.crt{{- end -}}
+
+{{/*
+The gateway's Redis variables (ROOMCAST_REDIS__*, docs/configuration.md; lists
+comma-separated). standalone: ROOMCAST_REDIS__URL (the bundled Redis or redis.external.url).
+cluster: MODE and NODES; sentinel: MODE, SENTINELS and SENTINEL_MASTER; never a URL there.
+External Redis: USERNAME, TLS and TLS_CA_FILE when set. The password always comes from the
+Secret (secretKeyRef), never from a value in the pod spec or the ConfigMap.
+*/}}
+{{- define "roomcast.redisEnv" -}}
+{{- $mode := include "roomcast.redisMode" . -}}
+{{- $x := .Values.redis.external -}}
+{{- if eq $mode "standalone" }}
+- name: ROOMCAST_REDIS__URL
+  value: {{ include "roomcast.redisUrl" . | quote }}
+{{- else }}
+- name: ROOMCAST_REDIS__MODE
+  value: {{ $mode | quote }}
+{{- if eq $mode "cluster" }}
+- name: ROOMCAST_REDIS__NODES
+  value: {{ join "," $x.nodes | quote }}
+{{- else }}
+- name: ROOMCAST_REDIS__SENTINELS
+  value: {{ join "," $x.sentinels | quote }}
+- name: ROOMCAST_REDIS__SENTINEL_MASTER
+  value: {{ $x.sentinelMaster | quote }}
+{{- end }}
+{{- end }}
+{{- if not .Values.redis.enabled }}
+{{- with $x.username }}
+- name: ROOMCAST_REDIS__USERNAME
+  value: {{ . | quote }}
+{{- end }}
+{{- if $x.tls }}
+- name: ROOMCAST_REDIS__TLS
+  value: "true"
+{{- end }}
+{{- if gt (int $x.replicaAcks) 0 }}
+- name: ROOMCAST_REDIS__REPLICA_ACKS
+  value: {{ $x.replicaAcks | quote }}
+{{- end }}
+{{- if include "roomcast.redisCaSource" . }}
+- name: ROOMCAST_REDIS__TLS_CA_FILE
+  value: {{ include "roomcast.redisCaFile" . | quote }}
+{{- end }}
+{{- end }}
+- name: ROOMCAST_REDIS__PASSWORD
+  valueFrom:
+    secretKeyRef:
+      name: {{ include "roomcast.secretName" . }}
+      key: {{ .Values.secrets.keys.redisPassword }}
+      optional: {{ include "roomcast.redisPasswordOptional" . }}
+{{- end -}}
+
+{{/* The CA bundle volume and mount (external Redis with caSecret / caConfigMap only). */}}
+{{- define "roomcast.redisVolumes" -}}
+{{- $src := include "roomcast.redisCaSource" . -}}
+{{- $x := .Values.redis.external -}}
+{{- if eq $src "secret" }}
+- name: redis-ca
+  secret:
+    secretName: {{ $x.caSecret.name }}
+    # Only the bundle, under a fixed file name; 0444 (a CA is no secret, any user reads it).
+    defaultMode: 292
+    items:
+      - key: {{ $x.caSecret.key }}
+        path: ca.crt
+{{- else if eq $src "configMap" }}
+- name: redis-ca
+  configMap:
+    name: {{ $x.caConfigMap.name }}
+    defaultMode: 292
+    items:
+      - key: {{ $x.caConfigMap.key }}
+        path: ca.crt
+{{- end }}
+{{- end -}}
+
+{{- define "roomcast.redisVolumeMounts" -}}
+{{- if include "roomcast.redisCaSource" . }}
+- name: redis-ca
+  mountPath: {{ include "roomcast.redisCaDir" . }}
+  readOnly: true
+{{- end }}
 {{- end -}}
 
 {{/*
@@ -295,8 +445,15 @@ X-Forwarded-For (the real client) is believed; otherwise none.
 {{/* The gateway's config file. Keys exactly as docs/configuration.md. */}}
 {{- define "roomcast.configToml" -}}
 # roomcast configuration rendered by the Helm chart (release {{ .Release.Name }}).
+{{- $x := .Values.redis.external }}
+{{- if or .Values.redis.enabled (and (eq (include "roomcast.redisMode" .) "standalone") (not $x.username) (not $x.tls) (not (include "roomcast.redisCaSource" .))) }}
 # redis.url, redis.password and node.id come from the environment (ROOMCAST_REDIS__URL,
 # ROOMCAST_REDIS__PASSWORD from the Secret, ROOMCAST_NODE__ID = the pod name).
+{{- else }}
+# The Redis connection (redis.mode = {{ include "roomcast.redisMode" . | toJson }}; every redis.* key but
+# redis.prefix, with redis.password) and node.id come from the environment
+# (ROOMCAST_REDIS__*, the password from the Secret, ROOMCAST_NODE__ID = the pod name).
+{{- end }}
 
 [server]
 listen = {{ printf "%s:%d" .Values.server.bindAddress (int .Values.server.port) | toJson }}
