@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Stops everything deploy/local/up.sh started (only the processes it recorded), replicas
-# first with SIGTERM so they drain, then haproxy, prometheus and redis.
+# first with SIGTERM so they drain, then haproxy, prometheus and redis (or the six nodes of
+# the Redis Cluster of up.sh --cluster).
 # Usage: deploy/local/down.sh [--keep]   (--keep leaves the state directory with its logs)
 set -uo pipefail
 # shellcheck source=deploy/local/lib.sh
@@ -22,6 +23,11 @@ for f in "$STATE"/pids/replica-*.pid; do
 done
 for name in haproxy prometheus redis; do
     stop_bg "$name" TERM 10
+done
+# The nodes of a Redis Cluster (up.sh --cluster): redis-1..redis-6.
+for f in "$STATE"/pids/redis-*.pid; do
+    [ -e "$f" ] || continue
+    stop_bg "$(basename "$f" .pid)" TERM 10
 done
 if [ "${1:-}" = --keep ]; then
     log "stopped; logs kept in $STATE/logs"

@@ -5,7 +5,9 @@
 #   $STATE/env               ports and settings (sourced by the scripts)
 #   $STATE/pids/NAME.pid     one per process started
 #   $STATE/logs/NAME.log     their output
-#   $STATE/haproxy.cfg, $STATE/prometheus.yml, $STATE/redis/, $STATE/prometheus/
+#   $STATE/haproxy.cfg, $STATE/prometheus.yml, $STATE/prometheus/
+#   $STATE/redis/            the Redis server (standalone), or with up.sh --cluster
+#   $STATE/redis-1..6/       the six nodes of a Redis Cluster (pids redis-1..redis-6)
 
 LOCAL_DIR="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
 # shellcheck disable=SC2034 # used by up.sh
@@ -128,14 +130,24 @@ start_replica() {
     while IFS= read -r var; do
         unset_args+=(-u "$var")
     done < <(env | sed -n 's/^\(ROOMCAST_BIN\|ROOMCAST_LOCAL_[A-Z0-9_]*\)=.*/\1/p')
+    # The bus: one Redis server (redis.url), or a Redis Cluster (redis.mode = cluster with a
+    # seed list in redis.nodes; the gateway refuses redis.url in cluster mode, so an inherited
+    # ROOMCAST_REDIS__URL is dropped too).
+    local redis_args=()
+    if [ "${REDIS_MODE:-standalone}" = cluster ]; then
+        unset_args+=(-u ROOMCAST_REDIS__URL)
+        redis_args=(ROOMCAST_REDIS__MODE=cluster ROOMCAST_REDIS__NODES="$REDIS_NODES")
+    else
+        redis_args=(ROOMCAST_REDIS__URL="redis://127.0.0.1:$REDIS_PORT")
+    fi
     # Same settings as the Helm chart passes, through the environment instead of a file.
     start_bg "replica-$i" "$ROOMCAST_BIN" env "${unset_args[@]}" \
         ROOMCAST_SERVER__LISTEN="127.0.0.1:$cport" \
         ROOMCAST_ADMIN__LISTEN="127.0.0.1:$aport" \
         ROOMCAST_NODE__ID="local-$i" \
-        ROOMCAST_REDIS__URL="redis://127.0.0.1:$REDIS_PORT" \
+        "${redis_args[@]}" \
         ROOMCAST_REDIS__PASSWORD="$REDIS_PASSWORD" \
-        ROOMCAST_REDIS__PREFIX="roomcast-local" \
+        ROOMCAST_REDIS__PREFIX="${REDIS_PREFIX:-roomcast-local}" \
         ROOMCAST_LOG__FORMAT="${ROOMCAST_LOG__FORMAT:-json}" \
         ROOMCAST_DRAIN__PROPAGATION_DELAY="$DRAIN_PROPAGATION_DELAY" \
         ROOMCAST_DRAIN__SPREAD="$DRAIN_SPREAD" \

@@ -1,12 +1,15 @@
 #!/usr/bin/env bash
 # Starts the Kubernetes topology with no containers, all on loopback ports:
-#   redis-server (password protected, nothing on disk)
+#   redis-server (password protected, nothing on disk); with --cluster a Redis Cluster of
+#     3 masters + 3 replicas instead (six redis-server processes, same password), which the
+#     gateways reach with redis.mode = cluster and the six nodes as seeds
 #   N replicas of the real gateway binary, each with its own client and admin port
 #   haproxy as the load balancer (WebSocket friendly, health check on /readyz)
 #   prometheus scraping every replica's admin port every second (labels pod, namespace)
 # Everything runs in the background under a state directory; deploy/local/down.sh stops it.
 #
-# Usage:  deploy/local/up.sh [N]          (N replicas, default 3)
+# Usage:  deploy/local/up.sh [--cluster] [N]   (N replicas, default 3; --cluster: Redis Cluster,
+#                                             needs Redis >= 7 for sharded pub/sub)
 # Env:    ROOMCAST_BIN          gateway binary (default target/release/roomcast)
 #         ROOMCAST_LOCAL_STATE  state directory (default /tmp/roomcast-local)
 #         ROOMCAST_LOCAL_PROPAGATION_DELAY / _SPREAD / _TIMEOUT   drain settings (1s/2s/10s)
@@ -17,8 +20,20 @@ set -euo pipefail
 # shellcheck source=deploy/local/lib.sh
 . "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
 
-N="${1:-3}"
-[[ "$N" =~ ^[1-9][0-9]*$ ]] || die "usage: $0 [N]   (N = number of replicas, at least 1)"
+usage="usage: $0 [--cluster] [N]   (N = number of replicas, at least 1, default 3)"
+CLUSTER=0
+N=""
+for arg in "$@"; do
+    case "$arg" in
+        --cluster) CLUSTER=1 ;;
+        -h | --help) printf '%s\n' "$usage"; exit 0 ;;
+        *) [ -z "$N" ] || die "$usage"; N="$arg" ;;
+    esac
+done
+N="${N:-3}"
+[[ "$N" =~ ^[1-9][0-9]*$ ]] || die "$usage"
+# A Redis Cluster of 3 masters, each with 1 replica.
+CLUSTER_NODES=6
 ROOMCAST_BIN="${ROOMCAST_BIN:-$REPO_ROOT/target/release/roomcast}"
 case "$ROOMCAST_BIN" in /*) ;; *) ROOMCAST_BIN="$PWD/$ROOMCAST_BIN" ;; esac
 [ -x "$ROOMCAST_BIN" ] || die "no gateway binary at $ROOMCAST_BIN (cargo build --release, or set ROOMCAST_BIN)"
@@ -33,21 +48,55 @@ fi
 need python3 python3
 need curl curl
 need redis-server redis-server
+need redis-cli redis-tools
+if [ "$CLUSTER" = 1 ]; then
+    # The gateway's cluster bus uses sharded pub/sub (SSUBSCRIBE, Redis 7.0), and the nodes
+    # get their bus port from cluster-port (7.0) since port + 10000 may not be free.
+    redis_major="$(redis-server --version | sed -n 's/.* v=\([0-9]*\)\..*/\1/p')"
+    [ "${redis_major:-0}" -ge 7 ] || die "--cluster needs Redis >= 7 ($(redis-server --version))"
+fi
 need haproxy haproxy
 [ "${ROOMCAST_LOCAL_NO_PROMETHEUS:-0}" = 1 ] || need prometheus prometheus
 
 rm -rf "$STATE"
-mkdir -p "$STATE/pids" "$STATE/logs" "$STATE/redis" "$STATE/prometheus"
+mkdir -p "$STATE/pids" "$STATE/logs" "$STATE/prometheus"
 
-# Ports: redis, lb, haproxy stats, prometheus, then client+admin per replica.
-read -r -a P <<<"$(free_ports $((4 + 2 * N)))"
+# Ports: redis, lb, haproxy stats, prometheus, then client+admin per replica; with --cluster
+# then the client ports of cluster nodes 2..6 (node 1 has the redis port) and the six nodes'
+# cluster bus ports.
+extra=0
+[ "$CLUSTER" = 1 ] && extra=$((2 * CLUSTER_NODES - 1))
+read -r -a P <<<"$(free_ports $((4 + 2 * N + extra)))"
+RP=("${P[0]}") # client port of each Redis node
+BP=()          # cluster bus port of each node (--cluster)
+ADDRS=()       # 127.0.0.1:port of each node
+if [ "$CLUSTER" = 1 ]; then
+    base=$((4 + 2 * N))
+    for ((k = 1; k < CLUSTER_NODES; k++)); do
+        RP+=("${P[$((base + k - 1))]}")
+    done
+    for ((k = 0; k < CLUSTER_NODES; k++)); do
+        BP+=("${P[$((base + CLUSTER_NODES - 1 + k))]}")
+        ADDRS+=("127.0.0.1:${RP[$k]}")
+    done
+fi
 REDIS_PASSWORD="$(python3 -c 'import secrets; print(secrets.token_hex(16))')"
 {
     echo "# written by deploy/local/up.sh"
     echo "N=$N"
     echo "ROOMCAST_BIN=$(printf '%q' "$ROOMCAST_BIN")"
+    if [ "$CLUSTER" = 1 ]; then
+        # A Redis Cluster: nodes redis-1..redis-6 on REDIS_PORTS (REDIS_PORT is node 1's).
+        echo "REDIS_MODE=cluster"
+        echo "REDIS_PORTS=\"${RP[*]}\""
+        echo "REDIS_BUS_PORTS=\"${BP[*]}\""
+        echo "REDIS_NODES=$(IFS=,; echo "${ADDRS[*]}")"
+    else
+        echo "REDIS_MODE=standalone"
+    fi
     echo "REDIS_PORT=${P[0]}"
     echo "REDIS_PASSWORD=$REDIS_PASSWORD"
+    echo "REDIS_PREFIX=roomcast-local"
     echo "LB_PORT=${P[1]}"
     echo "HAPROXY_STATS_PORT=${P[2]}"
     echo "PROM_PORT=${P[3]}"
@@ -70,17 +119,63 @@ load_env
 trap 'rc=$?; if [ $rc -ne 0 ]; then log "start failed, stopping (logs kept in $STATE/logs)"; "$LOCAL_DIR/down.sh" --keep >/dev/null 2>&1 || true; fi' EXIT
 
 # --- Redis ---------------------------------------------------------------------------
-printf 'requirepass %s\n' "$REDIS_PASSWORD" >"$STATE/redis/redis.conf"
-chmod 600 "$STATE/redis/redis.conf"
-start_bg redis redis-server redis-server "$STATE/redis/redis.conf" --port "$REDIS_PORT" --bind 127.0.0.1 \
-    --save "" --appendonly no --dir "$STATE/redis"
-for ((i = 0; i < 50; i++)); do
-    REDISCLI_AUTH="$REDIS_PASSWORD" redis-cli -p "$REDIS_PORT" ping 2>/dev/null | grep -q PONG && break
-    sleep 0.1
-done
-REDISCLI_AUTH="$REDIS_PASSWORD" redis-cli -p "$REDIS_PORT" ping 2>/dev/null | grep -q PONG \
-    || die "redis did not start (log: $STATE/logs/redis.log)"
-log "redis on 127.0.0.1:$REDIS_PORT"
+# rcli PORT ARGS...: redis-cli on a local node, the password from the environment.
+rcli() {
+    local port="$1"
+    shift
+    REDISCLI_AUTH="$REDIS_PASSWORD" redis-cli -p "$port" "$@"
+}
+# wait_pong NAME PORT: waits until the server answers PING.
+wait_pong() {
+    local i
+    for ((i = 0; i < 50; i++)); do
+        rcli "$2" ping 2>/dev/null | grep -q PONG && return 0
+        sleep 0.1
+    done
+    die "$1 did not start (log: $STATE/logs/$1.log)"
+}
+if [ "$CLUSTER" = 0 ]; then
+    mkdir -p "$STATE/redis"
+    printf 'requirepass %s\n' "$REDIS_PASSWORD" >"$STATE/redis/redis.conf"
+    chmod 600 "$STATE/redis/redis.conf"
+    start_bg redis redis-server redis-server "$STATE/redis/redis.conf" --port "$REDIS_PORT" --bind 127.0.0.1 \
+        --save "" --appendonly no --dir "$STATE/redis"
+    wait_pong redis "$REDIS_PORT"
+    log "redis on 127.0.0.1:$REDIS_PORT"
+else
+    for ((k = 1; k <= CLUSTER_NODES; k++)); do
+        dir="$STATE/redis-$k"
+        mkdir -p "$dir"
+        # masterauth: a node that becomes a replica authenticates to its master.
+        printf 'requirepass %s\nmasterauth %s\n' "$REDIS_PASSWORD" "$REDIS_PASSWORD" >"$dir/redis.conf"
+        chmod 600 "$dir/redis.conf"
+        start_bg "redis-$k" redis-server redis-server "$dir/redis.conf" \
+            --cluster-enabled yes --cluster-config-file "$dir/nodes.conf" --cluster-node-timeout 2000 \
+            --cluster-port "${BP[$((k - 1))]}" --port "${RP[$((k - 1))]}" --bind 127.0.0.1 \
+            --save "" --appendonly no --dir "$dir"
+    done
+    for ((k = 1; k <= CLUSTER_NODES; k++)); do
+        wait_pong "redis-$k" "${RP[$((k - 1))]}"
+    done
+    # redis-cli warns that masters and their replicas share a host: they do, on purpose.
+    REDISCLI_AUTH="$REDIS_PASSWORD" redis-cli --cluster create \
+        "${ADDRS[@]}" --cluster-replicas 1 --cluster-yes \
+        >"$STATE/logs/redis-cluster-create.log" 2>&1 \
+        || { tail -n 20 "$STATE/logs/redis-cluster-create.log" >&2; die "redis-cli --cluster create failed (log: $STATE/logs/redis-cluster-create.log)"; }
+    # Every node must see the whole cluster with all slots served before a gateway connects.
+    for ((i = 0; i < 300; i++)); do
+        ok=0
+        for port in "${RP[@]}"; do
+            info="$(rcli "$port" cluster info 2>/dev/null | tr -d '\r')"
+            grep -qx 'cluster_state:ok' <<<"$info" && grep -qx "cluster_known_nodes:$CLUSTER_NODES" <<<"$info" \
+                && ok=$((ok + 1))
+        done
+        [ "$ok" = "$CLUSTER_NODES" ] && break
+        sleep 0.1
+    done
+    [ "$ok" = "$CLUSTER_NODES" ] || die "the Redis Cluster did not reach cluster_state:ok on all $CLUSTER_NODES nodes in 30s (logs: $STATE/logs/redis-*.log)"
+    log "redis cluster (3 masters + 3 replicas) on 127.0.0.1:{${REDIS_PORTS// /,}}, bus ports {${REDIS_BUS_PORTS// /,}}"
+fi
 
 # --- gateway replicas ----------------------------------------------------------------
 for ((i = 1; i <= N; i++)); do
@@ -182,12 +277,16 @@ fi
 trap - EXIT
 cat <<TXT
 
-roomcast local deployment ($N replicas) is up. State: $STATE
+roomcast local deployment ($N replicas$([ "$CLUSTER" = 1 ] && echo ", Redis Cluster")) is up. State: $STATE
 
   chat page        http://127.0.0.1:$LB_PORT/          (through haproxy)
   WebSocket        ws://127.0.0.1:$LB_PORT/ws
   haproxy stats    http://127.0.0.1:$HAPROXY_STATS_PORT/
 TXT
+if [ "$CLUSTER" = 1 ]; then
+    echo "  redis cluster    $REDIS_NODES   (3 masters + 3 replicas; bus ports ${REDIS_BUS_PORTS// /,})"
+    echo "                   (. $STATE/env; REDISCLI_AUTH=\$REDIS_PASSWORD redis-cli -c -p $REDIS_PORT cluster nodes)"
+fi
 [ "${ROOMCAST_LOCAL_NO_PROMETHEUS:-0}" = 1 ] || echo "  prometheus       http://127.0.0.1:$PROM_PORT/"
 for ((i = 1; i <= N; i++)); do
     echo "  replica local-$i  http://127.0.0.1:$(eval echo "\$REPLICA_${i}_PORT")/   metrics http://127.0.0.1:$(eval echo "\$REPLICA_${i}_ADMIN")/metrics"
