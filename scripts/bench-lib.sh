@@ -53,8 +53,70 @@ start_redis() {
   wait_until 20 redis-cli -p "$port" ping || die "redis-server did not start (see $BENCH_WORK/$1.log)"
 }
 
-# start_gateway NAME [REDIS_URL]: sets GW_PID and GW_URL. Extra settings come from the
-# caller's environment (ROOMCAST_*).
+# start_redis_cluster NAME SHARDS: a Redis Cluster of SHARDS masters (no replicas) on free
+# loopback ports, the 16384 slots split evenly (CLUSTER ADDSLOTSRANGE), joined with CLUSTER
+# MEET; returns once every node reports cluster_state:ok with every node known. Sets
+# CLUSTER_NODES (host:port,host:port,... for redis.nodes), CLUSTER_PORTS, CLUSTER_PIDS and
+# CLUSTER_RANGES (first-last slot per shard), in shard order.
+start_redis_cluster() {
+  local name=$1 n=$2 i port bus dir="$BENCH_WORK/$1"
+  mkdir -p "$dir"
+  CLUSTER_PORTS=() CLUSTER_PIDS=() CLUSTER_RANGES=() CLUSTER_NODES=
+  local buses=()
+  for ((i = 0; i < n; i++)); do
+    free_port
+    port=$FREE_PORT
+    # The cluster bus port, chosen explicitly (the default, port + 10000, may be taken).
+    free_port
+    bus=$FREE_PORT
+    # --cluster-announce-ip: a node learns its own address only from a peer's MEET, so a
+    # one-node cluster would list its slots' owner with an empty host in CLUSTER SLOTS,
+    # which the gateway's client cannot connect to.
+    redis-server --port "$port" --cluster-enabled yes --cluster-port "$bus" \
+      --cluster-announce-ip 127.0.0.1 \
+      --cluster-config-file "$dir/nodes-$port.conf" --cluster-node-timeout 2000 \
+      --save "" --appendonly no --bind 127.0.0.1 --daemonize no --dir "$dir" \
+      --maxclients 10000 >"$dir/redis-$port.log" 2>&1 &
+    CLUSTER_PIDS+=("$!")
+    BENCH_PIDS+=("$!")
+    CLUSTER_PORTS+=("$port")
+    buses+=("$bus")
+    CLUSTER_NODES+="${CLUSTER_NODES:+,}127.0.0.1:$port"
+  done
+  for ((i = 0; i < n; i++)); do
+    port=${CLUSTER_PORTS[i]}
+    wait_until 20 redis-cli -p "$port" ping || die "redis-server :$port did not start (see $dir/redis-$port.log)"
+    local first=$((i * 16384 / n)) last=$(((i + 1) * 16384 / n - 1))
+    CLUSTER_RANGES+=("$first-$last")
+    # Distinct config epochs up front: no epoch collision to resolve after the MEET.
+    redis-cli -p "$port" CLUSTER SET-CONFIG-EPOCH $((i + 1)) >/dev/null
+    [[ $(redis-cli -p "$port" CLUSTER ADDSLOTSRANGE "$first" "$last") == OK ]] \
+      || die "CLUSTER ADDSLOTSRANGE $first $last on :$port failed"
+  done
+  for ((i = 1; i < n; i++)); do
+    [[ $(redis-cli -p "${CLUSTER_PORTS[0]}" CLUSTER MEET 127.0.0.1 "${CLUSTER_PORTS[i]}" "${buses[i]}") == OK ]] \
+      || die "CLUSTER MEET 127.0.0.1 ${CLUSTER_PORTS[i]} failed"
+  done
+  wait_until 30 cluster_ok "$n" "${CLUSTER_PORTS[@]}" \
+    || die "cluster $name ($n shards) did not reach cluster_state:ok (logs in $dir)"
+}
+
+# cluster_ok N PORT...: every node reports cluster_state:ok, N known nodes, all slots
+# assigned.
+cluster_ok() {
+  local n=$1 port info
+  shift
+  for port in "$@"; do
+    info=$(redis-cli -p "$port" CLUSTER INFO | tr -d '\r') || return 1
+    grep -qx 'cluster_state:ok' <<<"$info" || return 1
+    grep -qx "cluster_known_nodes:$n" <<<"$info" || return 1
+    grep -qx 'cluster_slots_assigned:16384' <<<"$info" || return 1
+  done
+}
+
+# start_gateway NAME [REDIS]: sets GW_PID and GW_URL. REDIS is a redis:// URL, or
+# `cluster:HOST:PORT,HOST:PORT,...` for a Redis Cluster (redis.mode = "cluster" with those
+# seed nodes). Extra settings come from the caller's environment (ROOMCAST_*).
 start_gateway() {
   local name=$1 redis=${2:-} bin=$ROOMCAST_BIN
   free_port
@@ -74,7 +136,11 @@ start_gateway() {
     # Every load-generator connection comes from 127.0.0.1: per-address limits out of the way.
     export ROOMCAST_LIMITS__CONNECTIONS_PER_IP="${ROOMCAST_LIMITS__CONNECTIONS_PER_IP:-1000000}"
     export ROOMCAST_LIMITS__CONNECTS_PER_SECOND_PER_IP="${ROOMCAST_LIMITS__CONNECTS_PER_SECOND_PER_IP:-1000000}"
-    if [[ -n $redis ]]; then export ROOMCAST_REDIS__URL="$redis"; fi
+    if [[ $redis == cluster:* ]]; then
+      export ROOMCAST_REDIS__MODE=cluster ROOMCAST_REDIS__NODES="${redis#cluster:}"
+    elif [[ -n $redis ]]; then
+      export ROOMCAST_REDIS__URL="$redis"
+    fi
     exec "$bin" serve
   ) >"$BENCH_WORK/$name.log" 2>&1 &
   GW_PID=$!

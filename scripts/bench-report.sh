@@ -1,12 +1,12 @@
 #!/usr/bin/env bash
 # Prints the tables and ratios of one scripts/bench run from its JSON results:
 #   scripts/bench-report.sh DIR     (DIR holds fanout.json, socketio.json, idle.json, bus-*.json,
-#                                    floor.json)
+#                                    floor.json, cluster-N.json + cluster-N.topology.json)
 # Targets are checked and reported, never asserted (machines are noisy).
 set -euo pipefail
 dir=${1:?usage: scripts/bench-report.sh RESULTS_DIR [--smoke]}
 exec python3 - "$dir" "${2:-}" <<'PY'
-import json, os, sys
+import glob, json, os, sys
 
 d = sys.argv[1]
 smoke = sys.argv[2] == "--smoke"
@@ -177,6 +177,83 @@ def rate_ceiling(fan, fl, sio_rate):
           f"generator alone needs {g:.1f} µs and the kernel floor {f:.1f} µs per delivery: "
           f"{cores:.1f} cores of the {have} here ({verdict}; Redis and the gateway's own work not counted)")
 
+def load_clusters():
+    """[(shards, bench report, topology)] of the cluster scenario, by shard count."""
+    out = []
+    for p in glob.glob(os.path.join(d, "cluster-*.json")):
+        name = os.path.basename(p)[:-len(".json")]
+        n = name[len("cluster-"):]
+        if n.isdigit():
+            r = load(name)
+            if r:
+                out.append((int(n), r, load(name + ".topology") or {"shards": []}))
+    return sorted(out, key=lambda c: c[0])
+
+def watched_cpu(step):
+    return [w["cpu_s"] for w in step.get("watched", []) if w.get("cpu_s") is not None]
+
+def cluster_tables(clusters):
+    r0 = clusters[0][1]
+    print("\n## cluster: 2 replicas on a Redis Cluster (redis.mode = \"cluster\"), "
+          + " vs ".join(f"{n} shard{'s' if n > 1 else ''}" for n, _, _ in clusters))
+    print(f"{r0['connections']} connections over {len(r0['urls'])} replicas, {r0['rooms']} rooms x "
+          f"{r0['members_per_room']} members, {r0['publishers_per_room']} publishers/room, "
+          f"{r0['message_bytes']} B messages; one cluster after the other in this run, "
+          f"{os.cpu_count()} cores shared by the load generator, the gateways and every "
+          "redis-server (compare the shard counts with each other only)")
+    for n, r, topo in clusters:
+        parts = [f"{s['label']} :{s['port']} slots {s['slots']}: {s['rooms']} rooms"
+                 for s in topo.get("shards", [])]
+        if parts:
+            print(f"  {n} shard(s): " + "; ".join(parts))
+    print("  per shard since it started (INFO; connect, join and every step): scripts run (EVALSHA), "
+          "read events, scripts per read event, seconds inside scripts, CPU seconds")
+    for n, r, topo in clusters:
+        for s in topo.get("shards", []):
+            if "reads" not in s:
+                continue
+            ev = s.get("cmdstats", {}).get("evalsha", {"calls": 0, "usec": 0})
+            per = f"{ev['calls'] / s['reads']:.2f}" if s["reads"] else "-"
+            print(f"    {n} shard(s) {s['label']}: {ev['calls']:,} scripts, {s['reads']:,} reads, "
+                  f"{per} scripts/read, {ev['usec'] / 1e6:.2f} s in scripts, {s['cpu_s']:.2f} s CPU")
+    hdr = ["shards", "rate/s", "s", "sent/s", "deliv/s", "p50 ms", "p99 ms", "max ms", "gw cpu s",
+           "redis cpu s per shard", "redis total s", "redis µs/msg", "busiest shard s",
+           "busiest % core", "machine busy%", "lost", "dup"]
+    rows = []
+    for n, r, _ in clusters:
+        t = r["totals"]
+        for s in r["steps"]:
+            l, cpu = s["latency_us"], watched_cpu(s)
+            per = " / ".join(f"{c:.2f}" for c in cpu) or "-"
+            rows.append([str(n), f"{s['rate']:g}", f"{s['seconds']:.1f}", f"{s['sent_per_s']:.0f}",
+                         f"{s['deliveries_per_s']:.0f}", ms(l["p50"]), ms(l["p99"]), ms(l["max"]),
+                         fmt(s.get("server_cpu_s")), per, fmt(sum(cpu)) if cpu else "-",
+                         fmt(1e6 * sum(cpu) / s["sent"], 1) if cpu and s["sent"] else "-",
+                         fmt(max(cpu)) if cpu else "-",
+                         fmt(100 * max(cpu) / s["seconds"], 1) if cpu and s["seconds"] else "-",
+                         fmt(s.get("machine_busy_pct"), 0), str(t["lost"]), str(t["duplicated"])])
+    widths = [max(len(h), *(len(row[i]) for row in rows)) for i, h in enumerate(hdr)] if rows else []
+    print("  ".join(h.rjust(w) for h, w in zip(hdr, widths)))
+    for row in rows:
+        print("  ".join(c.rjust(w) for c, w in zip(row, widths)))
+    print("(redis cpu = utime + stime of each redis-server process during the step, from /proc; "
+          "gw cpu = both gateways)")
+    # The spread: the busiest shard of the largest cluster against the single shard, per rate.
+    (n1, r1, _), (nk, rk, _) = clusters[0], clusters[-1]
+    if nk == n1:
+        return
+    by_rate = {s["rate"]: s for s in rk["steps"]}
+    for s1 in r1["steps"]:
+        sk = by_rate.get(s1["rate"])
+        c1, ck = watched_cpu(s1), (watched_cpu(sk) if sk else [])
+        if not c1 or not ck or max(c1) <= 0:
+            continue
+        print(f"  at {s1['rate']:g} msgs/s: busiest shard {max(c1):.2f} s ({n1} shard{'s' if n1 > 1 else ''}) -> "
+              f"{max(ck):.2f} s ({nk} shards) = {100 * max(ck) / max(c1):.0f}%; Redis in total "
+              f"{sum(c1):.2f} s -> {sum(ck):.2f} s; deliveries/s {s1['deliveries_per_s']:.0f} -> "
+              f"{sk['deliveries_per_s']:.0f}; p99 {ms(s1['latency_us']['p99'])} -> "
+              f"{ms(sk['latency_us']['p99'])} ms")
+
 def check(name, ok, text):
     mark = "met" if ok else ("MISSED" if ok is not None else "n/a")
     print(f"  [{mark:>6}] {name}: {text}")
@@ -202,6 +279,8 @@ if idle:
 if bmem: table("bus: memory bus, one replica", bmem)
 if bred: table("bus: Redis bus, one replica", bred)
 if fl: floor_table(fl)
+clusters = load_clusters()
+if clusters: cluster_tables(clusters)
 
 print("\n## targets (reported, not asserted)")
 if smoke:

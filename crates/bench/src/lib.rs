@@ -44,8 +44,8 @@ use tokio::time::Instant;
 use conn::{ConnSpec, SendCmd, Shared};
 use ledger::MemberLedger;
 use net::Target;
-use report::{Report, RoomReport, ServerReport, StepReport, Totals};
-use stats::{MachineSample, Recorder, ServerProbe};
+use report::{Report, RoomReport, ServerReport, StepReport, Totals, WatchedCpu};
+use stats::{MachineSample, Recorder, ServerProbe, WatchPid, process_user_system_ticks};
 pub use wire::Protocol;
 
 /// How many members of each room publish.
@@ -188,6 +188,12 @@ pub struct BenchArgs {
     /// deliveries, RSS growth per connection).
     #[arg(long = "server-pid", value_delimiter = ',')]
     pub server_pids: Vec<u32>,
+
+    /// Other processes to account one by one, `LABEL=PID` (repeat or comma-separate), e.g.
+    /// each Redis shard: their user and system CPU seconds during each step are reported
+    /// per process (`steps[].watched` in the JSON), not added to the server figures.
+    #[arg(long = "watch-pid", value_delimiter = ',')]
+    pub watch_pids: Vec<WatchPid>,
 
     /// Prefix of room names (a random run id and the room number follow).
     #[arg(long, default_value = "bench")]
@@ -403,6 +409,11 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<()> {
     pb.set_prefix("publish");
     for (si, &rate) in steps.iter().enumerate() {
         let s0 = probe.sample();
+        let w0: Vec<Option<(u64, u64)>> = args
+            .watch_pids
+            .iter()
+            .map(|w| process_user_system_ticks(w.pid))
+            .collect();
         let m0 = MachineSample::now();
         let t0 = Instant::now();
         let mut sent: u64 = 0;
@@ -454,13 +465,30 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<()> {
         }
         let elapsed = t0.elapsed().as_secs_f64();
         let s1 = probe.sample();
+        let watched: Vec<WatchedCpu> = args
+            .watch_pids
+            .iter()
+            .zip(&w0)
+            .map(|(w, before)| {
+                let delta =
+                    before
+                        .zip(process_user_system_ticks(w.pid))
+                        .map(|((u0, s0), (u1, s1))| {
+                            (
+                                probe.ticks_to_seconds(u1.saturating_sub(u0)),
+                                probe.ticks_to_seconds(s1.saturating_sub(s0)),
+                            )
+                        });
+                WatchedCpu::new(w.label.clone(), w.pid, delta, elapsed)
+            })
+            .collect();
         let m1 = MachineSample::now();
         let machine = (
             MachineSample::busy_pct(m0, m1),
             probe.ticks_to_seconds(m1.self_ticks.saturating_sub(m0.self_ticks)),
             probe.user_seconds(s0, s1),
         );
-        step_reports.push((rate, elapsed, probe.cpu_seconds(s0, s1), machine));
+        step_reports.push((rate, elapsed, probe.cpu_seconds(s0, s1), machine, watched));
         if let Some(max) = args.max_p99 {
             let p99 = rec.step_latency(si).0.p99;
             if p99 > max.as_micros() as u64 && si + 1 < steps.len() {
@@ -527,23 +555,26 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<()> {
     let step_reports: Vec<StepReport> = step_reports
         .into_iter()
         .enumerate()
-        .map(|(i, (rate, elapsed, cpu, (busy, client_cpu, user_cpu)))| {
-            let s = &rec.steps[i];
-            let (latency, cross) = rec.step_latency(i);
-            let deliveries = s.deliveries.load(Ordering::Relaxed);
-            StepReport::new(
-                rate,
-                elapsed,
-                s.sent.load(Ordering::Relaxed),
-                deliveries,
-                s.cross_deliveries.load(Ordering::Relaxed),
-                latency,
-                cross,
-                (!probe.is_empty()).then_some(cpu),
-            )
-            .with_machine(busy, client_cpu)
-            .with_user_cpu((!probe.is_empty()).then_some(user_cpu), deliveries)
-        })
+        .map(
+            |(i, (rate, elapsed, cpu, (busy, client_cpu, user_cpu), watched))| {
+                let s = &rec.steps[i];
+                let (latency, cross) = rec.step_latency(i);
+                let deliveries = s.deliveries.load(Ordering::Relaxed);
+                StepReport::new(
+                    rate,
+                    elapsed,
+                    s.sent.load(Ordering::Relaxed),
+                    deliveries,
+                    s.cross_deliveries.load(Ordering::Relaxed),
+                    latency,
+                    cross,
+                    (!probe.is_empty()).then_some(cpu),
+                )
+                .with_machine(busy, client_cpu)
+                .with_user_cpu((!probe.is_empty()).then_some(user_cpu), deliveries)
+                .with_watched(watched)
+            },
+        )
         .collect();
     let server = (!probe.is_empty()).then(|| {
         ServerReport::new(

@@ -39,6 +39,37 @@ pub struct StepReport {
     pub machine_busy_pct: Option<f64>,
     /// CPU seconds the load generator itself used during the step.
     pub client_cpu_s: f64,
+    /// CPU time of each `--watch-pid` process during the step (absent without the flag).
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub watched: Vec<WatchedCpu>,
+}
+
+/// CPU time of one `--watch-pid` process during a step (utime and stime from /proc).
+#[derive(Serialize, Debug, Clone)]
+pub struct WatchedCpu {
+    pub label: String,
+    pub pid: u32,
+    /// user + system seconds; `None` when the process was gone at either end of the step.
+    pub cpu_s: Option<f64>,
+    pub user_s: Option<f64>,
+    pub sys_s: Option<f64>,
+    /// cpu_s as a percentage of one core.
+    pub cpu_pct: Option<f64>,
+}
+
+impl WatchedCpu {
+    pub fn new(label: String, pid: u32, user_sys_s: Option<(f64, f64)>, seconds: f64) -> Self {
+        WatchedCpu {
+            label,
+            pid,
+            cpu_s: user_sys_s.map(|(u, s)| round(u + s, 2)),
+            user_s: user_sys_s.map(|(u, _)| round(u, 2)),
+            sys_s: user_sys_s.map(|(_, s)| round(s, 2)),
+            cpu_pct: user_sys_s
+                .filter(|_| seconds > 0.0)
+                .map(|(u, s)| round((u + s) * 100.0 / seconds, 1)),
+        }
+    }
 }
 
 fn round(x: f64, digits: i32) -> f64 {
@@ -89,6 +120,7 @@ impl StepReport {
             server_user_cpu_s_per_million_deliveries: None,
             machine_busy_pct: None,
             client_cpu_s: 0.0,
+            watched: Vec::new(),
         }
     }
 
@@ -105,6 +137,12 @@ impl StepReport {
     pub fn with_machine(mut self, busy_pct: Option<f64>, client_cpu_s: f64) -> Self {
         self.machine_busy_pct = busy_pct.map(|b| round(b, 1));
         self.client_cpu_s = round(client_cpu_s, 2);
+        self
+    }
+
+    /// Adds the CPU time of the `--watch-pid` processes.
+    pub fn with_watched(mut self, watched: Vec<WatchedCpu>) -> Self {
+        self.watched = watched;
         self
     }
 }
@@ -347,6 +385,22 @@ impl Report {
                 opt(s.machine_busy_pct, 0),
                 s.client_cpu_s,
             );
+        }
+        for s in self.steps.iter().filter(|s| !s.watched.is_empty()) {
+            let parts: Vec<String> = s
+                .watched
+                .iter()
+                .map(|w| {
+                    format!(
+                        "{} {} s (user {}, sys {})",
+                        w.label,
+                        opt(w.cpu_s, 2),
+                        opt(w.user_s, 2),
+                        opt(w.sys_s, 2)
+                    )
+                })
+                .collect();
+            println!("cpu at {}/s: {}", s.rate, parts.join(", "));
         }
         if !self.skipped_steps.is_empty() {
             println!(

@@ -273,6 +273,42 @@ impl ServerProbe {
     }
 }
 
+/// A process accounted on its own (`--watch-pid LABEL=PID`, e.g. one Redis shard): its
+/// CPU time is reported per step, apart from the server figures.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct WatchPid {
+    pub label: String,
+    pub pid: u32,
+}
+
+impl std::str::FromStr for WatchPid {
+    type Err = String;
+
+    /// `LABEL=PID`, or a bare `PID` (labelled with the PID).
+    fn from_str(s: &str) -> Result<Self, String> {
+        let (label, pid) = match s.split_once('=') {
+            Some((l, p)) => (l.trim(), p.trim()),
+            None => (s.trim(), s.trim()),
+        };
+        let pid = pid
+            .parse::<u32>()
+            .map_err(|_| format!("{s:?} is not LABEL=PID"))?;
+        if label.is_empty() {
+            return Err(format!("{s:?}: empty label"));
+        }
+        Ok(WatchPid {
+            label: label.to_string(),
+            pid,
+        })
+    }
+}
+
+/// (utime, stime) of one process, clock ticks; `None` when it is gone.
+pub fn process_user_system_ticks(pid: u32) -> Option<(u64, u64)> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    user_system_ticks(&stat)
+}
+
 /// Whole-machine CPU counters from the first line of `/proc/stat` (all cores), and this
 /// process's own CPU time: to tell how busy the machine was during a step and how much of
 /// it the load generator itself used.
@@ -343,6 +379,22 @@ mod tests {
     fn reads_cpu_ticks_after_the_command_name() {
         let stat = "42 (my proc) S 1 42 42 0 -1 4194560 100 0 0 0 250 50 0 0 20 0 1 0";
         assert_eq!(cpu_ticks(stat), Some(300));
+    }
+
+    #[test]
+    fn parses_watch_pids() {
+        let w: WatchPid = "redis-7000=123".parse().unwrap();
+        assert_eq!(
+            w,
+            WatchPid {
+                label: "redis-7000".into(),
+                pid: 123
+            }
+        );
+        assert_eq!("45".parse::<WatchPid>().unwrap().label, "45");
+        assert!("redis=x".parse::<WatchPid>().is_err());
+        assert!("=12".parse::<WatchPid>().is_err());
+        assert!(process_user_system_ticks(std::process::id()).is_some());
     }
 
     #[test]
