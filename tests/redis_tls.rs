@@ -31,8 +31,9 @@ impl Certs {
         let ca = ca_params.self_signed(&ca_key).expect("CA certificate");
         let issuer = rcgen::Issuer::new(ca_params, ca_key);
         let key = rcgen::KeyPair::generate().expect("server key");
-        let params = rcgen::CertificateParams::new(vec!["127.0.0.1".to_string(), "localhost".to_string()])
-            .expect("server params");
+        let params =
+            rcgen::CertificateParams::new(vec!["127.0.0.1".to_string(), "localhost".to_string()])
+                .expect("server params");
         let cert = params.signed_by(&key, &issuer).expect("server certificate");
         std::fs::write(dir.join("ca.crt"), ca.pem()).expect("write ca");
         std::fs::write(dir.join("server.crt"), cert.pem()).expect("write cert");
@@ -87,7 +88,10 @@ impl TlsRedis {
             .spawn()
             .expect("start redis-server (is it installed with TLS support?)");
         let deadline = std::time::Instant::now() + Duration::from_secs(15);
-        while tokio::net::TcpStream::connect(("127.0.0.1", port)).await.is_err() {
+        while tokio::net::TcpStream::connect(("127.0.0.1", port))
+            .await
+            .is_err()
+        {
             assert!(
                 std::time::Instant::now() < deadline,
                 "redis-server with TLS did not listen on {port}"
