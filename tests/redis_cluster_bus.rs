@@ -382,6 +382,24 @@ async fn rooms_use_shard_channels_on_their_owner_and_deliver_in_one_order() {
         }
     }
 
+    // Not one classic PUBLISH anywhere (scripts' calls count in INFO commandstats): every
+    // message, presence notice and control message went out with SPUBLISH.
+    let mut spublished = 0u64;
+    for port in cluster.ports() {
+        let stats = cluster.cli(port, &["INFO", "commandstats"]).await;
+        assert!(
+            !stats.contains("cmdstat_publish:"),
+            "classic PUBLISH on {port}: {stats}"
+        );
+        spublished += stats
+            .lines()
+            .find_map(|l| l.strip_prefix("cmdstat_spublish:calls="))
+            .and_then(|rest| rest.split(',').next())
+            .and_then(|n| n.trim().parse::<u64>().ok())
+            .unwrap_or(0);
+    }
+    assert!(spublished >= 60, "only {spublished} SPUBLISH calls for 60 messages");
+
     for c in &mut clients {
         c.leave(ROOM).await;
     }
@@ -481,4 +499,86 @@ async fn sentinel_failover_loses_no_acknowledged_message() {
         topology.wait_failover(old).await;
     })
     .await;
+}
+
+/// A gateway killed with SIGKILL cannot say goodbye: on the cluster its members, in rooms on
+/// different shards, are reaped room by room (each on its own shard), announced as left,
+/// and the dead node is forgotten.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_crashed_gateways_members_are_reaped_on_every_shard() {
+    let cluster = RedisCluster::start(3, 0).await;
+    let mut cfg = node_config(None, "survivor");
+    use_cluster(&mut cfg, &cluster);
+    let survivor = Node::start(cfg).await;
+    let seeds = cluster.seeds().join(",");
+    let mut doomed = ProcessNode::start(
+        None,
+        "doomed",
+        &[
+            ("ROOMCAST_REDIS__MODE", "cluster"),
+            ("ROOMCAST_REDIS__NODES", &seeds),
+            ("ROOMCAST_PRESENCE__TTL", "2s"),
+            ("ROOMCAST_PRESENCE__REFRESH", "300ms"),
+        ],
+    )
+    .await;
+    // Rooms whose channels live on three different masters.
+    let mut rooms: Vec<String> = Vec::new();
+    let mut owners = HashSet::new();
+    for i in 0.. {
+        let room = format!("mortal-{i}");
+        let owner = cluster
+            .master_for_key(&format!("roomcast:{{{room}}}:ch"))
+            .await;
+        if owners.insert(owner) {
+            rooms.push(room);
+        }
+        if rooms.len() == 3 {
+            break;
+        }
+    }
+    let mut watcher = survivor.client().await;
+    let mut victim = doomed.client().await;
+    for room in &rooms {
+        watcher.join(room, "watcher").await;
+        victim.join(room, "victim").await;
+        let p = watcher.expect("presence").await;
+        assert_eq!((p["event"].as_str(), p["room"].as_str()), (Some("join"), Some(room.as_str())));
+    }
+
+    doomed.kill().await;
+
+    let mut left = HashSet::new();
+    while left.len() < rooms.len() {
+        match watcher.read_incoming(Duration::from_secs(30)).await {
+            Some(Incoming::Json(v)) if v["type"] == "presence" && v["event"] == "leave" => {
+                assert_eq!(v["user"]["name"], "victim", "{v}");
+                left.insert(v["room"].as_str().unwrap_or_default().to_string());
+            }
+            other => panic!("watcher: no leave for every room of the crashed gateway: {other:?}"),
+        }
+    }
+    let seed = cluster.ports()[0];
+    eventually(Duration::from_secs(10), || async {
+        let score = cluster.cli_follow(&["ZSCORE", "roomcast:nodes", "doomed"]).await;
+        let set = cluster
+            .cli_follow(&["EXISTS", "roomcast:node:doomed:rooms"])
+            .await;
+        if score.trim().is_empty() && set.trim() == "0" {
+            Ok(())
+        } else {
+            Err(format!("the dead node is still known (seed {seed}): score {score:?}, room set {set:?}"))
+        }
+    })
+    .await;
+    for room in &rooms {
+        let mut late = survivor.client().await;
+        let joined = late.join(room, "late").await;
+        let names: Vec<&str> = joined["members"]
+            .as_array()
+            .map(|m| m.iter().filter_map(|u| u["name"].as_str()).collect())
+            .unwrap_or_default();
+        assert!(!names.contains(&"victim"), "{room}: still lists the victim: {joined}");
+    }
+    drop(victim);
 }
