@@ -398,7 +398,10 @@ async fn rooms_use_shard_channels_on_their_owner_and_deliver_in_one_order() {
             .and_then(|n| n.trim().parse::<u64>().ok())
             .unwrap_or(0);
     }
-    assert!(spublished >= 60, "only {spublished} SPUBLISH calls for 60 messages");
+    assert!(
+        spublished >= 60,
+        "only {spublished} SPUBLISH calls for 60 messages"
+    );
 
     for c in &mut clients {
         c.leave(ROOM).await;
@@ -543,7 +546,10 @@ async fn a_crashed_gateways_members_are_reaped_on_every_shard() {
         watcher.join(room, "watcher").await;
         victim.join(room, "victim").await;
         let p = watcher.expect("presence").await;
-        assert_eq!((p["event"].as_str(), p["room"].as_str()), (Some("join"), Some(room.as_str())));
+        assert_eq!(
+            (p["event"].as_str(), p["room"].as_str()),
+            (Some("join"), Some(room.as_str()))
+        );
     }
 
     doomed.kill().await;
@@ -560,14 +566,18 @@ async fn a_crashed_gateways_members_are_reaped_on_every_shard() {
     }
     let seed = cluster.ports()[0];
     eventually(Duration::from_secs(10), || async {
-        let score = cluster.cli_follow(&["ZSCORE", "roomcast:nodes", "doomed"]).await;
+        let score = cluster
+            .cli_follow(&["ZSCORE", "roomcast:nodes", "doomed"])
+            .await;
         let set = cluster
             .cli_follow(&["EXISTS", "roomcast:node:doomed:rooms"])
             .await;
         if score.trim().is_empty() && set.trim() == "0" {
             Ok(())
         } else {
-            Err(format!("the dead node is still known (seed {seed}): score {score:?}, room set {set:?}"))
+            Err(format!(
+                "the dead node is still known (seed {seed}): score {score:?}, room set {set:?}"
+            ))
         }
     })
     .await;
@@ -578,7 +588,10 @@ async fn a_crashed_gateways_members_are_reaped_on_every_shard() {
             .as_array()
             .map(|m| m.iter().filter_map(|u| u["name"].as_str()).collect())
             .unwrap_or_default();
-        assert!(!names.contains(&"victim"), "{room}: still lists the victim: {joined}");
+        assert!(
+            !names.contains(&"victim"),
+            "{room}: still lists the victim: {joined}"
+        );
     }
     drop(victim);
 }
