@@ -297,6 +297,17 @@ pub enum RedisMode {
     Sentinel,
 }
 
+impl RedisMode {
+    /// The mode as written in the configuration.
+    pub fn name(self) -> &'static str {
+        match self {
+            RedisMode::Standalone => "standalone",
+            RedisMode::Cluster => "cluster",
+            RedisMode::Sentinel => "sentinel",
+        }
+    }
+}
+
 impl RedisConfig {
     /// Whether a Redis bus is configured (else the in-process bus serves one node).
     pub fn enabled(&self) -> bool {
@@ -724,78 +735,64 @@ impl Config {
     /// The `redis.mode` combinations: each mode's own keys present, the others' absent.
     fn validate_redis(&self) -> Result<(), ConfigError> {
         let r = &self.redis;
-        match r.mode {
-            RedisMode::Standalone => {
-                if !r.nodes.is_empty() {
-                    return Err(invalid(
-                        "redis.nodes",
-                        "is only used with redis.mode = \"cluster\"",
-                    ));
-                }
-                if !r.sentinels.is_empty() {
-                    return Err(invalid(
-                        "redis.sentinels",
-                        "is only used with redis.mode = \"sentinel\"",
-                    ));
-                }
-                if r.sentinel_master.is_some() {
-                    return Err(invalid(
-                        "redis.sentinel_master",
-                        "is only used with redis.mode = \"sentinel\"",
-                    ));
-                }
-                if r.sentinel_password.is_some() {
-                    return Err(invalid(
-                        "redis.sentinel_password",
-                        "is only used with redis.mode = \"sentinel\"",
-                    ));
-                }
+        // Each mode's own keys, refused in the other modes.
+        let owned: [(&'static str, bool, RedisMode); 5] = [
+            ("redis.url", r.url.is_some(), RedisMode::Standalone),
+            ("redis.nodes", !r.nodes.is_empty(), RedisMode::Cluster),
+            (
+                "redis.sentinels",
+                !r.sentinels.is_empty(),
+                RedisMode::Sentinel,
+            ),
+            (
+                "redis.sentinel_master",
+                r.sentinel_master.is_some(),
+                RedisMode::Sentinel,
+            ),
+            (
+                "redis.sentinel_password",
+                r.sentinel_password.is_some(),
+                RedisMode::Sentinel,
+            ),
+        ];
+        for (key, present, mode) in owned {
+            if present && r.mode != mode {
+                let hint = match r.mode {
+                    RedisMode::Standalone => "",
+                    RedisMode::Cluster => ": list the seed nodes in redis.nodes",
+                    RedisMode::Sentinel => ": list the sentinels in redis.sentinels",
+                };
+                return Err(invalid(
+                    key,
+                    format!(
+                        "is only used with redis.mode = \"{}\", not \"{}\"{hint}",
+                        mode.name(),
+                        r.mode.name()
+                    ),
+                ));
             }
-            RedisMode::Cluster => {
-                if r.url.is_some() {
-                    return Err(invalid(
-                        "redis.url",
-                        "is not used with redis.mode = \"cluster\": list seed nodes in redis.nodes",
-                    ));
-                }
-                if r.nodes.is_empty() {
-                    return Err(invalid(
-                        "redis.nodes",
-                        "redis.mode = \"cluster\" needs at least one seed node (host:port)",
-                    ));
-                }
-                check_host_ports("redis.nodes", &r.nodes)?;
-                if !r.sentinels.is_empty() || r.sentinel_master.is_some() {
-                    return Err(invalid(
-                        "redis.sentinels",
-                        "is only used with redis.mode = \"sentinel\"",
-                    ));
-                }
+        }
+        match r.mode {
+            RedisMode::Standalone => {}
+            RedisMode::Cluster if r.nodes.is_empty() => {
+                return Err(invalid(
+                    "redis.nodes",
+                    "redis.mode = \"cluster\" needs at least one seed node (host:port)",
+                ));
+            }
+            RedisMode::Cluster => check_host_ports("redis.nodes", &r.nodes)?,
+            RedisMode::Sentinel if r.sentinels.is_empty() => {
+                return Err(invalid(
+                    "redis.sentinels",
+                    "redis.mode = \"sentinel\" needs at least one sentinel (host:port)",
+                ));
             }
             RedisMode::Sentinel => {
-                if r.url.is_some() {
-                    return Err(invalid(
-                        "redis.url",
-                        "is not used with redis.mode = \"sentinel\": list the sentinels in redis.sentinels",
-                    ));
-                }
-                if r.sentinels.is_empty() {
-                    return Err(invalid(
-                        "redis.sentinels",
-                        "redis.mode = \"sentinel\" needs at least one sentinel (host:port)",
-                    ));
-                }
                 check_host_ports("redis.sentinels", &r.sentinels)?;
                 if r.sentinel_master.as_deref().is_none_or(str::is_empty) {
                     return Err(invalid(
                         "redis.sentinel_master",
                         "redis.mode = \"sentinel\" needs the monitored master's name",
-                    ));
-                }
-                if !r.nodes.is_empty() {
-                    return Err(invalid(
-                        "redis.nodes",
-                        "is only used with redis.mode = \"cluster\"",
                     ));
                 }
             }

@@ -202,6 +202,11 @@ fn server(entry: &str) -> Result<fred::types::config::Server, BusError> {
     Ok(fred::types::config::Server::new(host, port))
 }
 
+/// Every `host:port` of a list.
+fn servers(entries: &[String]) -> Result<Vec<fred::types::config::Server>, BusError> {
+    entries.iter().map(|e| server(e)).collect()
+}
+
 /// fred's configuration for `redis.*`: the mode's servers, credentials and TLS.
 fn fred_config(config: &Config) -> Result<fred::prelude::Config, BusError> {
     let r = &config.redis;
@@ -212,22 +217,14 @@ fn fred_config(config: &Config) -> Result<fred::prelude::Config, BusError> {
         }
         RedisMode::Cluster => fred::prelude::Config {
             server: ServerConfig::Clustered {
-                hosts: r
-                    .nodes
-                    .iter()
-                    .map(|n| server(n))
-                    .collect::<Result<_, _>>()?,
+                hosts: servers(&r.nodes)?,
                 policy: Default::default(),
             },
             ..Default::default()
         },
         RedisMode::Sentinel => fred::prelude::Config {
             server: ServerConfig::Sentinel {
-                hosts: r
-                    .sentinels
-                    .iter()
-                    .map(|n| server(n))
-                    .collect::<Result<_, _>>()?,
+                hosts: servers(&r.sentinels)?,
                 service_name: r.sentinel_master.clone().unwrap_or_default(),
                 username: None,
                 password: r.sentinel_password.clone(),
