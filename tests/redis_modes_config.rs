@@ -1,6 +1,7 @@
 //! `redis.mode` and its keys as users set them (issue 12): the real binary accepts each
 //! mode's settings from the environment, refuses every invalid combination with exit 64
-//! naming the key, and never prints the Redis secrets.
+//! naming the key, and never prints the Redis secrets; `redis.username` logs in as that
+//! ACL user.
 
 mod common;
 
@@ -177,4 +178,54 @@ async fn invalid_combinations_exit_64_naming_the_key() {
             "{env:?}: the error does not name {key}: {stderr}"
         );
     }
+}
+
+/// With `redis.username` + `redis.password` the gateway logs in as that ACL user (the
+/// default user has no password, so the password alone would be refused): it becomes ready
+/// and carries messages; with a wrong password it never becomes ready.
+#[tokio::test(flavor = "multi_thread")]
+async fn username_and_password_log_in_as_the_acl_user() {
+    let redis = RedisServer::start().await;
+    let reply = redis
+        .redis_cmd(&[
+            "ACL",
+            "SETUSER",
+            "gateway",
+            "on",
+            ">s3cret-acl",
+            "~*",
+            "&*",
+            "+@all",
+        ])
+        .await;
+    assert_eq!(reply, "OK");
+
+    let mut nodes = Vec::new();
+    for i in 0..2 {
+        let mut cfg = node_config(Some(&redis), &format!("acl-{i}"));
+        cfg.redis.username = Some("gateway".into());
+        cfg.redis.password = Some("s3cret-acl".into());
+        nodes.push(Node::start(cfg).await);
+    }
+    let mut a = nodes[0].client().await;
+    let mut b = nodes[1].client().await;
+    a.join("acl", "alice").await;
+    b.join("acl", "bob").await;
+    a.send("acl", "as gateway").await;
+    assert_eq!(b.next_message().await["text"], "as gateway");
+    let clients = redis.redis_cmd(&["CLIENT", "LIST"]).await;
+    assert!(
+        clients.lines().any(|l| l.contains("user=gateway")),
+        "no connection as user gateway: {clients}"
+    );
+
+    let mut cfg = node_config(Some(&redis), "acl-wrong");
+    cfg.redis.username = Some("gateway".into());
+    cfg.redis.password = Some("wrong".into());
+    let node = Node::start_unready(cfg).await;
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    let (status, body) = http_get(&format!("{}/readyz", node.admin_url))
+        .await
+        .expect("readyz");
+    assert_eq!(status, 503, "ready with a wrong password: {body}");
 }
