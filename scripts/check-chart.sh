@@ -18,7 +18,7 @@
 #     [api]/[hooks.publish] rendered, checksum/api, NOTES telling how to read the key; a
 #     hook URL without hooks.existingSecret fails the render (helm/ci/invalid); and a gateway
 #     started from the rendered config with the generated key file serves `roomcast api`
-#   - external Redis Cluster / Sentinel (redis.external.mode): the cluster and sentinel sets
+#   - external Redis Cluster / Sentinel (redis.mode): the cluster and sentinel sets
 #     render ROOMCAST_REDIS__MODE and NODES / SENTINELS + SENTINEL_MASTER (never a URL), no
 #     bundled Redis, the password only from a secretKeyRef, TLS and the CA bundle (Secret or
 #     ConfigMap) mounted read-only as ROOMCAST_REDIS__TLS_CA_FILE; the default renders none
@@ -291,7 +291,7 @@ if [ -x "$ROOMCAST_BIN" ]; then
 fi
 
 # --- external Redis Cluster / Sentinel: the gateway reads what the chart renders --------
-# What a pod with redis.external.mode cluster / sentinel gets: the rendered config file plus
+# What a pod with redis.mode cluster / sentinel gets: the rendered config file plus
 # the Deployment's ROOMCAST_REDIS__* variables (the password is a secretKeyRef, left out;
 # the CA bundle path points at a stand-in CA here). `roomcast config` must load them (the
 # checks a pod runs at start: host:port lists, no redis.url in these modes, a readable CA
@@ -663,7 +663,7 @@ if ah:
     checks["api-hooks: [hooks.publish] url, timeout, on_error rendered"] = hc["hooks"]["publish"] == \
         {"url": "https://backend.chat.svc.cluster.local/hooks/publish", "timeout": "500ms", "on_error": "allow"}
 
-# --- external Redis Cluster / Sentinel (redis.external.mode) ---
+# --- external Redis Cluster / Sentinel (redis.mode) ---
 def redis_env(docs):
     return {x["name"]: x for x in one(docs, "Deployment")["spec"]["template"]["spec"]["containers"][0]["env"] if x["name"].startswith("ROOMCAST_REDIS__")}
 def plain(env): return {k: v.get("value") for k, v in env.items() if "value" in v}

@@ -63,7 +63,7 @@ app.kubernetes.io/component: redis
 {{- if .Values.redis.enabled -}}
 {{- printf "redis://%s:6379" (include "roomcast.redisHost" .) -}}
 {{- else -}}
-{{- required "redis.external.url is required when redis.enabled is false (with redis.external.mode standalone)" .Values.redis.external.url -}}
+{{- required "redis.external.url is required when redis.enabled is false (with redis.mode standalone)" .Values.redis.external.url -}}
 {{- end -}}
 {{- end -}}
 
@@ -76,38 +76,38 @@ redis.external values fit together. Every combination the gateway would refuse a
 {{- define "roomcast.redisMode" -}}
 {{- $r := .Values.redis -}}
 {{- $x := $r.external -}}
-{{- $mode := default "standalone" $x.mode -}}
+{{- $mode := default "standalone" $r.mode -}}
 {{- if and $r.enabled (eq $mode "cluster") -}}
-{{- fail "redis.external.mode=cluster needs redis.enabled=false: the bundled Redis is a single server, not a Redis Cluster (set redis.enabled=false and list the seed nodes in redis.external.nodes)" -}}
+{{- fail "redis.mode=cluster needs redis.enabled=false: the bundled Redis is a single server, not a Redis Cluster (set redis.enabled=false and list the seed nodes in redis.external.nodes)" -}}
 {{- end -}}
 {{- if and $r.enabled (eq $mode "sentinel") -}}
-{{- fail "redis.external.mode=sentinel needs redis.enabled=false: the bundled Redis has no Sentinel (set redis.enabled=false, redis.external.sentinels and redis.external.sentinelMaster)" -}}
+{{- fail "redis.mode=sentinel needs redis.enabled=false: the bundled Redis has no Sentinel (set redis.enabled=false, redis.external.sentinels and redis.external.sentinelMaster)" -}}
 {{- end -}}
 {{- if not $r.enabled -}}
 {{- if eq $mode "cluster" -}}
 {{- if $x.url -}}
-{{- fail "redis.external.url must be empty with redis.external.mode=cluster (the gateway refuses redis.url in cluster mode): list the seed nodes in redis.external.nodes" -}}
+{{- fail "redis.external.url must be empty with redis.mode=cluster (the gateway refuses redis.url in cluster mode): list the seed nodes in redis.external.nodes" -}}
 {{- end -}}
 {{- if empty $x.nodes -}}
-{{- fail "redis.external.mode=cluster needs redis.external.nodes: at least one seed node as host:port (e.g. the configuration endpoint, clustercfg.chat.abc123.use1.cache.amazonaws.com:6379)" -}}
+{{- fail "redis.mode=cluster needs redis.external.nodes: at least one seed node as host:port (e.g. the configuration endpoint, clustercfg.chat.abc123.use1.cache.amazonaws.com:6379)" -}}
 {{- end -}}
 {{- end -}}
 {{- if eq $mode "sentinel" -}}
 {{- if $x.url -}}
-{{- fail "redis.external.url must be empty with redis.external.mode=sentinel (the gateway refuses redis.url in sentinel mode): list the sentinels in redis.external.sentinels" -}}
+{{- fail "redis.external.url must be empty with redis.mode=sentinel (the gateway refuses redis.url in sentinel mode): list the sentinels in redis.external.sentinels" -}}
 {{- end -}}
 {{- if empty $x.sentinels -}}
-{{- fail "redis.external.mode=sentinel needs redis.external.sentinels: at least one sentinel as host:port (e.g. redis-sentinel.data.svc.cluster.local:26379)" -}}
+{{- fail "redis.mode=sentinel needs redis.external.sentinels: at least one sentinel as host:port (e.g. redis-sentinel.data.svc.cluster.local:26379)" -}}
 {{- end -}}
 {{- if not $x.sentinelMaster -}}
-{{- fail "redis.external.mode=sentinel needs redis.external.sentinelMaster: the name the sentinels monitor the master under (sentinel monitor NAME ..., e.g. mymaster)" -}}
+{{- fail "redis.mode=sentinel needs redis.external.sentinelMaster: the name the sentinels monitor the master under (sentinel monitor NAME ..., e.g. mymaster)" -}}
 {{- end -}}
 {{- end -}}
 {{- if and (not (empty $x.nodes)) (ne $mode "cluster") -}}
-{{- fail (printf "redis.external.nodes is only used with redis.external.mode=cluster (mode is %s): set the mode, or remove the nodes" $mode) -}}
+{{- fail (printf "redis.external.nodes is only used with redis.mode=cluster (mode is %s): set the mode, or remove the nodes" $mode) -}}
 {{- end -}}
 {{- if and (or (not (empty $x.sentinels)) $x.sentinelMaster) (ne $mode "sentinel") -}}
-{{- fail (printf "redis.external.sentinels and redis.external.sentinelMaster are only used with redis.external.mode=sentinel (mode is %s): set the mode, or remove them" $mode) -}}
+{{- fail (printf "redis.external.sentinels and redis.external.sentinelMaster are only used with redis.mode=sentinel (mode is %s): set the mode, or remove them" $mode) -}}
 {{- end -}}
 {{- if and $x.caSecret.name $x.caConfigMap.name -}}
 {{- fail "set at most one of redis.external.caSecret.name and redis.external.caConfigMap.name (the CA bundle comes from one of them)" -}}
