@@ -115,7 +115,8 @@ struct Inner {
 pub(crate) struct RedisReceiver {
     messages: broadcast::Receiver<Message>,
     reconnects: broadcast::Receiver<fred::types::config::Server>,
-    /// Slot map changes from the watcher; `None` without a watcher (or after it ended).
+    /// Recovery requests: slot owners changed (the watcher) or the subscriber was started
+    /// again (its supervisor); `None` once the bus is gone.
     topology: Option<watch::Receiver<u64>>,
     channel_prefix: String,
     control_channel: String,
