@@ -17,9 +17,11 @@ for f in "$STATE"/pids/replica-*.pid; do
     name="$(basename "$f" .pid)"
     running "$name" && kill -TERM "$(cat "$f")" 2>/dev/null
 done
+# Then wait for each drain to end. Signal 0 only checks: a second SIGTERM would make the
+# gateway skip its drain ("second signal; exiting now").
 for f in "$STATE"/pids/replica-*.pid; do
     [ -e "$f" ] || continue
-    stop_bg "$(basename "$f" .pid)" TERM "$(drain_wait_seconds)"
+    stop_bg "$(basename "$f" .pid)" 0 "$(drain_wait_seconds)"
 done
 for name in haproxy prometheus redis; do
     stop_bg "$name" TERM 10
