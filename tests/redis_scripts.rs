@@ -76,35 +76,25 @@ async fn reap_room_is_idempotent_and_spares_other_nodes() {
         redis.redis_cmd(&["HSET", members, field, value]).await;
     }
     redis.redis_cmd(&["HSET", users, "u-shared", "2"]).await;
-    let channel = "t:{r}:ch";
-    let reaped = redis
-        .redis_cmd(&[
-            "EVAL",
-            REAP_ROOM_LUA,
-            "2",
-            members,
-            users,
-            "dead",
-            channel,
-            "PUBLISH",
-        ])
-        .await;
-    assert_eq!(reaped, "2");
+    let reap = || async {
+        redis
+            .redis_cmd(&[
+                "EVAL",
+                REAP_ROOM_LUA,
+                "2",
+                members,
+                users,
+                "dead",
+                "t:{r}:ch",
+                "PUBLISH",
+            ])
+            .await
+    };
+    assert_eq!(reap().await, "2");
     let left = redis.redis_cmd(&["HKEYS", members]).await;
     assert_eq!(left, "alive|c9");
     assert_eq!(redis.redis_cmd(&["HGET", users, "u-shared"]).await, "1");
-    let again = redis
-        .redis_cmd(&[
-            "EVAL",
-            REAP_ROOM_LUA,
-            "2",
-            members,
-            users,
-            "dead",
-            channel,
-            "PUBLISH",
-        ])
-        .await;
+    let again = reap().await;
     assert_eq!(again, "0", "a second reaper finds nothing");
 }
 

@@ -488,6 +488,14 @@ impl RedisBus {
         Ok(())
     }
 
+    /// SADD or SREM of `room` in `node`'s room set (its own slot, its own command).
+    async fn node_rooms(&self, op: &'static str, node: &str, room: &str) -> Result<(), BusError> {
+        let set = self.node_rooms_key(node);
+        self.command(op, &set, vec![Value::from(set.as_str()), Value::from(room)])
+            .await?;
+        Ok(())
+    }
+
     /// One operation of `lua/nodes.lua` on the node set.
     async fn nodes_op(&self, op: &'static str, node: &str, ms: i64) -> Result<bool, BusError> {
         let reply = self
@@ -572,12 +580,7 @@ impl RedisBus {
                     )
                     .await?;
                 n += reaped.as_i64().unwrap_or(0).max(0) as u64;
-                self.command(
-                    "SREM",
-                    &set,
-                    vec![Value::from(set.as_str()), Value::from(room)],
-                )
-                .await?;
+                self.node_rooms("SREM", &node, &room).await?;
             }
             self.nodes_op("done", &node, now_ms as i64).await?;
             if n > 0 {
@@ -949,13 +952,7 @@ impl Backend for RedisBus {
     ) -> Result<JoinInfo, BusError> {
         // First the node's room set (its own slot), so a reaper finds the member should
         // this node die; a join that then fails leaves only a harmless extra entry.
-        let set = self.node_rooms_key(&member.node);
-        self.command(
-            "SADD",
-            &set,
-            vec![Value::from(set.as_str()), Value::from(room)],
-        )
-        .await?;
+        self.node_rooms("SADD", &member.node, room).await?;
         let reply = self
             .eval(
                 &self.inner.join,
@@ -1029,13 +1026,7 @@ impl Backend for RedisBus {
         if last_local {
             // After the presence is gone: a failure here leaves only an extra entry,
             // which a reaper skips.
-            let set = self.node_rooms_key(&member.node);
-            self.command(
-                "SREM",
-                &set,
-                vec![Value::from(set.as_str()), Value::from(room)],
-            )
-            .await?;
+            self.node_rooms("SREM", &member.node, room).await?;
         }
         Ok(())
     }
