@@ -79,6 +79,10 @@ pub(crate) struct RoomFrame {
     pub(crate) id: Option<MsgId>,
     /// Publish time, Unix µs (0 for presence).
     pub(crate) ts_us: u64,
+    /// For presence: the room's presence sequence number of the newest event the frame
+    /// reflects; a member whose `joined` already reflects it never gets the frame. 0 for
+    /// everything else.
+    pub(crate) pseq: u64,
 }
 
 /// A completed join: who is there, where the room's log stands, and the replay
@@ -876,6 +880,7 @@ impl Rooms {
                     frame: message_frame(room_name, id, &from, &text, ts, false),
                     id: Some(id),
                     ts_us: ts,
+                    pseq: 0,
                 });
                 for local in room.members.values() {
                     local.member.deliver(shared.clone());
@@ -898,6 +903,7 @@ impl Rooms {
                     frame,
                     id: None,
                     ts_us: 0,
+                    pseq: 0,
                 });
                 // Not to the typist: neither the sending connection nor (a user with an
                 // id) their other connections.
@@ -922,6 +928,7 @@ impl Rooms {
                     frame,
                     id: None,
                     ts_us: 0,
+                    pseq: 0,
                 });
                 // A member is not told about its own join or leave.
                 for local in room.members.values().filter(|m| *m.presence.conn != *conn) {

@@ -680,6 +680,7 @@ impl Session {
             joined: frame,
             replay: joined.replay,
             cursor: joined.head,
+            presence: 0,
         })));
         Ok(())
     }

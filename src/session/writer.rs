@@ -58,12 +58,17 @@ pub(crate) struct Release {
     pub(crate) joined: Utf8Bytes,
     pub(crate) replay: Vec<(MsgId, Utf8Bytes)>,
     pub(crate) cursor: MsgId,
+    /// The room's presence sequence number that `joined` reflects: presence frames at or
+    /// below it are already in the member list (or count) and are dropped.
+    pub(crate) presence: u64,
 }
 
-/// Per-room state of the writer: whether a join is pending, and the newest id written.
+/// Per-room state of the writer: whether a join is pending, the newest id written and
+/// the presence sequence number `joined` reflects.
 struct RoomCursor {
     held: Option<Vec<Out>>,
     cursor: MsgId,
+    presence: u64,
 }
 
 /// Drains the outbound queue in batches until the session ends, then sends the close
@@ -216,6 +221,7 @@ fn route(
                     cursor.cursor = id;
                     frames.push_back((shared.frame.clone(), shared.ts_us));
                 }
+                None if shared.pseq != 0 && shared.pseq <= cursor.presence => {}
                 None => frames.push_back((shared.frame.clone(), 0)),
             }
         }
@@ -226,6 +232,7 @@ fn route(
                 RoomCursor {
                     held: Some(Vec::new()),
                     cursor: MsgId::ZERO,
+                    presence: 0,
                 },
             );
         }
@@ -235,6 +242,7 @@ fn route(
                 joined,
                 replay,
                 cursor,
+                presence,
             } = *release;
             let Some(state) = rooms.get_mut(&room) else {
                 return;
@@ -247,6 +255,7 @@ fn route(
                 frames.push_back((frame, 1));
             }
             state.cursor = newest;
+            state.presence = presence;
             let held = state.held.take().unwrap_or_default();
             for out in held {
                 route(out, rooms, frames, max_held, ctl);
@@ -288,6 +297,17 @@ mod tests {
             frame: Utf8Bytes::from_static(text),
             id: id.map(|ms| MsgId { ms, seq: 0 }),
             ts_us: 0,
+            pseq: 0,
+        }))
+    }
+
+    fn presence_frame(room: &Arc<str>, pseq: u64, text: &'static str) -> Out {
+        Out::Room(Arc::new(RoomFrame {
+            room: room.clone(),
+            frame: Utf8Bytes::from_static(text),
+            id: None,
+            ts_us: 0,
+            pseq,
         }))
     }
 
@@ -300,6 +320,7 @@ mod tests {
                 .map(|(ms, t)| (MsgId { ms: *ms, seq: 0 }, Utf8Bytes::from_static(t)))
                 .collect(),
             cursor: MsgId { ms: cursor, seq: 0 },
+            presence: 5,
         }))
     }
 
@@ -342,6 +363,27 @@ mod tests {
     }
 
     #[test]
+    fn presence_that_joined_already_reflects_is_dropped_held_or_late() {
+        let room: Arc<str> = Arc::from("a");
+        let ctl = SessionCtl::default();
+        // `release` says `joined` reflects presence up to 5: events 4 and 5 (held while
+        // the join was pending, or arriving after it) are in its member list already.
+        let written = run(
+            vec![
+                Out::Hold(Box::new(room.clone())),
+                presence_frame(&room, 4, "p4-held"),
+                presence_frame(&room, 6, "p6-held"),
+                release(&room, 0, &[]),
+                presence_frame(&room, 5, "p5-late"),
+                presence_frame(&room, 7, "p7"),
+            ],
+            16,
+            &ctl,
+        );
+        assert_eq!(written, ["joined", "p6-held", "p7"]);
+    }
+
+    #[test]
     fn frames_for_rooms_not_joined_or_left_are_dropped() {
         let (a, b): (Arc<str>, Arc<str>) = (Arc::from("a"), Arc::from("b"));
         let ctl = SessionCtl::default();
@@ -361,6 +403,7 @@ mod tests {
                     joined: Utf8Bytes::from_static("joined-b"),
                     replay: Vec::new(),
                     cursor: MsgId::ZERO,
+                    presence: 0,
                 })),
                 Out::Ping,
                 Out::Frame(Box::new(Utf8Bytes::from_static("ack"))),
