@@ -188,7 +188,7 @@ stop_all() {
   BENCH_PIDS=()
 }
 
-# Raises the open-file limit for this shell and its children (idle scenario: 20,000
+# Raises the open-file limit for this shell and its children (idle and full scenarios: 20,000
 # connections need 20,000 descriptors in the gateway and as many in the load generator).
 raise_fd_limit() {
   local want=$1
@@ -228,3 +228,30 @@ proc_rss_kib() { awk '/^VmRSS:/ {print $2}' "/proc/$1/status"; }
 # utime + stime of a process, clock ticks (fields 14 and 15 of /proc/PID/stat, counted
 # after the command name, which may contain spaces).
 proc_cpu_ticks() { sed 's/.*) //' "/proc/$1/stat" | awk '{print $12 + $13}'; }
+
+# Established TCP connections to a local port (the gateway's side of each client socket).
+established_count() { ss -Htn state established "( sport = :$1 )" | wc -l; }
+
+# wait_cpu_quiet PID SECONDS: waits until the process used less than 10% of a core over one
+# second (e.g. the presence of a burst of joins delivered); fails after SECONDS.
+wait_cpu_quiet() {
+  local pid=$1 deadline=$((SECONDS + $2)) a b hz
+  hz=$(getconf CLK_TCK)
+  a=$(proc_cpu_ticks "$pid") || return 1
+  while ((SECONDS < deadline)); do
+    sleep 1
+    b=$(proc_cpu_ticks "$pid") || return 1
+    (((b - a) * 10 <= hz)) && return 0
+    a=$b
+  done
+  return 1
+}
+
+# A TcpExt counter of /proc/net/netstat (e.g. ListenOverflows: connections dropped because
+# a listener's accept queue was full), for this network namespace.
+tcp_ext_counter() {
+  awk -v k="$1" '$1 == "TcpExt:" { if (!n) { for (i = 2; i <= NF; i++) idx[$i] = i; n = 1 } else print $idx[k] }' /proc/net/netstat
+}
+
+# A line of /proc/meminfo, KiB (e.g. Slab: kernel objects such as sockets).
+meminfo_kib() { awk -v k="$1:" '$1 == k {print $2}' /proc/meminfo; }

@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Prints the tables and ratios of one scripts/bench run from its JSON results:
-#   scripts/bench-report.sh DIR     (DIR holds fanout.json, socketio.json, idle.json, bus-*.json,
-#                                    floor.json, cluster-N.json + cluster-N.topology.json)
+#   scripts/bench-report.sh DIR     (DIR holds fanout.json, socketio.json, idle-SIZE.json (or an
+#                                    older idle.json), bus-*.json, floor.json, cluster-N.json +
+#                                    cluster-N.topology.json, storm-N.json + storm.json, full.json)
 # Targets are checked and reported, never asserted (machines are noisy).
 set -euo pipefail
 dir=${1:?usage: scripts/bench-report.sh RESULTS_DIR [--smoke]}
@@ -264,18 +265,105 @@ fl = load("floor")
 if fan: table("fanout: roomcast, 2 replicas + Redis", fan)
 if sio: table("socketio: Socket.IO 4 + redis-adapter, 2 node processes + Redis", sio)
 if fan and sio: side_by_side(fan, sio)
-if idle:
-    print("\n## idle: one replica (memory bus), connections held by two load generator processes")
-    for part in ("idle-1", "idle-2"):
-        r = load(part)
+def hold_table(title, name, r, parts):
+    print(f"\n## {title}")
+    for part in parts:
+        b = load(part)
+        if b:
+            t = b["totals"]
+            print(f"{part}: {b['connected']}/{b['connections']} joined in {b['connect_seconds']} s "
+                  f"({b['rooms']} rooms x {b['members_per_room']}), connect errors {t['connect_errors']}, "
+                  f"disconnects {t['disconnects']}, open at the end {b.get('open_at_end', '-')}, "
+                  f"closes {t['closes_by_reason'] or '{}'}")
+    per = r.get("rss_per_connection_bytes")
+    print(f"{r['connections']} connections established (target {r['target_connections']})"
+          + (f" in {r['established_seconds']} s" if "established_seconds" in r else "")
+          + (f" ({r['listen_overflows']} SYNs dropped by a full accept queue)" if r.get("listen_overflows") else "")
+          + f"; RSS {r['rss_before_kib']} KiB -> {r['rss_after_kib']} KiB"
+          + (f" at {r['connections_at_rss']} connections" if "connections_at_rss" in r else "")
+          + f" = {fmt(per, 0)} B per connection"
+          + ("" if r.get("gateway_quiet_before_rss", True) else " (the gateway was still busy)")
+          + f"; idle CPU {r['idle_cpu_s']} s over {r['idle_seconds']} s = {r['idle_cpu_pct']}% of a core")
+    if r.get("machine_slab_after_kib") is not None and r.get("connections_at_rss"):
+        ds = r["machine_slab_after_kib"] - r["machine_slab_before_kib"]
+        print(f"kernel slab memory of the machine: +{ds} KiB = {ds * 1024 / r['connections_at_rss'] / 2:,.0f} B per "
+              "socket (both ends on this machine; not in RSS, charged to the pod's cgroup; noisy)")
+    if "min_established_during_hold" in r:
+        print(f"held {r['hold_seconds']} s: at least {r['min_established_during_hold']} connections open "
+              "throughout (sampled every 2 s)")
+
+idles = []
+for p in glob.glob(os.path.join(d, "idle-*.json")):
+    n = os.path.basename(p)[len("idle-"):-len(".json")]
+    if n.isdigit():
+        r = load(f"idle-{n}")
         if r:
-            t = r["totals"]
-            print(f"{part}: {r['connected']}/{r['connections']} connected in {r['connect_seconds']} s, "
-                  f"connect errors {t['connect_errors']}, closes {t['closes_by_reason'] or '{}'}")
-    print(f"{idle['connections']} connections established (target {idle['target_connections']}); "
-          f"RSS {idle['rss_before_kib']} KiB -> {idle['rss_after_kib']} KiB = "
-          f"{fmt(idle['rss_per_connection_bytes'], 0)} B per connection; idle CPU "
-          f"{idle['idle_cpu_s']} s over {idle['idle_seconds']} s = {idle['idle_cpu_pct']}% of a core")
+            idles.append((int(n), r))
+idles.sort(key=lambda x: x[0])
+if idle and not idles:
+    hold_table("idle: one replica (memory bus), rooms of 10, connections held by two load generator processes",
+               "idle", idle, ["idle-1", "idle-2"])
+for size, r in idles:
+    hold_table(f"idle: one replica (memory bus), rooms of {size} (or each process's share), "
+               "two load generator processes", f"idle-{size}", r, [f"idle-{size}-1", f"idle-{size}-2"])
+full = load("full")
+if full:
+    hold_table(f"full: one replica filled to its open-file limit, rooms of {full.get('room_size')}, "
+               f"held {full.get('hold_seconds')} s", "full", full, ["full-1", "full-2"])
+    parts = [load("full-1"), load("full-2")]
+    if all(parts):
+        print(f"time to connect them all: {full['established_seconds']} s until every TCP connection was "
+              f"established, {max(b['connect_seconds'] for b in parts)} s until every client had joined "
+              "(load generators' own clocks)")
+        kept = (all(b["totals"]["disconnects"] == 0 and b["connected"] == b["connections"] for b in parts)
+                and full["min_established_during_hold"] >= full["target_connections"])
+        print(f"every connection stayed open for the whole hold: {'yes' if kept else 'NO'}")
+
+def load_storms():
+    out = []
+    for p in glob.glob(os.path.join(d, "storm-*.json")):
+        n = os.path.basename(p)[len("storm-"):-len(".json")]
+        r = load(f"storm-{n}") if n.isdigit() else None
+        if r and r.get("join_storm"):
+            out.append((int(n), r))
+    return sorted(out, key=lambda x: x[0])
+
+storms = load_storms()
+if storms:
+    meta = load("storm") or {}
+    print(f"\n## storm: N clients join ONE room at the same instant; one replica, {meta.get('bus', 'memory')} bus")
+    hdr = ["clients", "joined", "join s", "storm s", "frames", "joined", "presence", "members", "other",
+           "bytes (payload)", "wire bytes", "gw wchar", "wchar/wire", "peak RSS MiB", "max listed",
+           "member_count", "summaries", "closed"]
+    rows = []
+    for n, r in storms:
+        j = r["join_storm"]
+        ft = j["frames_by_type"]
+        other = sum(v["frames"] for k, v in ft.items() if k not in ("joined", "presence", "members"))
+        rows.append([str(n), f"{j['joined']}/{j['connections']}", f"{j['join_seconds']:.3f}",
+                     f"{j['storm_seconds']:.3f}" + ("" if j["quiet"] else "+"), f"{j['frames']:,}",
+                     f"{ft['joined']['frames']:,}", f"{ft['presence']['frames']:,}",
+                     f"{ft['members']['frames']:,}", f"{other:,}", f"{j['bytes']:,}",
+                     f"{j['wire_bytes']:,}",
+                     f"{j['server_wchar_bytes']:,}" if j.get("server_wchar_bytes") is not None else "-",
+                     fmt(j.get("server_wchar_over_wire"), 3),
+                     fmt(j["server_peak_rss_kib"] / 1024, 1) if j.get("server_peak_rss_kib") else "-",
+                     str(j["max_members_listed"]), str(j.get("max_member_count") or "-"),
+                     str(j["presence_summaries"]), str(r["totals"]["disconnects"])])
+    widths = [max(len(h), *(len(row[i]) for row in rows)) for i, h in enumerate(hdr)]
+    print("  ".join(h.rjust(w) for h, w in zip(hdr, widths)))
+    for row in rows:
+        print("  ".join(c.rjust(w) for c, w in zip(row, widths)))
+    print("(frames and bytes: everything the clients received from the release of the joins until "
+          "3 s without a frame, welcome frames excluded; wire = payload + WebSocket headers; "
+          "wchar = bytes the gateway passed to write(2) over the same window, from /proc/PID/io; "
+          "peak RSS = VmHWM of the gateway started for this size; closed = connections the "
+          "gateway closed, e.g. 1008 slow consumer; + = still busy at the timeout)")
+    for n, r in storms:
+        c = r["totals"]["closes_by_reason"]
+        if c:
+            print(f"  {n} clients: closes {c}")
+
 if bmem: table("bus: memory bus, one replica", bmem)
 if bred: table("bus: Redis bus, one replica", bred)
 if fl: floor_table(fl)
@@ -316,11 +404,23 @@ if fan and sio:
 if sio and fl and not fan:
     print("  kernel floor vs Socket.IO (no roomcast fanout run):")
     ceiling(sio, fl)
-if idle:
-    b = idle.get("rss_per_connection_bytes")
+for label, r in ([("idle", idle)] if idle and not idles else []) + [(f"idle, rooms of {n}", r) for n, r in idles] \
+        + ([("full", full)] if full else []):
+    b = r.get("rss_per_connection_bytes")
     if b is not None:
-        check("<= 8 KiB RSS per idle connection", b <= 8192,
-              f"{b:,.0f} B per connection at {idle['connections']} connections")
+        check(f"<= 8 KiB RSS per idle connection ({label})", b <= 8192,
+              f"{b:,.0f} B per connection at {r.get('connections_at_rss', r['connections'])} connections")
+for (n1, r1), (n2, r2) in zip(storms, storms[1:]):
+    j1, j2 = r1["join_storm"], r2["join_storm"]
+    k = n2 / n1
+    if j1["frames"] and j1["wire_bytes"]:
+        fr, br = j2["frames"] / j1["frames"], j2["wire_bytes"] / j1["wire_bytes"]
+        check(f"storm: {k:g}x the clients -> at most {1.25 * k:g}x the frames and bytes ({n1} -> {n2})",
+              fr <= 1.25 * k and br <= 1.25 * k,
+              f"frames x{fr:.2f} ({j1['frames']:,} -> {j2['frames']:,}), bytes x{br:.2f} "
+              f"({j1['wire_bytes']:,} -> {j2['wire_bytes']:,}); join time {j1['join_seconds']:.2f} s -> "
+              f"{j2['join_seconds']:.2f} s; peak RSS {fmt((j1.get('server_peak_rss_kib') or 0) / 1024, 0)} -> "
+              f"{fmt((j2.get('server_peak_rss_kib') or 0) / 1024, 0)} MiB")
 if bmem and bred:
     em, er = efficiency(bmem), efficiency(bred)
     if em and er:

@@ -580,6 +580,33 @@ checks["default: [auth] mode anonymous, no [auth.jwt], no jwt volumes"] = cfg["a
 checks["default: trusted_proxies empty without an ingress"] = cfg["server"]["trusted_proxies"] == []
 checks["default: helm test probe unchanged (no --mint, no token)"] = "--mint" not in test_pod(d)["containers"][0]["args"] \
     and "env" not in test_pod(d)["containers"][0]
+# --- large deployments (podSecurityContext.sysctls, memory sized from maxConnections) ---
+# The idle RSS per connection measured by `scripts/bench full` (BENCHMARKS.md, "Scale
+# scenarios"), and the base the sizing adds (docs/operations.md, "Large deployments").
+PER_CONNECTION_BYTES = PER_CONN_PLACEHOLDER
+BASE_BYTES = 64 * 2**20
+def quantity(q):
+    import re
+    m = re.fullmatch(r"(\d+(?:\.\d+)?)(Ki|Mi|Gi|Ti|k|M|G|T)?", str(q))
+    f = {None: 1, "Ki": 2**10, "Mi": 2**20, "Gi": 2**30, "Ti": 2**40, "k": 10**3, "M": 10**6, "G": 10**9, "T": 10**12}
+    return float(m.group(1)) * f[m.group(2)]
+checks["default: no sysctls in the pod securityContext, the rest of podSecurityContext as given"] = \
+    dpod["securityContext"] == {"runAsNonRoot": True, "runAsUser": 65532, "runAsGroup": 65532, "fsGroup": 65532,
+                                "seccompProfile": {"type": "RuntimeDefault"}}
+big = load("large")
+if big:
+    bpod, bc = gateway(big)
+    bcfg = toml_of(big)
+    checks["large: podSecurityContext.sysctls rendered into the pod securityContext (safe sysctls only)"] = \
+        bpod["securityContext"].get("sysctls") == [{"name": "net.ipv4.ip_local_port_range", "value": "1024 65535"},
+                                                   {"name": "net.ipv4.tcp_keepalive_time", "value": "600"}] \
+        and bpod["securityContext"].get("runAsUser") == 65532
+    mc = bcfg["limits"]["max_connections"]
+    need = BASE_BYTES + mc * PER_CONNECTION_BYTES
+    checks[f"large: limits.max_connections {mc} and a memory limit >= 64 MiB + {mc} x {PER_CONNECTION_BYTES} B "
+           f"(= {need / 2**20:.0f} MiB), request <= limit"] = mc == 100000 \
+        and quantity(bc["resources"]["limits"]["memory"]) >= need \
+        and quantity(bc["resources"]["requests"]["memory"]) <= quantity(bc["resources"]["limits"]["memory"])
 if i:
     checks["ingress: trusted_proxies defaults to the private ranges"] = toml_of(i)["server"]["trusted_proxies"] == PRIVATE
 j = load("jwt")

@@ -603,22 +603,36 @@ async fn history(
     }))
 }
 
+/// The query of `GET /api/v1/rooms/{room}/members`.
+#[derive(Debug, Deserialize, utoipa::IntoParams)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct MembersQuery {
+    /// Members per page (1 to 1000; default 1000).
+    limit: Option<usize>,
+    /// Members after this cursor (the `next` of the previous page).
+    after: Option<String>,
+}
+
 #[derive(Debug, Serialize, ToSchema)]
 pub(crate) struct MembersResponse {
     room: String,
-    /// Users present on any replica, once per user.
+    /// One page of the users present on any replica, once per user.
     members: Vec<ApiUser>,
-    count: usize,
+    /// The room's member count (every page's members, once per user).
+    count: u64,
+    /// Pass as `after` for the next page; null on the last page.
+    next: Option<String>,
 }
 
-/// Who is in a room, on every replica.
+/// Who is in a room, on every replica, one page at a time. Members present for the
+/// whole paging appear exactly once.
 #[utoipa::path(
     get,
     path = "/api/v1/rooms/{room}/members",
-    params(("room" = String, Path, description = "The room")),
+    params(("room" = String, Path, description = "The room"), MembersQuery),
     responses(
-        (status = 200, description = "The room's members", body = MembersResponse),
-        (status = 400, description = "Bad room", body = ErrorBody),
+        (status = 200, description = "One page of the room's members", body = MembersResponse),
+        (status = 400, description = "Bad room, cursor or limit", body = ErrorBody),
         (status = 401, description = "Missing or wrong key", body = ErrorBody),
         (status = 503, description = "The bus is unavailable", body = ErrorBody),
     ),
@@ -627,21 +641,38 @@ pub(crate) struct MembersResponse {
 async fn members(
     State(api): State<Api>,
     room: Result<Path<String>, PathRejection>,
+    query: Result<Query<MembersQuery>, axum::extract::rejection::QueryRejection>,
 ) -> ApiResult<MembersResponse> {
     let Path(room) = room?;
+    let Query(query) = query.map_err(|e| ApiError::bad_request(e.body_text()))?;
     validate_room(&room)?;
-    let members: Vec<ApiUser> = api
+    let limit = query.limit.unwrap_or(MAX_PAGE);
+    if limit == 0 || limit > MAX_PAGE {
+        return Err(ApiError::bad_request(format!(
+            "`limit` must be 1 to {MAX_PAGE}"
+        )));
+    }
+    if query
+        .after
+        .as_ref()
+        .is_some_and(|a| a.is_empty() || a.len() > crate::protocol::MAX_CURSOR_BYTES)
+    {
+        return Err(ApiError::bad_request(format!(
+            "`after` must be 1 to {} bytes",
+            crate::protocol::MAX_CURSOR_BYTES
+        )));
+    }
+    let page = api
         .inner
         .rooms
-        .members(&room)
-        .await?
-        .into_iter()
-        .map(ApiUser::from)
-        .collect();
+        .members(&room, query.after.as_deref(), Some(limit))
+        .await?;
+    api.inner.rooms.count_members_page();
     Ok(axum::Json(MembersResponse {
         room,
-        count: members.len(),
-        members,
+        count: page.count,
+        next: page.next,
+        members: page.members.into_iter().map(ApiUser::from).collect(),
     }))
 }
 

@@ -372,6 +372,16 @@ pub struct PresenceConfig {
     /// How often a replica refreshes its liveness and reaps dead replicas.
     #[serde(with = "humantime_serde")]
     pub refresh: Duration,
+    /// At most this many members in a `joined` frame (plus `member_count`); clients page
+    /// through the rest with `members` requests. Also the default page size of those.
+    pub members_in_join: usize,
+    /// Rooms with at most this many members get a `presence` notice for every join and
+    /// leave; larger rooms get a summary (member count, joins and leaves) at most once
+    /// per `summary_interval`.
+    pub notify_max_members: u64,
+    /// How often a large room's presence summary may be sent.
+    #[serde(with = "humantime_serde")]
+    pub summary_interval: Duration,
 }
 
 impl Default for PresenceConfig {
@@ -379,9 +389,15 @@ impl Default for PresenceConfig {
         Self {
             ttl: Duration::from_secs(20),
             refresh: Duration::from_secs(5),
+            members_in_join: 100,
+            notify_max_members: 200,
+            summary_interval: Duration::from_secs(2),
         }
     }
 }
+
+/// Most members one `members` page (or `joined`) may carry.
+pub const MAX_MEMBERS_PAGE: usize = roomcast_protocol::MAX_MEMBERS_LIMIT as usize;
 
 /// Per-connection and per-replica limits.
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -596,6 +612,18 @@ impl Config {
             return Err(invalid(
                 "presence.ttl",
                 "must be more than twice presence.refresh",
+            ));
+        }
+        if !(1..=MAX_MEMBERS_PAGE).contains(&self.presence.members_in_join) {
+            return Err(invalid(
+                "presence.members_in_join",
+                format!("must be 1 to {MAX_MEMBERS_PAGE}"),
+            ));
+        }
+        if self.presence.summary_interval < Duration::from_millis(100) {
+            return Err(invalid(
+                "presence.summary_interval",
+                "must be at least 100ms",
             ));
         }
         if self.drain.spread > self.drain.timeout {

@@ -55,6 +55,9 @@ pub(crate) struct Metrics {
     /// Typing indicators relayed to local members / dropped by the per-user throttle.
     pub(crate) typing_relayed: IntCounter,
     pub(crate) typing_dropped: IntCounter,
+    pub(crate) presence_summarised: IntCounter,
+    pub(crate) presence_summaries: IntCounter,
+    pub(crate) members_pages: IntCounter,
     room_messages: IntCounterVec,
     /// Rooms that have their own label; bounded by `metrics.room_label_cap`.
     labelled_rooms: Mutex<HashSet<String>>,
@@ -210,6 +213,18 @@ impl Metrics {
             typing_dropped: counter(
                 "roomcast_typing_dropped_total",
                 "Typing indicators dropped by the one-per-user-per-second throttle.",
+            ),
+            presence_summarised: counter(
+                "roomcast_presence_summarised_total",
+                "Joins and leaves in rooms above presence.notify_max_members, told in summaries instead of notices.",
+            ),
+            presence_summaries: counter(
+                "roomcast_presence_summaries_total",
+                "Presence summaries sent to a room's local members (one per room per summary).",
+            ),
+            members_pages: counter(
+                "roomcast_members_pages_total",
+                "Member list pages served (members requests of clients and the server API).",
             ),
             room_messages: counter_vec(
                 "roomcast_room_messages_total",

@@ -29,9 +29,10 @@ use tracing::{Instrument, info, info_span, warn};
 
 use crate::bus::{
     Bus, BusError, BusEvent, BusReceiver, Control, Envelope, HistoryPage, HistoryRange, Idem,
-    Incoming, MemberRef, Published, user_key,
+    Incoming, MemberRef, MembersPage, PresenceEvent, Published, user_key,
 };
 use crate::clock;
+use crate::config::PresenceConfig;
 use crate::metrics::Metrics;
 use crate::protocol::{Encode, MsgId, ServerFrame, User};
 use crate::telemetry;
@@ -85,11 +86,13 @@ pub(crate) struct RoomFrame {
     pub(crate) pseq: u64,
 }
 
-/// A completed join: who is there, where the room's log stands, and the replay
-/// (already encoded as `message` frames).
+/// A completed join: who is there (the first page of members and the count), where the
+/// room's log and presence stand, and the replay (already encoded as `message` frames).
 #[derive(Debug)]
 pub(crate) struct Joined {
-    pub(crate) members: Vec<User>,
+    pub(crate) members: MembersPage,
+    /// The room's presence sequence number the member list reflects.
+    pub(crate) pseq: u64,
     pub(crate) head: MsgId,
     pub(crate) recovered: Option<bool>,
     pub(crate) replay: Vec<(MsgId, Utf8Bytes)>,
@@ -133,6 +136,28 @@ struct Room {
     /// this node / relayed to this node's members. Empty unless someone types.
     typing_out: HashMap<String, tokio::time::Instant>,
     typing_in: HashMap<String, tokio::time::Instant>,
+    presence: PresenceState,
+}
+
+/// What this replica knows of a room's presence from the events it received.
+#[derive(Debug, Default)]
+struct PresenceState {
+    /// The newest presence sequence number seen, and the member count after it.
+    seq: u64,
+    count: u64,
+    /// Joins and leaves not yet told in a summary (a room above
+    /// `presence.notify_max_members`).
+    joins: u64,
+    leaves: u64,
+}
+
+/// How presence is told to members: exact notices in small rooms, summaries in large
+/// ones (`[presence]` in the configuration).
+#[derive(Debug, Clone, Copy)]
+struct PresencePolicy {
+    members_in_join: usize,
+    notify_max_members: u64,
+    summary_interval: Duration,
 }
 
 /// Whether a typing indicator from `user` may pass now (and records it if so): at most
@@ -174,10 +199,16 @@ struct Inner {
     closer: std::sync::OnceLock<Arc<dyn Closer>>,
     /// Control requests of this node awaiting the replicas' answers: request id -> answers.
     pending: DashMap<String, tokio::sync::mpsc::UnboundedSender<u64>>,
+    policy: PresencePolicy,
 }
 
 impl Rooms {
-    pub(crate) fn new(node: Arc<str>, bus: Bus, metrics: Arc<Metrics>) -> Self {
+    pub(crate) fn new(
+        node: Arc<str>,
+        bus: Bus,
+        metrics: Arc<Metrics>,
+        presence: &PresenceConfig,
+    ) -> Self {
         Rooms {
             inner: Arc::new(Inner {
                 node,
@@ -189,6 +220,11 @@ impl Rooms {
                 deferred_leaves: Mutex::new(Vec::new()),
                 closer: std::sync::OnceLock::new(),
                 pending: DashMap::new(),
+                policy: PresencePolicy {
+                    members_in_join: presence.members_in_join,
+                    notify_max_members: presence.notify_max_members,
+                    summary_interval: presence.summary_interval,
+                },
             }),
         }
     }
@@ -264,7 +300,13 @@ impl Rooms {
             warn!(%room, error = %e, "join: subscribe failed");
             return Err(e.into());
         }
-        let info = match self.inner.bus.join(room, &presence, since, history).await {
+        let page = self.inner.policy.members_in_join;
+        let info = match self
+            .inner
+            .bus
+            .join(room, &presence, since, history, page)
+            .await
+        {
             Ok(info) => info,
             Err(e) => {
                 warn!(%room, error = %e, "join: presence/history failed");
@@ -284,6 +326,7 @@ impl Rooms {
             .collect();
         Ok(Joined {
             members: info.members,
+            pseq: info.pseq,
             head: info.head,
             recovered: info.recovered,
             replay,
@@ -375,9 +418,21 @@ impl Rooms {
         Ok(self.inner.bus.history(room, range, limit).await?)
     }
 
-    /// The room's members on every replica, one per user.
-    pub(crate) async fn members(&self, room: &str) -> Result<Vec<User>, RoomError> {
-        Ok(self.inner.bus.members(room).await?)
+    /// A page of the room's members on every replica (one per user) after the cursor
+    /// `after`; `limit` defaults to `presence.members_in_join`.
+    pub(crate) async fn members(
+        &self,
+        room: &str,
+        after: Option<&str>,
+        limit: Option<usize>,
+    ) -> Result<MembersPage, RoomError> {
+        let limit = limit.unwrap_or(self.inner.policy.members_in_join);
+        Ok(self.inner.bus.members(room, after, limit.max(1)).await?)
+    }
+
+    /// Counts one member list page served (`roomcast_members_pages_total`).
+    pub(crate) fn count_members_page(&self) {
+        self.inner.metrics.members_pages.inc();
     }
 
     /// Every room with members on any replica, with member counts.
@@ -606,6 +661,7 @@ impl Rooms {
                     counter: self.inner.metrics.room_counter(room),
                     typing_out: HashMap::new(),
                     typing_in: HashMap::new(),
+                    presence: PresenceState::default(),
                 });
             entry.members.insert(key, Local { member, presence });
             entry.subscribed.clone()
@@ -735,9 +791,15 @@ impl Rooms {
     }
 
     async fn run_receiver(self, mut rx: BusReceiver, stop: CancellationToken) {
+        let mut summaries = tokio::time::interval(self.inner.policy.summary_interval);
+        summaries.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
             let event = tokio::select! {
                 _ = stop.cancelled() => return,
+                _ = summaries.tick() => {
+                    self.send_summaries();
+                    continue;
+                }
                 e = rx.next() => e,
             };
             match event {
@@ -915,12 +977,38 @@ impl Rooms {
                 }
             }
             Envelope::Presence {
-                event, user, conn, ..
+                event,
+                user,
+                conn,
+                seq,
+                count,
+                ..
             } => {
+                let state = &mut room.presence;
+                if seq > state.seq {
+                    state.seq = seq;
+                    state.count = count;
+                }
+                // The room's size counting this member: after a join, before a leave.
+                let size = match event {
+                    PresenceEvent::Join => count,
+                    PresenceEvent::Leave => count + 1,
+                };
+                if size > self.inner.policy.notify_max_members {
+                    // A large room: told in the next summary.
+                    match event {
+                        PresenceEvent::Join => state.joins += 1,
+                        PresenceEvent::Leave => state.leaves += 1,
+                    }
+                    metrics.presence_summarised.inc();
+                    return;
+                }
                 let frame = ServerFrame::Presence {
                     room: room_name,
                     event: event.as_str(),
                     user: &user,
+                    // Envelopes of earlier versions carry no count.
+                    member_count: (seq != 0).then_some(count),
                 }
                 .encode();
                 let shared = Arc::new(RoomFrame {
@@ -928,13 +1016,48 @@ impl Rooms {
                     frame,
                     id: None,
                     ts_us: 0,
-                    pseq: 0,
+                    pseq: seq,
                 });
                 // A member is not told about its own join or leave.
                 for local in room.members.values().filter(|m| *m.presence.conn != *conn) {
                     local.member.deliver(shared.clone());
                 }
             }
+        }
+    }
+
+    /// Sends each large room that had joins or leaves since its last summary one
+    /// `presence` summary (member count, joins, leaves); at most once per
+    /// `presence.summary_interval`, as this runs on that interval.
+    fn send_summaries(&self) {
+        for mut entry in self.inner.rooms.iter_mut() {
+            let name = entry.key().clone();
+            let room = entry.value_mut();
+            let state = &mut room.presence;
+            if state.joins == 0 && state.leaves == 0 {
+                continue;
+            }
+            let frame = ServerFrame::PresenceSummary {
+                room: &name,
+                event: "summary",
+                member_count: state.count,
+                joins: state.joins,
+                leaves: state.leaves,
+            }
+            .encode();
+            let shared = Arc::new(RoomFrame {
+                room: name,
+                frame,
+                id: None,
+                ts_us: 0,
+                pseq: state.seq,
+            });
+            state.joins = 0;
+            state.leaves = 0;
+            for local in room.members.values() {
+                local.member.deliver(shared.clone());
+            }
+            self.inner.metrics.presence_summaries.inc();
         }
     }
 }
@@ -1002,6 +1125,7 @@ mod tests {
             Arc::from("n1"),
             Bus::Memory(bus),
             Arc::new(Metrics::new(10)),
+            &PresenceConfig::default(),
         );
         let stop = CancellationToken::new();
         rooms.spawn_receiver(crate::bus::BusReceiver::Memory(rx), stop.clone());

@@ -102,7 +102,7 @@ pub async fn run(
     let node: Arc<str> = Arc::from(config.resolve_node_id());
     let metrics = Arc::new(Metrics::new(config.metrics.room_label_cap));
     let (bus, receiver) = Bus::connect(&config, node.clone())?;
-    let rooms = Rooms::new(node.clone(), bus, metrics.clone());
+    let rooms = Rooms::new(node.clone(), bus, metrics.clone(), &config.presence);
     let background = CancellationToken::new();
     let receiver_task = rooms.spawn_receiver(receiver, background.clone());
     let verifier = match config.auth.mode {

@@ -61,11 +61,17 @@ async fn claim_beat_and_done_keep_a_returning_node() {
 }
 
 /// `reap_room` removes only the dead node's members, announces each leave once (a user
-/// still connected elsewhere only loses a connection), and finds nothing the second time.
+/// still connected elsewhere only loses a connection, and stays in the roster), and
+/// finds nothing the second time.
 #[tokio::test(flavor = "multi_thread")]
 async fn reap_room_is_idempotent_and_spares_other_nodes() {
     let redis = RedisServer::start().await;
     let (members, users) = ("t:{r}:members", "t:{r}:users");
+    let (roster, names, pseq) = ("t:{r}:roster", "t:{r}:names", "t:{r}:pseq");
+    for key in ["c:dead|c1", "u:u-shared"] {
+        redis.redis_cmd(&["ZADD", roster, "0", key]).await;
+        redis.redis_cmd(&["HSET", names, key, "{}"]).await;
+    }
     let anon = envelope("anon", None);
     let shared = envelope("shared", Some("u-shared"));
     for (field, value) in [
@@ -81,9 +87,12 @@ async fn reap_room_is_idempotent_and_spares_other_nodes() {
             .redis_cmd(&[
                 "EVAL",
                 REAP_ROOM_LUA,
-                "2",
+                "5",
                 members,
                 users,
+                roster,
+                names,
+                pseq,
                 "dead",
                 "t:{r}:ch",
                 "PUBLISH",
@@ -94,6 +103,12 @@ async fn reap_room_is_idempotent_and_spares_other_nodes() {
     let left = redis.redis_cmd(&["HKEYS", members]).await;
     assert_eq!(left, "alive|c9");
     assert_eq!(redis.redis_cmd(&["HGET", users, "u-shared"]).await, "1");
+    assert_eq!(
+        redis.redis_cmd(&["ZRANGE", roster, "0", "-1"]).await,
+        "u:u-shared",
+        "the anonymous member left the roster; the shared user is still there"
+    );
+    assert_eq!(redis.redis_cmd(&["HKEYS", names]).await, "u:u-shared");
     let again = reap().await;
     assert_eq!(again, "0", "a second reaper finds nothing");
 }
@@ -104,22 +119,35 @@ async fn reap_room_is_idempotent_and_spares_other_nodes() {
 async fn restore_counts_a_connection_once() {
     let redis = RedisServer::start().await;
     let (members, users) = ("t:{q}:members", "t:{q}:users");
+    let (roster, names) = ("t:{q}:roster", "t:{q}:names");
     let value = envelope("bob", Some("u-bob"));
     for expected in ["1", "0"] {
         let restored = redis
             .redis_cmd(&[
                 "EVAL",
                 RESTORE_LUA,
-                "2",
+                "4",
                 members,
                 users,
+                roster,
+                names,
                 "n1|c1",
                 &value,
                 "u-bob",
+                "u:u-bob",
+                r#"{"name":"bob"}"#,
             ])
             .await;
         assert_eq!(restored, expected);
     }
     assert_eq!(redis.redis_cmd(&["HGET", users, "u-bob"]).await, "1");
     assert_eq!(redis.redis_cmd(&["HLEN", members]).await, "1");
+    assert_eq!(
+        redis.redis_cmd(&["ZRANGE", roster, "0", "-1"]).await,
+        "u:u-bob"
+    );
+    assert_eq!(
+        redis.redis_cmd(&["HGET", names, "u:u-bob"]).await,
+        r#"{"name":"bob"}"#
+    );
 }

@@ -52,7 +52,19 @@ pub(crate) enum Envelope {
         node: String,
         #[serde(rename = "c")]
         conn: String,
+        /// The room's presence sequence number of this event, assigned by the bus with
+        /// the change (the Redis scripts append it): it orders the event against the
+        /// member lists that joins read. 0 when not stamped.
+        #[serde(default, rename = "q", skip_serializing_if = "is_zero")]
+        seq: u64,
+        /// The room's member count (one per user) after the event; stamped with `seq`.
+        #[serde(default, rename = "m", skip_serializing_if = "is_zero")]
+        count: u64,
     },
+}
+
+fn is_zero(n: &u64) -> bool {
+    *n == 0
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]

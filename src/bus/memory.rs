@@ -14,7 +14,7 @@ use tokio::time::Instant;
 
 use super::{
     Backend, BusError, BusEvent, CatchUp, HistoryPage, HistoryRange, Idem, Incoming, JoinInfo,
-    MemberRef, PresenceEvent, Published,
+    MemberRef, MembersPage, PresenceEvent, Published,
 };
 use crate::clock;
 use crate::protocol::{MsgId, User};
@@ -57,9 +57,14 @@ struct MemRoom {
     /// still complete, as in Redis' `max-deleted-entry-id`.
     max_deleted: MsgId,
     log: VecDeque<(MsgId, Bytes)>,
-    members: BTreeMap<String, User>,
+    /// Every connection in the room: `node|conn` -> user.
+    members: HashMap<String, User>,
     /// Connections per authenticated user (jwt mode: one member per user).
     users: HashMap<String, usize>,
+    /// The members as clients see them (one per user), by roster key, in paging order.
+    roster: BTreeMap<String, User>,
+    /// The room's presence sequence number (0 until the first presence change).
+    pseq: u64,
     /// Idempotency keys -> (first id, forgotten at).
     idem: HashMap<String, (MsgId, Instant)>,
     /// Users barred from joining (server API kick) -> until.
@@ -88,6 +93,34 @@ impl MemRoom {
             .skip(self.log.len().saturating_sub(n))
             .cloned()
             .collect()
+    }
+
+    /// A page of the roster after `after`.
+    fn page(&self, after: Option<&str>, limit: usize) -> MembersPage {
+        use std::ops::Bound;
+        let start = after.map_or(Bound::Unbounded, |a| Bound::Excluded(a.to_string()));
+        let mut iter = self
+            .roster
+            .range::<String, _>((start, Bound::Unbounded))
+            .take(limit + 1);
+        let mut members = Vec::with_capacity(limit.min(self.roster.len()));
+        let mut last = None;
+        for (key, user) in iter.by_ref().take(limit) {
+            members.push(user.clone());
+            last = Some(key);
+        }
+        let more = iter.next().is_some();
+        MembersPage {
+            members,
+            count: self.roster.len() as u64,
+            next: if more { last.cloned() } else { None },
+        }
+    }
+
+    /// The next presence sequence number (see [`super::first_presence_seq`]).
+    fn next_pseq(&mut self) -> u64 {
+        self.pseq = (self.pseq + 1).max(super::first_presence_seq());
+        self.pseq
     }
 
     /// Forgets expired idempotency keys and bars.
@@ -253,12 +286,17 @@ impl Backend for MemoryBus {
         Ok(HistoryPage { entries, more })
     }
 
-    async fn members(&self, room: &str) -> Result<Vec<User>, BusError> {
+    async fn members(
+        &self,
+        room: &str,
+        after: Option<&str>,
+        limit: usize,
+    ) -> Result<MembersPage, BusError> {
         let Some(handle) = self.rooms.get(room).map(|r| r.clone()) else {
-            return Ok(Vec::new());
+            return Ok(MembersPage::default());
         };
         let r = handle.lock().await;
-        Ok(super::one_per_user(r.members.values().cloned()))
+        Ok(r.page(after, limit))
     }
 
     async fn rooms(&self) -> Result<Vec<(String, usize)>, BusError> {
@@ -269,8 +307,7 @@ impl Backend for MemoryBus {
             .collect();
         let mut out = Vec::new();
         for (name, handle) in handles {
-            let r = handle.lock().await;
-            let n = super::one_per_user(r.members.values().cloned()).len();
+            let n = handle.lock().await.roster.len();
             if n > 0 {
                 out.push((name.to_string(), n));
             }
@@ -299,6 +336,7 @@ impl Backend for MemoryBus {
         member: &MemberRef,
         since: Option<MsgId>,
         history: usize,
+        page: usize,
     ) -> Result<JoinInfo, BusError> {
         let handle = self.room(room);
         let mut r = handle.lock().await;
@@ -323,11 +361,15 @@ impl Backend for MemoryBus {
             None => true,
         };
         if first {
-            let announce = Bytes::from(member.presence(PresenceEvent::Join));
-            self.send(room, None, announce).await?;
+            r.roster.insert(member.roster_key(), member.user.clone());
+            let seq = r.next_pseq();
+            let count = r.roster.len() as u64;
+            let announce = member.presence_stamped(PresenceEvent::Join, seq, count);
+            self.send(room, None, Bytes::from(announce)).await?;
         }
         let mut info = JoinInfo {
-            members: super::one_per_user(r.members.values().cloned()),
+            members: r.page(None, page),
+            pseq: r.pseq,
             head: r.last,
             ..JoinInfo::default()
         };
@@ -364,8 +406,11 @@ impl Backend for MemoryBus {
                 None => true,
             };
             if last {
-                let announce = Bytes::from(member.presence(PresenceEvent::Leave));
-                self.send(room, None, announce).await?;
+                r.roster.remove(&member.roster_key());
+                let seq = r.next_pseq();
+                let count = r.roster.len() as u64;
+                let announce = member.presence_stamped(PresenceEvent::Leave, seq, count);
+                self.send(room, None, Bytes::from(announce)).await?;
             }
         }
         Ok(())
@@ -463,20 +508,24 @@ mod tests {
         let c = bus.catch_up("a", ids[4]).await.unwrap();
         assert!(c.complete && c.entries.is_empty());
 
-        let info = bus.join("a", &member("c1"), Some(ids[2]), 0).await.unwrap();
+        let info = bus
+            .join("a", &member("c1"), Some(ids[2]), 0, 100)
+            .await
+            .unwrap();
         assert_eq!(info.head, ids[4]);
         assert_eq!(info.recovered, Some(true));
         assert_eq!(info.replay.len(), 2);
-        let info = bus.join("a", &member("c2"), None, 0).await.unwrap();
+        let info = bus.join("a", &member("c2"), None, 0, 100).await.unwrap();
         assert_eq!((info.recovered, info.replay.len()), (None, 0));
-        assert_eq!(info.members.len(), 2);
+        assert_eq!(info.members.members.len(), 2);
+        assert_eq!(info.members.count, 2);
     }
 
     #[tokio::test]
     async fn presence_is_announced_once_and_idle_rooms_are_forgotten() {
         let (bus, mut rx) = MemoryBus::new(3, Duration::from_secs(1));
         let alice = member("c1");
-        bus.join("a", &alice, None, 0).await.unwrap();
+        bus.join("a", &alice, None, 0, 100).await.unwrap();
         bus.leave("a", &alice, true).await.unwrap();
         bus.leave("a", &alice, true).await.unwrap();
         for event in ["join", "leave"] {
@@ -569,16 +618,55 @@ mod tests {
         let (bus, _rx) = MemoryBus::new(10, Duration::from_secs(60));
         tokio::time::pause();
         bus.bar("a", "c1", 5_000).await.unwrap();
-        let info = bus.join("a", &member("c1"), None, 0).await.unwrap();
+        let info = bus.join("a", &member("c1"), None, 0, 100).await.unwrap();
         assert!(info.kicked_ms.is_some_and(|ms| ms > 0 && ms <= 5_000));
         assert!(
-            bus.members("a").await.unwrap().is_empty(),
+            bus.members("a", None, 10).await.unwrap().members.is_empty(),
             "nothing recorded"
         );
-        let other = bus.join("a", &member("c2"), None, 0).await.unwrap();
+        let other = bus.join("a", &member("c2"), None, 0, 100).await.unwrap();
         assert_eq!(other.kicked_ms, None);
         tokio::time::advance(Duration::from_secs(6)).await;
-        let info = bus.join("a", &member("c1"), None, 0).await.unwrap();
+        let info = bus.join("a", &member("c1"), None, 0, 100).await.unwrap();
         assert_eq!(info.kicked_ms, None);
+    }
+
+    #[tokio::test]
+    async fn members_page_in_roster_order_once_per_user_with_stamped_presence() {
+        let (bus, mut rx) = MemoryBus::new(10, Duration::from_secs(60));
+        let mut alice = member("c1");
+        alice.user.id = Some("alice".into());
+        let mut alice2 = member("c2");
+        alice2.user = alice.user.clone();
+        for m in [&alice, &alice2, &member("c3"), &member("c4"), &member("c5")] {
+            bus.join("a", m, None, 0, 2).await.unwrap();
+        }
+        // alice's second connection announced nothing: 4 joins, numbered in order.
+        let mut seqs = Vec::new();
+        while let Ok(Item::Room(m)) = rx.0.try_recv() {
+            let Ok(Envelope::Presence { seq, count, .. }) = Envelope::decode(&m.payload) else {
+                panic!("expected presence")
+            };
+            seqs.push((seq, count));
+        }
+        assert_eq!(seqs.iter().map(|s| s.1).collect::<Vec<_>>(), [1, 2, 3, 4]);
+        assert!(seqs.windows(2).all(|w| w[0].0 < w[1].0));
+        let info = bus.join("a", &member("c6"), None, 0, 2).await.unwrap();
+        assert_eq!(info.members.count, 5);
+        assert_eq!(info.members.members.len(), 2);
+        assert!(info.pseq > seqs[3].0);
+        let mut names = Vec::new();
+        let mut after = None;
+        loop {
+            let page = bus.members("a", after.as_deref(), 2).await.unwrap();
+            assert_eq!(page.count, 5);
+            names.extend(page.members.iter().map(|u| u.name.clone()));
+            match page.next {
+                Some(next) => after = Some(next),
+                None => break,
+            }
+        }
+        names.sort();
+        assert_eq!(names, ["c1", "c3", "c4", "c5", "c6"]);
     }
 }

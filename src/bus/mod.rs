@@ -56,25 +56,60 @@ impl MemberRef {
         format!("{}|{}", self.node, self.conn)
     }
 
-    /// The presence envelope announcing `event` for this member.
+    /// The presence envelope announcing `event` for this member (not yet stamped with
+    /// the room's presence sequence number and count: the bus does that).
     pub(crate) fn presence(&self, event: PresenceEvent) -> String {
+        self.presence_stamped(event, 0, 0)
+    }
+
+    /// The presence envelope announcing `event`, stamped with the room's presence
+    /// sequence number and member count after the event.
+    pub(crate) fn presence_stamped(&self, event: PresenceEvent, seq: u64, count: u64) -> String {
         Envelope::Presence {
             event,
             user: self.user.clone(),
             node: self.node.to_string(),
             conn: self.conn.to_string(),
+            seq,
+            count,
         }
         .encode()
     }
+
+    /// The member's key in the room's roster, which lists each member once as clients
+    /// see them (one per authenticated user however many connections it has, one per
+    /// connection for anonymous users) in the order members are paged: `u:<user id>` or
+    /// `c:<node|conn>`.
+    pub(crate) fn roster_key(&self) -> String {
+        match &self.user.id {
+            Some(id) => format!("u:{id}"),
+            None => format!("c:{}", self.field()),
+        }
+    }
+
+    /// The user as the roster stores it (JSON).
+    pub(crate) fn user_json(&self) -> String {
+        // Strings only: serialising cannot fail.
+        serde_json::to_string(&self.user).unwrap_or_default()
+    }
 }
 
-/// The members of a room as clients see them: authenticated users (with an `id`) once
-/// however many connections they have, anonymous ones once per connection.
-pub(crate) fn one_per_user(users: impl Iterator<Item = User>) -> Vec<User> {
-    let mut seen = std::collections::HashSet::new();
-    users
-        .filter(|u| u.id.as_ref().is_none_or(|id| seen.insert(id.clone())))
-        .collect()
+/// The first presence sequence number of a room the bus knows nothing about: the
+/// current time in microseconds, so numbers keep increasing when a room that emptied
+/// (and forgot its counter) fills again, as long as a room sees fewer than one presence
+/// change per microsecond.
+pub(crate) fn first_presence_seq() -> u64 {
+    crate::clock::unix_micros()
+}
+
+/// One page of a room's members, in roster order.
+#[derive(Debug, Default, Clone, PartialEq, Eq)]
+pub(crate) struct MembersPage {
+    pub(crate) members: Vec<User>,
+    /// The room's member count (one per user).
+    pub(crate) count: u64,
+    /// The cursor to pass as `after` for the next page; `None` on the last page.
+    pub(crate) next: Option<String>,
 }
 
 /// The key a user is known by to the server API's disconnect and kick: the user id, or
@@ -127,10 +162,14 @@ pub(crate) struct Incoming {
     pub(crate) payload: Bytes,
 }
 
-/// The answer to a join: who is there, where the room's log stands, and the replay.
+/// The answer to a join: who is there (the first page of the roster), where the room's
+/// log and presence stand, and the replay.
 #[derive(Debug, Default)]
 pub(crate) struct JoinInfo {
-    pub(crate) members: Vec<User>,
+    pub(crate) members: MembersPage,
+    /// The room's presence sequence number at the join: every presence event up to it is
+    /// reflected in `members`, every later one is not.
+    pub(crate) pseq: u64,
     /// The newest message id in the room (`0-0` if none).
     pub(crate) head: MsgId,
     /// `None` without `since`; otherwise whether every message after `since` is replayed.
@@ -208,8 +247,15 @@ pub(crate) trait Backend {
         range: HistoryRange,
         limit: usize,
     ) -> impl Future<Output = Result<HistoryPage, BusError>> + Send;
-    /// The room's members on every replica, one per user.
-    fn members(&self, room: &str) -> impl Future<Output = Result<Vec<User>, BusError>> + Send;
+    /// A page of at most `limit` of the room's members on every replica (one per user),
+    /// after the cursor `after` (`None`: from the start). Members present for the whole
+    /// paging appear exactly once; members who join or leave meanwhile may or may not.
+    fn members(
+        &self,
+        room: &str,
+        after: Option<&str>,
+        limit: usize,
+    ) -> impl Future<Output = Result<MembersPage, BusError>> + Send;
     /// Every room with members on any replica, with its member count (one per user).
     fn rooms(&self) -> impl Future<Output = Result<Vec<(String, usize)>, BusError>> + Send;
     /// Starts receiving the room's messages; done when this returns.
@@ -218,14 +264,17 @@ pub(crate) trait Backend {
     /// Subscribes every given room again (after a reconnect or lag).
     fn resubscribe(&self, rooms: &[Arc<str>]) -> impl Future<Output = Result<(), BusError>> + Send;
     /// Unless the member's user is barred from the room ([`JoinInfo::kicked_ms`]):
-    /// records the member's presence, announces it, and reads members and the replay
-    /// (after `since`, or else the last `history` entries).
+    /// records the member's presence, announces it (stamped with the room's next
+    /// presence sequence number and member count), and reads the first `page` members,
+    /// the member count and the replay (after `since`, or else the last `history`
+    /// entries), all in one atomic step with the announcement.
     fn join(
         &self,
         room: &str,
         member: &MemberRef,
         since: Option<MsgId>,
         history: usize,
+        page: usize,
     ) -> impl Future<Output = Result<JoinInfo, BusError>> + Send;
     /// Removes the member's presence and announces the leave. `last_local` tells that
     /// this node has no other member in the room.
@@ -351,8 +400,13 @@ impl Bus {
         each!(self, b => b.history(room, range, limit).await)
     }
 
-    pub(crate) async fn members(&self, room: &str) -> Result<Vec<User>, BusError> {
-        each!(self, b => b.members(room).await)
+    pub(crate) async fn members(
+        &self,
+        room: &str,
+        after: Option<&str>,
+        limit: usize,
+    ) -> Result<MembersPage, BusError> {
+        each!(self, b => b.members(room, after, limit).await)
     }
 
     pub(crate) async fn rooms(&self) -> Result<Vec<(String, usize)>, BusError> {
@@ -377,8 +431,9 @@ impl Bus {
         member: &MemberRef,
         since: Option<MsgId>,
         history: usize,
+        page: usize,
     ) -> Result<JoinInfo, BusError> {
-        each!(self, b => b.join(room, member, since, history).await)
+        each!(self, b => b.join(room, member, since, history, page).await)
     }
 
     pub(crate) async fn leave(

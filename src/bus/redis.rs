@@ -43,8 +43,8 @@ use tokio::sync::{broadcast, watch};
 
 use super::envelope::split_channel_frame;
 use super::{
-    Backend, BusError, BusEvent, CatchUp, Envelope, HistoryPage, HistoryRange, Idem, Incoming,
-    JoinInfo, MemberRef, PresenceEvent, Published,
+    Backend, BusError, BusEvent, CatchUp, HistoryPage, HistoryRange, Idem, Incoming, JoinInfo,
+    MemberRef, MembersPage, PresenceEvent, Published,
 };
 use crate::clock;
 use crate::config::{Config, RedisMode};
@@ -57,6 +57,7 @@ const LEAVE_LUA: &str = include_str!("lua/leave.lua");
 const REAP_ROOM_LUA: &str = include_str!("lua/reap_room.lua");
 const RESTORE_LUA: &str = include_str!("lua/restore.lua");
 const NODES_LUA: &str = include_str!("lua/nodes.lua");
+const MEMBERS_LUA: &str = include_str!("lua/members.lua");
 
 /// How long a bus command may take before the client is told `unavailable`.
 const COMMAND_TIMEOUT: Duration = Duration::from_secs(2);
@@ -107,6 +108,7 @@ struct Inner {
     leave: Script,
     reap_room: Script,
     restore: Script,
+    members: Script,
     nodes: Script,
 }
 
@@ -317,6 +319,7 @@ impl RedisBus {
             leave: Script::from_lua(LEAVE_LUA),
             reap_room: Script::from_lua(REAP_ROOM_LUA),
             restore: Script::from_lua(RESTORE_LUA),
+            members: Script::from_lua(MEMBERS_LUA),
             nodes: Script::from_lua(NODES_LUA),
         });
         if watched {
@@ -527,11 +530,18 @@ impl RedisBus {
         let restored = futures_util::future::try_join_all(members.iter().map(|(room, member)| {
             self.eval(
                 &self.inner.restore,
-                vec![self.key(room, "members"), self.key(room, "users")],
+                vec![
+                    self.key(room, "members"),
+                    self.key(room, "users"),
+                    self.key(room, "roster"),
+                    self.key(room, "names"),
+                ],
                 vec![
                     Value::from(member.field()),
                     Value::from(member.presence(PresenceEvent::Leave)),
                     Value::from(member.user.id.as_deref().unwrap_or_default()),
+                    Value::from(member.roster_key()),
+                    Value::from(member.user_json()),
                 ],
             )
         }))
@@ -571,7 +581,13 @@ impl RedisBus {
                 let reaped = self
                     .eval(
                         &self.inner.reap_room,
-                        vec![self.key(&room, "members"), self.key(&room, "users")],
+                        vec![
+                            self.key(&room, "members"),
+                            self.key(&room, "users"),
+                            self.key(&room, "roster"),
+                            self.key(&room, "names"),
+                            self.key(&room, "pseq"),
+                        ],
                         vec![
                             Value::from(node.as_str()),
                             Value::from(self.key(&room, "ch")),
@@ -883,12 +899,37 @@ impl Backend for RedisBus {
         Ok(HistoryPage { entries, more })
     }
 
-    async fn members(&self, room: &str) -> Result<Vec<User>, BusError> {
-        let key = self.key(room, "members");
+    async fn members(
+        &self,
+        room: &str,
+        after: Option<&str>,
+        limit: usize,
+    ) -> Result<MembersPage, BusError> {
         let reply = self
-            .command("HVALS", &key, vec![Value::from(key.as_str())])
+            .eval(
+                &self.inner.members,
+                vec![self.key(room, "roster"), self.key(room, "names")],
+                vec![
+                    Value::from(after.unwrap_or_default()),
+                    Value::from(limit.max(1) as i64),
+                ],
+            )
             .await?;
-        Ok(members_of(reply))
+        let Value::Array(parts) = reply else {
+            return Err(BusError::Protocol("members: expected an array".into()));
+        };
+        let mut parts = parts.into_iter();
+        let members = roster_users(parts.next().unwrap_or(Value::Null));
+        let next = parts
+            .next()
+            .and_then(|v| v.as_string())
+            .filter(|n| !n.is_empty());
+        let count = parts.next().and_then(|v| v.as_i64()).unwrap_or(0).max(0) as u64;
+        Ok(MembersPage {
+            members,
+            count,
+            next,
+        })
     }
 
     async fn rooms(&self) -> Result<Vec<(String, usize)>, BusError> {
@@ -912,13 +953,21 @@ impl Backend for RedisBus {
                 .await?;
             names.extend(strings(rooms));
         }
-        let counts =
-            futures_util::future::try_join_all(names.iter().map(|room| self.members(room))).await?;
+        let counts = futures_util::future::try_join_all(names.iter().map(|room| {
+            let key = self.key(room, "roster");
+            async move {
+                self.command("ZCARD", &key, vec![Value::from(key.as_str())])
+                    .await
+            }
+        }))
+        .await?;
         Ok(names
             .into_iter()
             .zip(counts)
-            .filter(|(_, members)| !members.is_empty())
-            .map(|(room, members)| (room, members.len()))
+            .filter_map(|(room, n)| {
+                let n = n.as_i64().unwrap_or(0);
+                (n > 0).then_some((room, n as usize))
+            })
             .collect())
     }
 
@@ -949,6 +998,7 @@ impl Backend for RedisBus {
         member: &MemberRef,
         since: Option<MsgId>,
         history: usize,
+        page: usize,
     ) -> Result<JoinInfo, BusError> {
         // First the node's room set (its own slot), so a reaper finds the member should
         // this node die; a join that then fails leaves only a harmless extra entry.
@@ -961,6 +1011,9 @@ impl Backend for RedisBus {
                     self.key(room, "log"),
                     self.key(room, "users"),
                     self.key(room, &format!("bar:{}", super::user_key(&member.user))),
+                    self.key(room, "roster"),
+                    self.key(room, "names"),
+                    self.key(room, "pseq"),
                 ],
                 vec![
                     Value::from(member.field()),
@@ -972,6 +1025,9 @@ impl Backend for RedisBus {
                     Value::from(self.publish_command()),
                     Value::from(member.user.id.as_deref().unwrap_or_default()),
                     Value::from(history.min(self.inner.history_size) as i64),
+                    Value::from(member.roster_key()),
+                    Value::from(member.user_json()),
+                    Value::from(page as i64),
                 ],
             )
             .await?;
@@ -989,15 +1045,26 @@ impl Backend for RedisBus {
         let (Some(members), Some(head), Some(recovered), Some(entries)) =
             (parts.next(), parts.next(), parts.next(), parts.next())
         else {
-            return Err(BusError::Protocol("join: expected four parts".into()));
+            return Err(BusError::Protocol("join: expected seven parts".into()));
         };
-        let members = members_of(members);
+        let count = parts.next().and_then(|v| v.as_i64()).unwrap_or(0).max(0) as u64;
+        let pseq = parts.next().and_then(|v| v.as_i64()).unwrap_or(0).max(0) as u64;
+        let next = parts
+            .next()
+            .and_then(|v| v.as_string())
+            .filter(|n| !n.is_empty());
+        let members = MembersPage {
+            members: roster_users(members),
+            count,
+            next,
+        };
         let recovered = match recovered.as_i64() {
             Some(-1) | None => None,
             Some(n) => Some(n == 1),
         };
         Ok(JoinInfo {
             members,
+            pseq,
             head: parse_id(&head)?,
             recovered,
             replay: parse_entries(entries)?,
@@ -1013,13 +1080,20 @@ impl Backend for RedisBus {
     ) -> Result<(), BusError> {
         self.eval(
             &self.inner.leave,
-            vec![self.key(room, "members"), self.key(room, "users")],
+            vec![
+                self.key(room, "members"),
+                self.key(room, "users"),
+                self.key(room, "roster"),
+                self.key(room, "names"),
+                self.key(room, "pseq"),
+            ],
             vec![
                 Value::from(member.field()),
                 Value::from(self.key(room, "ch")),
                 Value::from(member.presence(PresenceEvent::Leave)),
                 Value::from(self.publish_command()),
                 Value::from(member.user.id.as_deref().unwrap_or_default()),
+                Value::from(member.roster_key()),
             ],
         )
         .await?;
@@ -1112,14 +1186,13 @@ fn control_channel(prefix: &str) -> String {
     format!("{prefix}:ctl")
 }
 
-/// The members of a room from its presence values (HVALS), one per user.
-fn members_of(values: Value) -> Vec<User> {
+/// The users of a roster page (the names hash's JSON values; missing ones skipped).
+fn roster_users(values: Value) -> Vec<User> {
     match values {
-        Value::Array(values) => super::one_per_user(
-            values
-                .into_iter()
-                .filter_map(|v| v.as_bytes().and_then(member_user)),
-        ),
+        Value::Array(values) => values
+            .into_iter()
+            .filter_map(|v| v.as_bytes().and_then(|b| serde_json::from_slice(b).ok()))
+            .collect(),
         _ => Vec::new(),
     }
 }
@@ -1129,15 +1202,6 @@ fn strings(value: Value) -> Vec<String> {
     match value {
         Value::Array(values) => values.into_iter().filter_map(|v| v.as_string()).collect(),
         _ => Vec::new(),
-    }
-}
-
-/// The user of one presence value: the member's leave envelope (or, as written by
-/// earlier versions, the bare user).
-fn member_user(value: &[u8]) -> Option<User> {
-    match Envelope::decode(value) {
-        Ok(Envelope::Presence { user, .. }) => Some(user),
-        _ => serde_json::from_slice(value).ok(),
     }
 }
 

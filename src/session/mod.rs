@@ -477,6 +477,9 @@ impl Session {
             }
             ClientFrame::Leave { room, .. } => Box::pin(self.leave(&room)).await,
             ClientFrame::Typing { room, .. } => Box::pin(self.typing(&room)).await,
+            ClientFrame::Members {
+                room, after, limit, ..
+            } => Box::pin(self.members(&room, after.as_deref(), limit, reference.as_deref())).await,
             ClientFrame::Send {
                 room, text, idem, ..
             } => Box::pin(self.send(&room, text, idem, reference.as_deref())).await,
@@ -669,7 +672,9 @@ impl Session {
         let frame = ServerFrame::Joined {
             room: &room,
             you: &member.user,
-            members: &joined.members,
+            members: &joined.members.members,
+            member_count: joined.members.count,
+            members_next: joined.members.next.as_deref(),
             offset: joined.head,
             recovered: joined.recovered,
         }
@@ -680,7 +685,7 @@ impl Session {
             joined: frame,
             replay: joined.replay,
             cursor: joined.head,
-            presence: 0,
+            presence: joined.pseq,
         })));
         Ok(())
     }
@@ -796,6 +801,38 @@ impl Session {
             .map_err(refusal)
     }
 
+    /// A page of a joined room's members (every replica's), after the cursor `after`.
+    async fn members(
+        &mut self,
+        room: &str,
+        after: Option<&str>,
+        limit: Option<u32>,
+        reference: Option<&str>,
+    ) -> Result<(), FrameError> {
+        validate_room(room)?;
+        self.forget_if_removed(room);
+        if !self.memberships.rooms.contains_key(room) {
+            return Err(not_joined(room));
+        }
+        let page = self
+            .env
+            .rooms()
+            .members(room, after, limit.map(|l| l as usize))
+            .await
+            .map_err(refusal)?;
+        self.env.metrics().members_pages.inc();
+        let frame = ServerFrame::Members {
+            room,
+            members: &page.members,
+            member_count: page.count,
+            next: page.next.as_deref(),
+            reference,
+        }
+        .encode();
+        self.handle.push(Out::Frame(Box::new(frame)));
+        Ok(())
+    }
+
     fn send_error(&self, error: FrameError) {
         self.env.metrics().error(error.code);
         self.handle.push(Out::Frame(Box::new(error.encode())));
@@ -901,7 +938,7 @@ mod tests {
         let node: Arc<str> = Arc::from("n1");
         let (bus, rx) = Bus::connect(&config, node.clone()).expect("memory bus");
         let metrics = Arc::new(Metrics::new(10));
-        let rooms = Rooms::new(node, bus, metrics.clone());
+        let rooms = Rooms::new(node, bus, metrics.clone(), &config.presence);
         let stop = CancellationToken::new();
         rooms.spawn_receiver(rx, stop.clone());
         (Env::new(config, rooms, metrics, None, None), stop)
@@ -998,7 +1035,11 @@ mod tests {
             .join(&room, 2, h2, bob.clone(), None, 0)
             .await
             .expect("join");
-        assert_eq!(joined.members, vec![bob.user], "alice's presence is gone");
+        assert_eq!(
+            joined.members.members,
+            vec![bob.user],
+            "alice's presence is gone"
+        );
         stop.cancel();
     }
 }

@@ -1,7 +1,9 @@
 //! One simulated user: a task that owns one WebSocket, joins its rooms, publishes what the
 //! pacer asks for, measures every delivery and keeps its members' ledgers. With `--resume`
 //! it survives closes and errors: it reconnects with jittered backoff to the next URL and
-//! re-joins each room with `since` = its cursor.
+//! re-joins each room with `since` = its cursor. With a join gate (`--join-at-once`) it
+//! connects, then waits for the gate before sending its joins. Every frame it receives is
+//! counted by type and size.
 
 use std::collections::HashMap;
 use std::net::IpAddr;
@@ -18,7 +20,7 @@ use tokio_tungstenite::tungstenite::Message;
 use super::ledger::MemberLedger;
 use super::net::{Target, Ws, connect};
 use super::stats::Recorder;
-use super::wire::{self, Event, Payload, Protocol};
+use super::wire::{self, Event, FrameKind, Payload, Protocol};
 
 /// What every connection shares.
 pub struct Shared {
@@ -34,6 +36,9 @@ pub struct Shared {
     pub backoff_max: Duration,
     /// Bounds concurrent connection attempts (ramp-up).
     pub connect_permits: Arc<Semaphore>,
+    /// `--join-at-once`: the first session of every connection waits until this turns
+    /// true before it sends its joins (roomcast protocol; Socket.IO joins are not gated).
+    pub join_gate: Option<watch::Receiver<bool>>,
 }
 
 /// A publish order from the pacer.
@@ -71,6 +76,8 @@ struct Conn {
     url: usize,
     seq: u64,
     ever_ready: bool,
+    /// Whether this connection's first session was counted in `Recorder::sessions`.
+    counted_session: bool,
 }
 
 /// Runs one connection until the run stops (or, without `--resume`, until it closes) and
@@ -90,6 +97,7 @@ pub async fn run(
         url,
         seq: 0,
         ever_ready: false,
+        counted_session: false,
     };
     c.main().await;
     if !c.ever_ready {
@@ -215,6 +223,25 @@ impl Conn {
         let mut all_joined = false;
         // ref (sequence) -> slot of sends waiting for their ack.
         let mut pending: HashMap<u64, usize> = HashMap::new();
+        if !self.counted_session {
+            self.counted_session = true;
+            rec.sessions.fetch_add(1, Ordering::Relaxed);
+        }
+        if protocol == Protocol::Roomcast
+            && let Some(mut gate) = shared.join_gate.clone()
+        {
+            // The frames that arrive meanwhile (welcome) wait in the socket.
+            let mut stop = self.stop.clone();
+            let released = tokio::select! {
+                // Opened (or the orchestrator is gone, which stops the run anyway).
+                _ = async { gate.wait_for(|open| *open).await.map(|_| ()) } => true,
+                _ = stopped(&mut stop) => false,
+            };
+            if !released {
+                let _ = tokio::time::timeout(Duration::from_secs(2), ws.close(None)).await;
+                return (End::Stopped, false);
+            }
+        }
         if protocol == Protocol::Roomcast {
             for f in self.join_frames() {
                 if let Err(e) = ws.send(Message::text(f)).await {
@@ -277,23 +304,35 @@ impl Conn {
                     let text = match msg {
                         Message::Text(t) => t,
                         Message::Close(f) => {
+                            rec.frame(FrameKind::Other, f.as_ref().map_or(0, |f| 2 + f.reason.len()));
                             break End::Closed(match f {
                                 Some(f) => format!("{} {}", u16::from(f.code), f.reason),
                                 None => "close".into(),
                             });
                         }
-                        _ => continue,
+                        other => {
+                            rec.frame(FrameKind::Other, other.len());
+                            continue;
+                        }
                     };
                     let event = match wire::decode(protocol, &text) {
                         Ok(e) => e,
                         Err(e) => break End::Closed(e),
                     };
+                    rec.frame(event.kind(), text.len());
                     let reply: Option<Vec<String>> = match event {
                         Event::EioOpen => Some(vec![wire::SIO_CONNECT.to_string()]),
                         Event::EioPing => Some(vec![wire::EIO_PONG.to_string()]),
                         Event::SioConnected => Some(self.join_frames()),
-                        Event::Welcome | Event::Other => None,
-                        Event::Joined { room, offset, recovered } => {
+                        Event::Welcome | Event::Other | Event::Members => None,
+                        Event::Presence { summary } => {
+                            if summary {
+                                rec.presence_summary();
+                            }
+                            None
+                        }
+                        Event::Joined { room, offset, recovered, members_listed, member_count } => {
+                            rec.joined_size(members_listed, member_count);
                             if let Some(slot) = self.slot_of(&room) {
                                 self.spec.rooms[slot].joined(offset, recovered);
                                 if !joined[slot] {

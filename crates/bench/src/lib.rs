@@ -6,7 +6,9 @@
 //! every member keeps a ledger of the room offsets it received, so the report counts lost
 //! and duplicated messages per room. It can also speak Socket.IO v4 to the comparison peer
 //! in `benches/peers/socketio`, and sample the CPU time and RSS of the server processes
-//! from `/proc`. See BENCHMARKS.md.
+//! from `/proc`. With `--join-at-once` it opens every connection first and then releases
+//! all joins at one instant (a join storm), and reports how long the joins took and how many
+//! frames and bytes the servers wrote for them, by frame type. See BENCHMARKS.md.
 //!
 //! What the roomcast protocol defines (message ids, room names, client frames) comes from
 //! `roomcast-protocol`; this crate adds only what a client needs on top: fast borrowed
@@ -44,7 +46,9 @@ use tokio::time::Instant;
 use conn::{ConnSpec, SendCmd, Shared};
 use ledger::MemberLedger;
 use net::Target;
-use report::{Report, RoomReport, ServerReport, StepReport, Totals, WatchedCpu};
+use report::{
+    JoinStorm, JoinStormInput, Report, RoomReport, ServerReport, StepReport, Totals, WatchedCpu,
+};
 use stats::{MachineSample, Recorder, ServerProbe, WatchPid, process_user_system_ticks};
 pub use wire::Protocol;
 
@@ -211,6 +215,25 @@ pub struct BenchArgs {
     /// No progress bar (it is also hidden when stdout is not a terminal).
     #[arg(long)]
     pub quiet: bool,
+
+    /// A join storm: open every connection first (WebSocket handshake only), then release
+    /// all joins at the same instant. The report's `join_storm` section gives the time from
+    /// the release until every connection had its `joined`, the frames and bytes received
+    /// from then until the servers fell quiet (by type: joined, presence, members, ...),
+    /// and with --server-pid the servers' bytes written (`wchar` of /proc/PID/io) and peak
+    /// RSS (VmHWM). roomcast protocol only.
+    #[arg(long)]
+    pub join_at_once: bool,
+
+    /// --join-at-once: the storm's accounting ends once every connection joined and no
+    /// frame arrived for this long (at most --join-timeout after the release).
+    #[arg(long, default_value = "3s", value_parser = parse_duration)]
+    pub storm_quiet: Duration,
+
+    /// Exit non-zero (like --fail-on-loss) when any connection closed during the run, for
+    /// runs that must hold every connection open (without --resume a close ends it).
+    #[arg(long)]
+    pub fail_on_disconnect: bool,
 }
 
 /// The workload: who is in which room and who publishes.
@@ -337,6 +360,10 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<()> {
     let probe = ServerProbe::new(args.server_pids.clone());
     let before_connect = probe.sample();
 
+    if args.join_at_once && args.protocol != Protocol::Roomcast {
+        bail!("--join-at-once needs --protocol roomcast");
+    }
+    let (gate_tx, gate_rx) = watch::channel(false);
     let shared = Arc::new(Shared {
         protocol: args.protocol,
         targets: targets.clone(),
@@ -349,6 +376,7 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<()> {
         backoff_min: args.backoff,
         backoff_max: args.backoff_max,
         connect_permits: Arc::new(Semaphore::new(args.connect_concurrency.max(1))),
+        join_gate: args.join_at_once.then_some(gate_rx),
     });
     let (stop_tx, stop_rx) = watch::channel(false);
     let n = args.connections;
@@ -381,6 +409,31 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<()> {
     let pb = progress(&args, n as u64);
     pb.set_prefix("connect");
     let t_connect = Instant::now();
+    let mut storm_start = None;
+    if args.join_at_once {
+        // Every handshake first; then the joins, all at once.
+        loop {
+            let sessions = rec.sessions.load(Ordering::Relaxed);
+            let failed = rec.failed.load(Ordering::Relaxed);
+            pb.set_position(sessions as u64);
+            if sessions + failed >= n || t_connect.elapsed() >= args.join_timeout {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        // Let the welcome frames arrive before the counters are read.
+        tokio::time::sleep(Duration::from_millis(200)).await;
+        storm_start = Some((
+            Instant::now(),
+            rec.sessions.load(Ordering::Relaxed),
+            rec.frame_counts(),
+            probe.sample(),
+            t_connect.elapsed().as_secs_f64(),
+        ));
+        let _ = gate_tx.send(true);
+        pb.set_prefix("join");
+    }
+    let t_join = Instant::now();
     loop {
         let ready = rec.ready.load(Ordering::Relaxed);
         let failed = rec.failed.load(Ordering::Relaxed);
@@ -392,10 +445,48 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<()> {
         if ready + failed >= n || t_connect.elapsed() >= args.join_timeout {
             break;
         }
-        tokio::time::sleep(Duration::from_millis(50)).await;
+        tokio::time::sleep(Duration::from_millis(if args.join_at_once {
+            5
+        } else {
+            50
+        }))
+        .await;
     }
     let connect_seconds = t_connect.elapsed().as_secs_f64();
+    let join_seconds = t_join.elapsed().as_secs_f64();
     let ready = rec.ready.load(Ordering::Relaxed);
+    let join_storm = match storm_start {
+        Some((t0, sessions, frames0, server0, handshake_seconds)) => {
+            // Wait for the servers to fall quiet: presence of the last joins still flows.
+            let quiet_us = args.storm_quiet.as_micros() as u64;
+            let quiet = loop {
+                if wire::now_us().saturating_sub(rec.last_frame_us()) >= quiet_us {
+                    break true;
+                }
+                if t0.elapsed() >= args.join_timeout {
+                    break false;
+                }
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            };
+            let last = rec.last_frame_us();
+            let storm_seconds =
+                t0.elapsed().as_secs_f64() - wire::now_us().saturating_sub(last) as f64 / 1e6;
+            let server1 = probe.sample();
+            Some(JoinStorm::new(
+                JoinStormInput {
+                    sessions,
+                    handshake_seconds,
+                    joined: ready,
+                    join_seconds,
+                    storm_seconds: storm_seconds.max(join_seconds),
+                    quiet,
+                    frames: rec.frame_counts().since(&frames0),
+                },
+                (!probe.is_empty()).then_some((server0, server1)),
+            ))
+        }
+        None => None,
+    };
 
     // Publish, step by step.
     let mut step_reports = Vec::new();
@@ -585,6 +676,7 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<()> {
         )
     });
     let totals = Totals::collect(&rec, &rooms, settled);
+    let open_at_end = ready.saturating_sub(totals.disconnects as usize);
     let report = Report {
         protocol: args.protocol,
         urls: targets.iter().map(|t| t.url.clone()).collect(),
@@ -605,15 +697,23 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<()> {
         send_lag_us: rec.send_lag_summary(),
         totals,
         server,
+        join_storm,
+        open_at_end,
         rooms_detail: rooms,
     };
-    let failures = report.failures(steps.iter().any(|r| *r > 0.0));
+    let mut failures = report.failures(steps.iter().any(|r| *r > 0.0));
+    if args.fail_on_disconnect && report.totals.disconnects > 0 {
+        failures.push(format!(
+            "{} connections closed during the run (closes {:?})",
+            report.totals.disconnects, report.totals.closes_by_reason
+        ));
+    }
     if args.json {
         println!("{}", serde_json::to_string_pretty(&report)?);
     } else {
         report.print();
     }
-    if args.fail_on_loss && !failures.is_empty() {
+    if (args.fail_on_loss || args.fail_on_disconnect) && !failures.is_empty() {
         bail!("bench failed: {}", failures.join("; "));
     }
     Ok(())

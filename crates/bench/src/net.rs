@@ -109,10 +109,13 @@ pub fn auto_source_ips(targets: &[Target], connections: usize) -> Vec<IpAddr> {
 
 fn ws_config() -> WebSocketConfig {
     // Small buffers: the bench holds tens of thousands of connections; frames are small.
+    // Messages up to 64 MiB: a `joined` that lists every member of a room of 100,000 is
+    // several MiB (servers from before issue 13 list them all).
     WebSocketConfig::default()
         .read_buffer_size(4096)
         .write_buffer_size(0)
-        .max_message_size(Some(1 << 20))
+        .max_message_size(Some(64 << 20))
+        .max_frame_size(Some(64 << 20))
 }
 
 /// Opens a TCP connection (from `source` when given) and performs the WebSocket handshake.

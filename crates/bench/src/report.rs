@@ -5,7 +5,7 @@ use std::sync::atomic::Ordering;
 
 use serde::Serialize;
 
-use super::stats::{Recorder, Summary};
+use super::stats::{FrameCounts, Recorder, ServerSample, Summary};
 use super::wire::Protocol;
 
 /// One rate step.
@@ -191,6 +191,150 @@ pub struct Totals {
     pub closes_by_reason: BTreeMap<String, u64>,
     /// Whether the settle wait ended with every send acked and deliveries quiet.
     pub settled: bool,
+    /// Every frame the connections received during the whole run, by type.
+    pub frames_by_type: BTreeMap<String, FrameTally>,
+}
+
+/// Frames of one type and their WebSocket payload bytes.
+#[derive(Serialize, Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct FrameTally {
+    pub frames: u64,
+    pub bytes: u64,
+}
+
+fn tallies(c: &FrameCounts) -> BTreeMap<String, FrameTally> {
+    c.by_kind()
+        .map(|(name, frames, bytes)| (name.to_string(), FrameTally { frames, bytes }))
+        .collect()
+}
+
+/// `--join-at-once`: what the measurement loop saw of the join storm.
+#[derive(Debug)]
+pub struct JoinStormInput {
+    /// Connections whose handshake completed before the release.
+    pub sessions: usize,
+    /// Time to open them all (handshakes only).
+    pub handshake_seconds: f64,
+    /// Connections that had their `joined`.
+    pub joined: usize,
+    /// Release until every connection had its `joined` (or the join timeout).
+    pub join_seconds: f64,
+    /// Release until the last frame before the quiet period.
+    pub storm_seconds: f64,
+    /// Whether the quiet period was reached before --join-timeout.
+    pub quiet: bool,
+    /// Frames received from the release until the quiet period.
+    pub frames: FrameCounts,
+}
+
+/// The join storm (`--join-at-once`): N connections open, then all join at one instant.
+#[derive(Serialize, Debug)]
+pub struct JoinStorm {
+    /// Connections open (handshake done) when the joins were released.
+    pub connections: usize,
+    pub handshake_seconds: f64,
+    /// Connections that had their `joined` by the end.
+    pub joined: usize,
+    /// Release until every connection had its `joined`.
+    pub join_seconds: f64,
+    /// Release until the last frame of the storm (joins and presence all delivered).
+    pub storm_seconds: f64,
+    /// false: frames still arrived when --join-timeout ran out.
+    pub quiet: bool,
+    /// Frames received from the release to the end of the storm, by type.
+    pub frames_by_type: BTreeMap<String, FrameTally>,
+    pub frames: u64,
+    /// WebSocket payload bytes of those frames.
+    pub bytes: u64,
+    /// Payload bytes plus WebSocket frame headers: what the servers wrote to the sockets.
+    pub wire_bytes: u64,
+    /// Presence frames that were summaries (`"event":"summary"`).
+    pub presence_summaries: u64,
+    /// Largest `members` list in a `joined` (entries).
+    pub max_members_listed: u64,
+    /// Largest `member_count` in a `joined` (absent from servers that do not send it).
+    pub max_member_count: Option<u64>,
+    /// Bytes the --server-pid processes wrote (`wchar`, /proc/PID/io) over the same
+    /// window: the cross-check of `wire_bytes`.
+    pub server_wchar_bytes: Option<u64>,
+    /// server_wchar_bytes / wire_bytes.
+    pub server_wchar_over_wire: Option<f64>,
+    /// Peak RSS of the --server-pid processes since they started (VmHWM, summed), KiB.
+    pub server_peak_rss_kib: Option<u64>,
+    /// VmRSS at the release and at the end of the storm, KiB.
+    pub server_rss_at_release_kib: Option<u64>,
+    pub server_rss_after_kib: Option<u64>,
+}
+
+impl JoinStorm {
+    pub fn new(i: JoinStormInput, server: Option<(ServerSample, ServerSample)>) -> Self {
+        let wire = i.frames.wire_bytes();
+        let wchar = server.and_then(|(a, b)| Some(b.wchar?.saturating_sub(a.wchar?)));
+        JoinStorm {
+            connections: i.sessions,
+            handshake_seconds: round(i.handshake_seconds, 3),
+            joined: i.joined,
+            join_seconds: round(i.join_seconds, 3),
+            storm_seconds: round(i.storm_seconds, 3),
+            quiet: i.quiet,
+            frames_by_type: tallies(&i.frames),
+            frames: i.frames.total_frames(),
+            bytes: i.frames.total_bytes(),
+            wire_bytes: wire,
+            presence_summaries: i.frames.presence_summaries,
+            max_members_listed: i.frames.max_members_listed,
+            max_member_count: (i.frames.max_member_count > 0).then_some(i.frames.max_member_count),
+            server_wchar_bytes: wchar,
+            server_wchar_over_wire: wchar
+                .filter(|_| wire > 0)
+                .map(|w| round(w as f64 / wire as f64, 3)),
+            server_peak_rss_kib: server.map(|(_, b)| b.hwm_kib),
+            server_rss_at_release_kib: server.map(|(a, _)| a.rss_kib),
+            server_rss_after_kib: server.map(|(_, b)| b.rss_kib),
+        }
+    }
+
+    fn print(&self) {
+        println!(
+            "join storm: {} connections (handshakes in {:.2} s) joined at once: {}/{} had their joined after {:.3} s; last frame after {:.3} s{}",
+            self.connections,
+            self.handshake_seconds,
+            self.joined,
+            self.connections,
+            self.join_seconds,
+            self.storm_seconds,
+            if self.quiet {
+                ""
+            } else {
+                " (still busy at --join-timeout)"
+            }
+        );
+        println!(
+            "  received {} frames, {} payload bytes ({} on the wire with headers); joined listed at most {} members{}, {} presence summaries",
+            self.frames,
+            self.bytes,
+            self.wire_bytes,
+            self.max_members_listed,
+            self.max_member_count
+                .map(|c| format!(" (member_count up to {c})"))
+                .unwrap_or_default(),
+            self.presence_summaries
+        );
+        let parts: Vec<String> = self
+            .frames_by_type
+            .iter()
+            .filter(|(_, t)| t.frames > 0)
+            .map(|(k, t)| format!("{k} {} ({} B)", t.frames, t.bytes))
+            .collect();
+        println!("  by type: {}", parts.join(", "));
+        if let Some(w) = self.server_wchar_bytes {
+            println!(
+                "  server wrote {w} bytes (wchar), {} x the bytes received; peak RSS {} KiB",
+                opt(self.server_wchar_over_wire, 3),
+                self.server_peak_rss_kib.unwrap_or(0)
+            );
+        }
+    }
 }
 
 impl Totals {
@@ -224,6 +368,7 @@ impl Totals {
             errors_by_code: rec.errors(),
             closes_by_reason: rec.closes(),
             settled,
+            frames_by_type: tallies(&rec.frame_counts()),
         }
     }
 }
@@ -282,6 +427,11 @@ pub struct Report {
     pub send_lag_us: Summary,
     pub totals: Totals,
     pub server: Option<ServerReport>,
+    /// `--join-at-once` only.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub join_storm: Option<JoinStorm>,
+    /// Connections that joined and were still open when the run stopped them.
+    pub open_at_end: usize,
     pub rooms_detail: Vec<RoomReport>,
 }
 
@@ -348,6 +498,9 @@ impl Report {
                 .map(|e| format!("; first error: {e}"))
                 .unwrap_or_default()
         );
+        if let Some(j) = &self.join_storm {
+            j.print();
+        }
         println!(
             "{:>8} {:>9} {:>12} {:>8} {:>8} {:>8} {:>8} {:>8} {:>10} {:>8} {:>12} {:>6} {:>8}",
             "rate/s",
@@ -434,9 +587,21 @@ impl Report {
             );
         }
         println!(
-            "connections: {} connects, {} disconnects, {} reconnects, errors {:?}, closes {:?}",
-            t.connects, t.disconnects, t.reconnects, t.errors_by_code, t.closes_by_reason
+            "connections: {} connects, {} disconnects, {} reconnects, {} open at the end, errors {:?}, closes {:?}",
+            t.connects,
+            t.disconnects,
+            t.reconnects,
+            self.open_at_end,
+            t.errors_by_code,
+            t.closes_by_reason
         );
+        let frames: Vec<String> = t
+            .frames_by_type
+            .iter()
+            .filter(|(_, f)| f.frames > 0)
+            .map(|(k, f)| format!("{k} {}", f.frames))
+            .collect();
+        println!("frames received: {}", frames.join(", "));
         println!(
             "publisher lag behind schedule: p99 {} ms, max {} ms",
             ms(self.send_lag_us.p99),

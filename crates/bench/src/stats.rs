@@ -10,6 +10,7 @@ use hdrhistogram::Histogram;
 use serde::Serialize;
 
 use super::ledger::RoomLedger;
+use super::wire::FrameKind;
 
 /// Highest latency the histograms hold (60 s, in microseconds); larger values saturate.
 const MAX_LATENCY_US: u64 = 60_000_000;
@@ -69,6 +70,11 @@ pub struct Recorder {
     pub ready: AtomicUsize,
     /// Connections that gave up before being ready.
     pub failed: AtomicUsize,
+    /// Connections whose first WebSocket handshake completed (`--join-at-once` waits for
+    /// all of them before releasing the joins).
+    pub sessions: AtomicUsize,
+    /// Every frame received, by kind (see [`FrameCounts`]).
+    frames: FrameCounters,
     /// Time between the pacer scheduling a send and the connection writing it.
     send_lag: Mutex<Histogram<u64>>,
     errors: Mutex<BTreeMap<String, u64>>,
@@ -96,6 +102,8 @@ impl Recorder {
             last_delivery_us: AtomicU64::new(0),
             ready: AtomicUsize::new(0),
             failed: AtomicUsize::new(0),
+            sessions: AtomicUsize::new(0),
+            frames: FrameCounters::default(),
             send_lag: Mutex::new(histogram()),
             errors: Mutex::new(BTreeMap::new()),
             closes: Mutex::new(BTreeMap::new()),
@@ -116,6 +124,52 @@ impl Recorder {
         if cross {
             s.cross_deliveries.fetch_add(1, Ordering::Relaxed);
             lock(&s.cross).saturating_record(latency_us);
+        }
+    }
+
+    /// Counts one frame received from a server: its kind and payload length.
+    pub fn frame(&self, kind: FrameKind, payload_bytes: usize) {
+        let f = &self.frames;
+        let i = kind.index();
+        f.frames[i].fetch_add(1, Ordering::Relaxed);
+        f.bytes[i].fetch_add(payload_bytes as u64, Ordering::Relaxed);
+        f.headers
+            .fetch_add(ws_header_bytes(payload_bytes), Ordering::Relaxed);
+        f.last_us.store(super::wire::now_us(), Ordering::Relaxed);
+    }
+
+    /// Records what a `joined` said about the room's size.
+    pub fn joined_size(&self, listed: Option<usize>, member_count: Option<u64>) {
+        if let Some(n) = listed {
+            self.frames
+                .max_members_listed
+                .fetch_max(n as u64, Ordering::Relaxed);
+        }
+        if let Some(n) = member_count {
+            self.frames.max_member_count.fetch_max(n, Ordering::Relaxed);
+        }
+    }
+
+    /// Counts a presence summary (`"event":"summary"`).
+    pub fn presence_summary(&self) {
+        self.frames.summaries.fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// Unix time (µs) of the last frame received, 0 before the first.
+    pub fn last_frame_us(&self) -> u64 {
+        self.frames.last_us.load(Ordering::Relaxed)
+    }
+
+    /// The frame counters now.
+    pub fn frame_counts(&self) -> FrameCounts {
+        let f = &self.frames;
+        FrameCounts {
+            frames: std::array::from_fn(|i| f.frames[i].load(Ordering::Relaxed)),
+            bytes: std::array::from_fn(|i| f.bytes[i].load(Ordering::Relaxed)),
+            header_bytes: f.headers.load(Ordering::Relaxed),
+            presence_summaries: f.summaries.load(Ordering::Relaxed),
+            max_members_listed: f.max_members_listed.load(Ordering::Relaxed),
+            max_member_count: f.max_member_count.load(Ordering::Relaxed),
         }
     }
 
@@ -170,6 +224,85 @@ impl Recorder {
     }
 }
 
+const KINDS: usize = FrameKind::ALL.len();
+
+/// Frame counters by [`FrameKind`].
+#[derive(Default)]
+struct FrameCounters {
+    frames: [AtomicU64; KINDS],
+    /// WebSocket payload bytes.
+    bytes: [AtomicU64; KINDS],
+    /// WebSocket frame headers of all frames.
+    headers: AtomicU64,
+    summaries: AtomicU64,
+    max_members_listed: AtomicU64,
+    max_member_count: AtomicU64,
+    last_us: AtomicU64,
+}
+
+/// A snapshot of the frames received so far, by [`FrameKind`] (index = `FrameKind::index`).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct FrameCounts {
+    pub frames: [u64; KINDS],
+    /// WebSocket payload bytes (what the server serialized).
+    pub bytes: [u64; KINDS],
+    /// WebSocket frame headers of all those frames.
+    pub header_bytes: u64,
+    pub presence_summaries: u64,
+    /// Largest `members` list in a `joined` (not a difference in [`FrameCounts::since`]).
+    pub max_members_listed: u64,
+    /// Largest `member_count` in a `joined` (likewise).
+    pub max_member_count: u64,
+}
+
+impl FrameCounts {
+    /// What arrived between `before` and `self`.
+    pub fn since(&self, before: &FrameCounts) -> FrameCounts {
+        FrameCounts {
+            frames: std::array::from_fn(|i| self.frames[i].saturating_sub(before.frames[i])),
+            bytes: std::array::from_fn(|i| self.bytes[i].saturating_sub(before.bytes[i])),
+            header_bytes: self.header_bytes.saturating_sub(before.header_bytes),
+            presence_summaries: self
+                .presence_summaries
+                .saturating_sub(before.presence_summaries),
+            max_members_listed: self.max_members_listed,
+            max_member_count: self.max_member_count,
+        }
+    }
+
+    pub fn total_frames(&self) -> u64 {
+        self.frames.iter().sum()
+    }
+
+    pub fn total_bytes(&self) -> u64 {
+        self.bytes.iter().sum()
+    }
+
+    /// Bytes on the wire from the server: payloads plus WebSocket frame headers (server
+    /// frames are unmasked: 2 bytes, 4 from 126 bytes of payload, 10 from 64 KiB), assuming
+    /// one frame per message, as the gateway writes them. Comparable to the server's
+    /// `wchar` (which also holds HTTP upgrade answers and whatever else it wrote).
+    pub fn wire_bytes(&self) -> u64 {
+        self.total_bytes() + self.header_bytes
+    }
+
+    /// `(kind name, frames, bytes)` for every kind.
+    pub fn by_kind(&self) -> impl Iterator<Item = (&'static str, u64, u64)> + '_ {
+        FrameKind::ALL
+            .iter()
+            .map(|k| (k.name(), self.frames[k.index()], self.bytes[k.index()]))
+    }
+}
+
+/// Length of the header of an unmasked WebSocket frame carrying `payload` bytes.
+pub fn ws_header_bytes(payload: usize) -> u64 {
+    match payload {
+        0..=125 => 2,
+        126..=65_535 => 4,
+        _ => 10,
+    }
+}
+
 /// Latency percentiles in microseconds.
 #[derive(Serialize, Debug, Clone, Default)]
 pub struct Summary {
@@ -209,6 +342,11 @@ pub struct ServerSample {
     pub user_ticks: u64,
     /// Sum of VmRSS, KiB.
     pub rss_kib: u64,
+    /// Sum of VmHWM (peak RSS since the process started), KiB.
+    pub hwm_kib: u64,
+    /// Sum of `wchar` from `/proc/<pid>/io`: bytes the processes passed to write system
+    /// calls (sockets and files alike); `None` when a process's `io` was unreadable.
+    pub wchar: Option<u64>,
 }
 
 /// Reads `/proc/<pid>/stat` and `/proc/<pid>/status` of the given processes.
@@ -243,7 +381,10 @@ impl ServerProbe {
     }
 
     pub fn sample(&self) -> ServerSample {
-        let mut s = ServerSample::default();
+        let mut s = ServerSample {
+            wchar: Some(0),
+            ..ServerSample::default()
+        };
         for pid in &self.pids {
             if let Ok(stat) = std::fs::read_to_string(format!("/proc/{pid}/stat"))
                 && let Some((user, system)) = user_system_ticks(&stat)
@@ -253,7 +394,12 @@ impl ServerProbe {
             }
             if let Ok(status) = std::fs::read_to_string(format!("/proc/{pid}/status")) {
                 s.rss_kib += vm_rss_kib(&status).unwrap_or(0);
+                s.hwm_kib += status_kib(&status, "VmHWM:").unwrap_or(0);
             }
+            let wchar = std::fs::read_to_string(format!("/proc/{pid}/io"))
+                .ok()
+                .and_then(|io| io_field(&io, "wchar:"));
+            s.wchar = s.wchar.zip(wchar).map(|(a, b)| a + b);
         }
         s
     }
@@ -367,7 +513,18 @@ fn user_system_ticks(stat: &str) -> Option<(u64, u64)> {
 }
 
 fn vm_rss_kib(status: &str) -> Option<u64> {
-    let line = status.lines().find(|l| l.starts_with("VmRSS:"))?;
+    status_kib(status, "VmRSS:")
+}
+
+/// A `Name:   123 kB` line of `/proc/<pid>/status`, KiB.
+fn status_kib(status: &str, name: &str) -> Option<u64> {
+    let line = status.lines().find(|l| l.starts_with(name))?;
+    line.split_whitespace().nth(1)?.parse().ok()
+}
+
+/// A `name: 123` line of `/proc/<pid>/io`.
+fn io_field(io: &str, name: &str) -> Option<u64> {
+    let line = io.lines().find(|l| l.starts_with(name))?;
     line.split_whitespace().nth(1)?.parse().ok()
 }
 
@@ -402,5 +559,34 @@ mod tests {
         let p = ServerProbe::new(vec![std::process::id()]);
         let s = p.sample();
         assert!(s.rss_kib > 0);
+        assert!(s.hwm_kib >= s.rss_kib);
+        assert!(s.wchar.is_some(), "own /proc/self/io is readable");
+    }
+
+    #[test]
+    fn reads_proc_io_and_status_fields() {
+        let io = "rchar: 10\nwchar: 4096\nsyscr: 1\n";
+        assert_eq!(io_field(io, "wchar:"), Some(4096));
+        let status = "Name:\tx\nVmHWM:\t  2048 kB\nVmRSS:\t  1024 kB\n";
+        assert_eq!(status_kib(status, "VmHWM:"), Some(2048));
+        assert_eq!(vm_rss_kib(status), Some(1024));
+    }
+
+    #[test]
+    fn counts_frames_by_kind_with_headers() {
+        let rec = Recorder::new(1, 1);
+        let before = rec.frame_counts();
+        rec.frame(FrameKind::Presence, 100);
+        rec.frame(FrameKind::Joined, 200);
+        rec.frame(FrameKind::Presence, 70_000);
+        rec.joined_size(Some(100), Some(5000));
+        let d = rec.frame_counts().since(&before);
+        assert_eq!(d.frames[FrameKind::Presence.index()], 2);
+        assert_eq!(d.total_frames(), 3);
+        assert_eq!(d.total_bytes(), 70_300);
+        assert_eq!(d.wire_bytes(), 70_300 + 2 + 4 + 10);
+        assert_eq!(d.max_member_count, 5000);
+        assert_eq!(ws_header_bytes(125), 2);
+        assert_eq!(ws_header_bytes(126), 4);
     }
 }

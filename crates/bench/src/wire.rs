@@ -54,6 +54,11 @@ pub enum Event<'a> {
         room: Cow<'a, str>,
         offset: Option<MsgId>,
         recovered: Option<bool>,
+        /// Entries in its `members` list (counted, not kept).
+        members_listed: Option<usize>,
+        /// `member_count`, when the server sends it (large rooms list only the first
+        /// members and give the total here).
+        member_count: Option<u64>,
     },
     /// A chat message in a joined room.
     Message {
@@ -71,8 +76,128 @@ pub enum Event<'a> {
         code: Cow<'a, str>,
         reference: Option<Cow<'a, str>>,
     },
-    /// Presence, left, and anything else the bench only counts.
+    /// Another member joined or left (`event` `join` / `leave`), or a summary of a large
+    /// room's changes (`event` `summary`, no `user`): only counted.
+    Presence { summary: bool },
+    /// More of a room's member list (`members`, sent after a `joined` that listed only
+    /// the first members): only counted.
+    Members,
+    /// `left`, `typing` and anything else the bench only counts (unknown frame types
+    /// included, so a newer server never fails a run).
     Other,
+}
+
+/// What kind of frame a server sent, for the per-type frame and byte counts.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum FrameKind {
+    Welcome,
+    Joined,
+    Presence,
+    Members,
+    Message,
+    Ack,
+    Error,
+    /// Everything else, control frames (ping, close) included.
+    Other,
+}
+
+impl FrameKind {
+    /// Every kind, in report order.
+    pub const ALL: [FrameKind; 8] = [
+        FrameKind::Welcome,
+        FrameKind::Joined,
+        FrameKind::Presence,
+        FrameKind::Members,
+        FrameKind::Message,
+        FrameKind::Ack,
+        FrameKind::Error,
+        FrameKind::Other,
+    ];
+
+    /// The name in reports (the protocol's `type`, `other` for the rest).
+    pub fn name(self) -> &'static str {
+        match self {
+            FrameKind::Welcome => "welcome",
+            FrameKind::Joined => "joined",
+            FrameKind::Presence => "presence",
+            FrameKind::Members => "members",
+            FrameKind::Message => "message",
+            FrameKind::Ack => "ack",
+            FrameKind::Error => "error",
+            FrameKind::Other => "other",
+        }
+    }
+
+    /// Position in [`FrameKind::ALL`].
+    pub fn index(self) -> usize {
+        self as usize
+    }
+}
+
+impl Event<'_> {
+    /// The frame kind this event was decoded from.
+    pub fn kind(&self) -> FrameKind {
+        match self {
+            Event::Welcome => FrameKind::Welcome,
+            Event::Joined { .. } => FrameKind::Joined,
+            Event::Presence { .. } => FrameKind::Presence,
+            Event::Members => FrameKind::Members,
+            Event::Message { .. } => FrameKind::Message,
+            Event::Ack { .. } => FrameKind::Ack,
+            Event::Error { .. } => FrameKind::Error,
+            Event::EioOpen | Event::SioConnected | Event::EioPing | Event::Other => {
+                FrameKind::Other
+            }
+        }
+    }
+}
+
+/// The length of a JSON array, counted without keeping its elements (a `joined` of the
+/// current gateway lists every member of the room: thousands of objects in a join storm).
+/// Any other JSON value counts as 0, so an unexpected shape never fails a frame.
+struct ListLen(usize);
+
+impl<'de> Deserialize<'de> for ListLen {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        use serde::de::{IgnoredAny, MapAccess, SeqAccess, Visitor};
+        struct Count;
+        impl<'de> Visitor<'de> for Count {
+            type Value = ListLen;
+            fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+                f.write_str("any JSON value")
+            }
+            fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<ListLen, A::Error> {
+                let mut n = 0;
+                while seq.next_element::<IgnoredAny>()?.is_some() {
+                    n += 1;
+                }
+                Ok(ListLen(n))
+            }
+            fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<ListLen, A::Error> {
+                while map.next_entry::<IgnoredAny, IgnoredAny>()?.is_some() {}
+                Ok(ListLen(0))
+            }
+            fn visit_bool<E>(self, _: bool) -> Result<ListLen, E> {
+                Ok(ListLen(0))
+            }
+            fn visit_i64<E>(self, _: i64) -> Result<ListLen, E> {
+                Ok(ListLen(0))
+            }
+            fn visit_u64<E>(self, _: u64) -> Result<ListLen, E> {
+                Ok(ListLen(0))
+            }
+            fn visit_f64<E>(self, _: f64) -> Result<ListLen, E> {
+                Ok(ListLen(0))
+            }
+            fn visit_str<E>(self, _: &str) -> Result<ListLen, E> {
+                Ok(ListLen(0))
+            }
+            fn visit_unit<E>(self) -> Result<ListLen, E> {
+                Ok(ListLen(0))
+            }
+        }
+        d.deserialize_any(Count)
+    }
 }
 
 /// The union of fields the bench reads from any server frame (both protocols use the same
@@ -95,6 +220,19 @@ struct Fields<'a> {
     reference: Option<Cow<'a, str>>,
     #[serde(borrow, default)]
     code: Option<Cow<'a, str>>,
+    /// `presence`: `join`, `leave` or `summary`.
+    #[serde(borrow, default)]
+    event: Option<Cow<'a, str>>,
+    #[serde(default)]
+    members: Option<ListLen>,
+    #[serde(default, deserialize_with = "lenient_u64")]
+    member_count: Option<u64>,
+}
+
+/// A non-negative integer, or `None` for anything else (a newer server must not fail a
+/// frame by the shape of a field the bench only reports).
+fn lenient_u64<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Option<u64>, D::Error> {
+    Ok(serde_json::Value::deserialize(d)?.as_u64())
 }
 
 fn event_from<'a>(protocol: Protocol, kind: &str, f: Fields<'a>) -> Event<'a> {
@@ -105,7 +243,13 @@ fn event_from<'a>(protocol: Protocol, kind: &str, f: Fields<'a>) -> Event<'a> {
             room: f.room.unwrap_or_default(),
             offset: id(&f.offset),
             recovered: f.recovered,
+            members_listed: f.members.map(|m| m.0),
+            member_count: f.member_count,
         },
+        "presence" => Event::Presence {
+            summary: f.event.as_deref() == Some("summary"),
+        },
+        "members" => Event::Members,
         "message" => Event::Message {
             id: id(&f.id),
             room: f.room.unwrap_or_default(),
@@ -342,6 +486,72 @@ mod tests {
             }
             e => panic!("unexpected {e:?}"),
         }
+    }
+
+    #[test]
+    fn decodes_joined_of_both_gateway_generations() {
+        // Before issue 13: every member listed, no member_count.
+        let old = r##"{"type":"joined","room":"r","you":{"name":"a","color":"#000000"},"members":[{"name":"a","color":"#000000"},{"name":"b","color":"#111111"}],"offset":"0-0"}"##;
+        match decode(Protocol::Roomcast, old).unwrap() {
+            Event::Joined {
+                members_listed,
+                member_count,
+                offset,
+                ..
+            } => {
+                assert_eq!(members_listed, Some(2));
+                assert_eq!(member_count, None);
+                assert_eq!(offset, Some(MsgId { ms: 0, seq: 0 }));
+            }
+            e => panic!("unexpected {e:?}"),
+        }
+        // After: the first members, the count and a cursor for the rest; unknown fields
+        // are ignored.
+        let new = r#"{"type":"joined","room":"r","you":{"name":"a"},"members":[],"member_count":5000,"members_next":"c1","offset":"5-1","new_field":{"x":[1]}}"#;
+        match decode(Protocol::Roomcast, new).unwrap() {
+            Event::Joined {
+                members_listed,
+                member_count,
+                ..
+            } => {
+                assert_eq!(members_listed, Some(0));
+                assert_eq!(member_count, Some(5000));
+            }
+            e => panic!("unexpected {e:?}"),
+        }
+        // A member_count of an unexpected shape is ignored, not an error.
+        let odd = r#"{"type":"joined","room":"r","members":{"n":1},"member_count":"many","offset":"0-0"}"#;
+        assert!(matches!(
+            decode(Protocol::Roomcast, odd).unwrap(),
+            Event::Joined {
+                members_listed: Some(0),
+                member_count: None,
+                ..
+            }
+        ));
+    }
+
+    #[test]
+    fn presence_summaries_members_pages_and_unknown_types_are_counted_not_errors() {
+        let summary = r#"{"type":"presence","room":"r","event":"summary","joined":12,"left":3,"member_count":5009}"#;
+        let e = decode(Protocol::Roomcast, summary).unwrap();
+        assert!(matches!(e, Event::Presence { summary: true }));
+        assert_eq!(e.kind(), FrameKind::Presence);
+        let join = r##"{"type":"presence","room":"r","event":"join","user":{"name":"b","color":"#111111"}}"##;
+        assert!(matches!(
+            decode(Protocol::Roomcast, join).unwrap(),
+            Event::Presence { summary: false }
+        ));
+        let page = r#"{"type":"members","room":"r","members":[{"name":"c"}],"members_next":null}"#;
+        assert_eq!(
+            decode(Protocol::Roomcast, page).unwrap().kind(),
+            FrameKind::Members
+        );
+        let unknown = r#"{"type":"something_new","room":"r"}"#;
+        assert_eq!(
+            decode(Protocol::Roomcast, unknown).unwrap().kind(),
+            FrameKind::Other
+        );
     }
 
     #[test]

@@ -54,6 +54,18 @@ pub enum ClientFrame {
         #[serde(default, rename = "ref", skip_serializing_if = "Option::is_none")]
         reference: Option<String>,
     },
+    /// A page of a joined room's members after the cursor `after` (absent: from the
+    /// start), at most `limit` (default `presence.members_in_join`, at most
+    /// [`MAX_MEMBERS_LIMIT`]).
+    Members {
+        room: String,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        after: Option<String>,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        limit: Option<u32>,
+        #[serde(default, rename = "ref", skip_serializing_if = "Option::is_none")]
+        reference: Option<String>,
+    },
     /// The connection token (jwt mode), when not given as `?token=` on `/ws`.
     Auth {
         token: String,
@@ -69,7 +81,15 @@ pub enum ClientFrame {
 }
 
 /// The `type`s a client may send.
-pub const CLIENT_TYPES: [&str; 6] = ["join", "leave", "send", "typing", "auth", "refresh"];
+pub const CLIENT_TYPES: [&str; 7] = [
+    "join", "leave", "send", "typing", "members", "auth", "refresh",
+];
+
+/// Largest `limit` of a `members` request.
+pub const MAX_MEMBERS_LIMIT: u32 = 1000;
+
+/// Longest `after` cursor of a `members` request.
+pub const MAX_CURSOR_BYTES: usize = 1024;
 
 /// Longest `idem` key a client may attach to a `send`.
 pub const MAX_IDEM_BYTES: usize = 64;
@@ -82,6 +102,7 @@ impl ClientFrame {
             | ClientFrame::Leave { reference, .. }
             | ClientFrame::Send { reference, .. }
             | ClientFrame::Typing { reference, .. }
+            | ClientFrame::Members { reference, .. }
             | ClientFrame::Auth { reference, .. }
             | ClientFrame::Refresh { reference, .. } => reference.as_deref(),
         }
@@ -151,6 +172,28 @@ pub fn parse_client_frame(text: &str) -> Result<ClientFrame, FrameError> {
                 )
                 .with_ref(reference.as_deref()));
             }
+            if let ClientFrame::Members {
+                after,
+                limit,
+                reference,
+                ..
+            } = &frame
+            {
+                if limit.is_some_and(|l| l == 0 || l > MAX_MEMBERS_LIMIT) {
+                    return Err(FrameError::new(
+                        ErrorCode::BadRequest,
+                        format!("`limit` must be 1 to {MAX_MEMBERS_LIMIT}"),
+                    )
+                    .with_ref(reference.as_deref()));
+                }
+                if after.as_ref().is_some_and(|a| a.len() > MAX_CURSOR_BYTES) {
+                    return Err(FrameError::new(
+                        ErrorCode::BadRequest,
+                        format!("`after` is longer than {MAX_CURSOR_BYTES} bytes"),
+                    )
+                    .with_ref(reference.as_deref()));
+                }
+            }
             Ok(frame)
         }
         Err(err) => Err(diagnose(text, &err)),
@@ -217,7 +260,13 @@ pub enum ServerFrame<'a> {
     Joined {
         room: &'a str,
         you: &'a User,
+        /// The first members (at most `presence.members_in_join`, the joiner included).
         members: &'a [User],
+        /// The room's member count (one per user, on every replica).
+        member_count: u64,
+        /// More members than `members` holds: pass this as `after` in a `members` request.
+        #[serde(skip_serializing_if = "Option::is_none")]
+        members_next: Option<&'a str>,
         offset: MsgId,
         #[serde(skip_serializing_if = "Option::is_none")]
         recovered: Option<bool>,
@@ -233,10 +282,34 @@ pub enum ServerFrame<'a> {
         #[serde(skip_serializing_if = "std::ops::Not::not")]
         replay: bool,
     },
+    /// A join or leave in a room of at most `presence.notify_max_members` members.
     Presence {
         room: &'a str,
         event: &'a str,
         user: &'a User,
+        /// The member count after the event.
+        #[serde(skip_serializing_if = "Option::is_none")]
+        member_count: Option<u64>,
+    },
+    /// Joins and leaves in a larger room since the last summary (`event` is `"summary"`).
+    #[serde(rename = "presence")]
+    PresenceSummary {
+        room: &'a str,
+        event: &'a str,
+        member_count: u64,
+        joins: u64,
+        leaves: u64,
+    },
+    /// A page of a room's members, the answer to a `members` request.
+    Members {
+        room: &'a str,
+        members: &'a [User],
+        member_count: u64,
+        /// More members follow: pass this as `after` for the next page.
+        #[serde(skip_serializing_if = "Option::is_none")]
+        next: Option<&'a str>,
+        #[serde(rename = "ref", skip_serializing_if = "Option::is_none")]
+        reference: Option<&'a str>,
     },
     Ack {
         #[serde(rename = "ref")]
@@ -345,6 +418,42 @@ mod tests {
             "r".repeat(65)
         );
         assert_eq!(code(&long_ref), ErrorCode::BadRequest);
+    }
+
+    #[test]
+    fn members_requests_are_bounded() {
+        assert!(matches!(
+            parse_client_frame(r#"{"type":"members","room":"a","after":"u:x","limit":50}"#),
+            Ok(ClientFrame::Members {
+                limit: Some(50),
+                ..
+            })
+        ));
+        assert_eq!(
+            code(r#"{"type":"members","room":"a","limit":0}"#),
+            ErrorCode::BadRequest
+        );
+        assert_eq!(
+            code(r#"{"type":"members","room":"a","limit":1001}"#),
+            ErrorCode::BadRequest
+        );
+        let long = format!(
+            r#"{{"type":"members","room":"a","after":"{}"}}"#,
+            "x".repeat(1025)
+        );
+        assert_eq!(code(&long), ErrorCode::BadRequest);
+        let summary = ServerFrame::PresenceSummary {
+            room: "a",
+            event: "summary",
+            member_count: 250,
+            joins: 3,
+            leaves: 1,
+        }
+        .to_json();
+        assert_eq!(
+            summary,
+            r#"{"type":"presence","room":"a","event":"summary","member_count":250,"joins":3,"leaves":1}"#
+        );
     }
 
     #[test]

@@ -15,6 +15,9 @@ pub mod id;
 pub mod rules;
 
 pub use codes::{Disconnect, DisconnectReason, ErrorCode};
-pub use frames::{ClientFrame, FrameError, ServerFrame, parse_client_frame, peek_ref};
+pub use frames::{
+    ClientFrame, FrameError, MAX_CURSOR_BYTES, MAX_MEMBERS_LIMIT, ServerFrame, parse_client_frame,
+    peek_ref,
+};
 pub use id::{InvalidId, MsgId};
 pub use rules::{User, color_for, normalize_name, validate_room};
