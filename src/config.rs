@@ -283,6 +283,10 @@ pub struct RedisConfig {
     /// `unavailable` (and retries; with `idem` the retry never duplicates).
     #[serde(with = "humantime_serde")]
     pub replica_ack_timeout: Duration,
+    /// Channel messages buffered between the Redis connection and the rooms' receive
+    /// loop. Allocated up front; a burst larger than this makes the loop fall behind,
+    /// which it recovers from like a reconnect (resubscribe, catch up from history).
+    pub receive_buffer: usize,
     /// Prefix of every key and channel, so deployments can share one Redis.
     pub prefix: String,
 }
@@ -339,6 +343,7 @@ impl Default for RedisConfig {
             tls_ca_file: None,
             replica_acks: 0,
             replica_ack_timeout: Duration::from_secs(1),
+            receive_buffer: 4096,
             prefix: "roomcast".into(),
         }
     }
@@ -824,6 +829,9 @@ impl Config {
                     ));
                 }
             }
+        }
+        if !(1..=1 << 20).contains(&r.receive_buffer) {
+            return Err(invalid("redis.receive_buffer", "must be 1 to 1048576"));
         }
         if r.replica_acks > 0 && r.replica_ack_timeout.is_zero() {
             return Err(invalid(

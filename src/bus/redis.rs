@@ -61,8 +61,10 @@ const MEMBERS_LUA: &str = include_str!("lua/members.lua");
 
 /// How long a bus command may take before the client is told `unavailable`.
 const COMMAND_TIMEOUT: Duration = Duration::from_secs(2);
-/// Messages fred buffers for the receive loop before it counts as lagging.
-const BROADCAST_CAPACITY: usize = 1 << 16;
+/// fred's event broadcasts (reconnects, errors, ...) of the command client, which no
+/// one reads but which fred allocates up front; the subscriber's channel messages get
+/// `redis.receive_buffer`.
+const COMMAND_CLIENT_EVENTS: usize = 16;
 /// How often the topology watcher reads the slot map and the replica counts.
 const TOPOLOGY_INTERVAL: Duration = Duration::from_secs(1);
 
@@ -263,7 +265,7 @@ impl RedisBus {
         let mut builder = Builder::from_config(redis_config);
         builder
             .with_performance_config(|p| {
-                p.broadcast_channel_capacity = BROADCAST_CAPACITY;
+                p.broadcast_channel_capacity = COMMAND_CLIENT_EVENTS;
                 p.default_command_timeout = Duration::from_secs(5);
             })
             .with_connection_config(|c| {
@@ -272,6 +274,10 @@ impl RedisBus {
             })
             .set_policy(ReconnectPolicy::new_exponential(0, 100, 2_000, 2));
         let client = builder.build()?;
+        // Every broadcast slot is allocated when the client is built (at 65,536 the two
+        // clients' channels took some 80 MB before the first connection).
+        let receive_buffer = config.redis.receive_buffer;
+        builder.with_performance_config(|p| p.broadcast_channel_capacity = receive_buffer);
         let subscriber = builder.build_subscriber_client()?;
         let watched = cluster || config.redis.replica_acks > 0;
         let (topology_tx, topology_rx) = watch::channel(0u64);
