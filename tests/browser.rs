@@ -1566,3 +1566,374 @@ async fn page_removed_from_a_room_says_so_and_does_not_rejoin_it() {
     alice.close().await;
     bob.close().await;
 }
+
+// ---------------------------------------------------------------------------------------
+// Large rooms: the member list a page at a time, the count from presence summaries
+// ---------------------------------------------------------------------------------------
+
+/// Pages of 3 members, notices only in rooms of at most 4, summaries every 500 ms.
+fn small_presence_pages(cfg: &mut roomcast::Config) {
+    cfg.presence.members_in_join = 3;
+    cfg.presence.notify_max_members = 4;
+    cfg.presence.summary_interval = Duration::from_millis(500);
+}
+
+impl Page {
+    /// The names in the member list, as shown (each entry once).
+    async fn member_names(&self) -> Vec<String> {
+        let v = self
+            .js(
+                "return [...document.querySelectorAll('#members .member')].map(m => m.dataset.name);",
+                Value::Null,
+            )
+            .await;
+        serde_json::from_value(v).expect("member names")
+    }
+
+    /// Waits until the member count in the heading is `n`.
+    async fn wait_member_count(&self, n: usize) {
+        self.wait_for(
+            &format!("member count {n}"),
+            "const c = document.getElementById('member-count');
+             return c.dataset.count === String(arguments[0]) && c.textContent.includes(String(arguments[0]));",
+            json!(n),
+        )
+        .await;
+    }
+
+    /// The texts of the current room's join/leave lines.
+    async fn presence_lines(&self) -> Vec<String> {
+        let v = self
+            .js(
+                "return [...document.querySelectorAll('#messages .sys[data-kind=\"presence\"] .sys-text')]
+                   .map(t => t.textContent);",
+                Value::Null,
+            )
+            .await;
+        serde_json::from_value(v).expect("presence lines")
+    }
+
+    /// Presses the member list's button `css` until it goes away (the last page came).
+    /// Returns how many times it was pressed.
+    async fn page_members_with(&self, css: &str) -> usize {
+        let mut presses = 0;
+        loop {
+            let next = self
+                .wait_for(
+                    "the member list's next page",
+                    "const b = document.querySelector(arguments[0]);
+                     return b.hidden ? 'done' : b.disabled ? null : 'more';",
+                    json!(css),
+                )
+                .await;
+            if next == json!("done") {
+                return presses;
+            }
+            assert!(presses < 20, "{}: the member list never ends", self.label);
+            self.find(css)
+                .await
+                .click()
+                .await
+                .expect("click member button");
+            presses += 1;
+            // The answer came once the button is enabled again (or gone).
+            self.wait_for(
+                "the members answer",
+                "const b = document.querySelector(arguments[0]);
+                 return b.hidden || !b.disabled;",
+                json!(css),
+            )
+            .await;
+            if css == "#members-reload" {
+                // A reload brings the first page; the rest comes with "Show more".
+                return presses + Box::pin(self.page_members_with("#members-more")).await;
+            }
+        }
+    }
+
+    /// Asserts the member list shows exactly `expected` (any order), each once.
+    async fn assert_members(&self, expected: &[String]) {
+        let mut shown = self.member_names().await;
+        shown.sort();
+        let mut want = expected.to_vec();
+        want.sort();
+        assert_eq!(
+            shown, want,
+            "{}: the member list, each member once",
+            self.label
+        );
+    }
+}
+
+#[tokio::test]
+async fn large_room_lists_members_in_pages_and_counts_them_through_summaries() {
+    let env = TwoReplicas::start_with(small_presence_pages).await;
+    const ROOM: &str = "crowd";
+    // Eight members before the page arrives, on both replicas.
+    let mut guests = Vec::new();
+    let mut names: Vec<String> = Vec::new();
+    for i in 1..=8 {
+        let node = if i % 2 == 0 { &env.node_a } else { &env.node_b };
+        let mut guest = node.client().await;
+        let name = format!("guest{i}");
+        guest.join(ROOM, &name).await;
+        guests.push(guest);
+        names.push(name);
+    }
+
+    let page = env.browser.open(&page_url(&env.node_a)).await;
+    page.join("zoe", ROOM).await;
+    names.push("zoe".into());
+    // The count is the room's, not the length of the list.
+    page.wait_member_count(9).await;
+    let first = page.member_names().await;
+    assert!(
+        first.len() == 3 || (first.len() == 4 && first.iter().any(|n| n == "zoe")),
+        "the first page of 3 (and the page's own user): {first:?}"
+    );
+    let note = page
+        .js(
+            "return document.getElementById('members-note').textContent.toLowerCase();",
+            Value::Null,
+        )
+        .await;
+    let partial = format!("showing {}", first.len());
+    assert!(
+        note.as_str()
+            .is_some_and(|t| t.contains(&partial) && t.contains('9')),
+        "the note says the list is partial: {note}"
+    );
+    page.screenshot("large-room-first-page").await;
+    let presses = page.page_members_with("#members-more").await;
+    assert!(presses >= 2, "9 members in pages of 3 took {presses} pages");
+    page.assert_members(&names).await;
+    page.screenshot("large-room-members").await;
+
+    // Three more join: a room above 4 gets summaries, so the count follows without a line
+    // per join.
+    for i in 9..=11 {
+        let node = if i % 2 == 0 { &env.node_a } else { &env.node_b };
+        let mut guest = node.client().await;
+        let name = format!("guest{i}");
+        guest.join(ROOM, &name).await;
+        guests.push(guest);
+        names.push(name);
+    }
+    page.wait_member_count(12).await;
+    assert_eq!(
+        page.presence_lines().await,
+        Vec::<String>::new(),
+        "no join line in a room above presence.notify_max_members"
+    );
+    // The list no longer follows: it says so, and loads again from the start on request.
+    page.wait_for(
+        "the list to say it may be out of date",
+        "const n = document.getElementById('members-note');
+         return !n.hidden && n.dataset.state === 'stale' && !document.getElementById('members-reload').hidden;",
+        Value::Null,
+    )
+    .await;
+    page.page_members_with("#members-reload").await;
+    page.assert_members(&names).await;
+    page.screenshot("large-room-summary").await;
+
+    // Eight leave (the room goes from 12 to 4, each leave told in a summary), then one more
+    // from a room of 4: that leave is a notice again, with its line.
+    for guest in guests.iter_mut().take(9) {
+        guest.leave(ROOM).await;
+    }
+    page.wait_system_line("presence", "guest9 left").await;
+    page.wait_member_count(3).await;
+    page.wait_member("guest9", 0).await;
+    assert_eq!(
+        page.presence_lines().await,
+        ["guest9 left"],
+        "only the leave from a small room has a line"
+    );
+    // The eight leaves told in summaries are not in the list: it says so until reloaded.
+    page.wait_for(
+        "the list to say it may be out of date",
+        "const n = document.getElementById('members-note');
+         return !n.hidden && n.dataset.state === 'stale';",
+        Value::Null,
+    )
+    .await;
+    page.screenshot("large-room-small-again").await;
+    page.page_members_with("#members-reload").await;
+    let left = ["zoe", "guest10", "guest11"].map(String::from);
+    page.assert_members(&left).await;
+    page.close().await;
+}
+
+impl Page {
+    /// From now on, the page's `members` requests go out changed: `"limit"` makes them ask
+    /// for 0 members (which the gateway refuses), `"leave"` sends the first one as it is and
+    /// then, before its answer can arrive, leaves the room. Counts the `members` answers
+    /// received (`window.__membersAnswers`) and keeps the page's uncaught errors
+    /// (`window.__errors`).
+    async fn meddle_with_members_requests(&self, how: &str) {
+        self.js(
+            "window.__meddle = arguments[0];
+             if (window.__meddling) return;
+             window.__meddling = true;
+             window.__errors = [];
+             window.addEventListener('error', (e) => window.__errors.push(String(e.message)));
+             window.__membersAnswers = 0;
+             const counted = new WeakSet();
+             const data = Object.getOwnPropertyDescriptor(MessageEvent.prototype, 'data').get;
+             Object.defineProperty(MessageEvent.prototype, 'data', {
+               configurable: true,
+               get() {
+                 const d = data.call(this);
+                 if (typeof d === 'string' && d.includes('\"type\":\"members\"') && !counted.has(this)) {
+                   counted.add(this);
+                   window.__membersAnswers += 1;
+                 }
+                 return d;
+               },
+             });
+             const send = WebSocket.prototype.send;
+             WebSocket.prototype.send = function (data) {
+               let f = null;
+               try { f = JSON.parse(data); } catch (_) {}
+               if (!f || f.type !== 'members' || window.__meddle === null) return send.call(this, data);
+               if (window.__meddle === 'limit') return send.call(this, JSON.stringify({ ...f, limit: 0 }));
+               window.__meddle = null;
+               send.call(this, data);
+               document.querySelector(`.room-leave[data-room=\"${f.room}\"]`).click();
+             };",
+            json!(how),
+        )
+        .await;
+    }
+
+    /// The member list's note, and whether its "Show more members" button can be pressed.
+    async fn members_note_and_more(&self) -> (String, bool) {
+        let v = self
+            .js(
+                "const b = document.getElementById('members-more');
+                 return [document.getElementById('members-note').textContent, !b.hidden && !b.disabled];",
+                Value::Null,
+            )
+            .await;
+        serde_json::from_value(v).expect("note and button")
+    }
+}
+
+/// A room of `n` guests (`guest1`..) on both replicas, joined before the page.
+async fn crowd(env: &TwoReplicas, room: &str, n: usize) -> (Vec<common::Client>, Vec<String>) {
+    let mut guests = Vec::new();
+    let mut names = Vec::new();
+    for i in 1..=n {
+        let node = if i % 2 == 0 { &env.node_a } else { &env.node_b };
+        let mut guest = node.client().await;
+        let name = format!("guest{i}");
+        guest.join(room, &name).await;
+        guests.push(guest);
+        names.push(name);
+    }
+    (guests, names)
+}
+
+#[tokio::test]
+async fn refused_members_page_leaves_the_list_as_it_was_and_can_be_asked_again() {
+    let env = TwoReplicas::start_with(small_presence_pages).await;
+    let (_guests, mut names) = crowd(&env, "crowd", 5).await;
+    let page = env.browser.open(&page_url(&env.node_a)).await;
+    page.join("zoe", "crowd").await;
+    names.push("zoe".into());
+    page.wait_member_count(6).await;
+    let first = page.member_names().await;
+
+    page.meddle_with_members_requests("limit").await;
+    page.find("#members-more")
+        .await
+        .click()
+        .await
+        .expect("click show more");
+    let (note, more) = page
+        .wait_for(
+            "the refusal in the member list's note",
+            "const n = document.getElementById('members-note');
+             const b = document.getElementById('members-more');
+             return n.textContent.includes('could not load members') && !b.disabled
+               ? [n.textContent, !b.hidden] : null;",
+            Value::Null,
+        )
+        .await
+        .as_array()
+        .map(|a| {
+            (
+                a[0].as_str().unwrap_or_default().to_owned(),
+                a[1] == json!(true),
+            )
+        })
+        .expect("note and button");
+    assert!(note.contains("bad_request"), "the note says why: {note:?}");
+    assert!(more, "the button stays, to try again");
+    assert_eq!(page.member_names().await, first, "the list is as it was");
+    let errors = page
+        .js(
+            "return document.querySelectorAll('#messages .sys[data-kind=\"error\"]').length;",
+            Value::Null,
+        )
+        .await;
+    assert_eq!(errors, json!(0), "a refused page is no chat line");
+    page.screenshot("members-refused").await;
+
+    // Asked again as it should be, the rest comes, and the note goes.
+    page.js("window.__meddle = null;", Value::Null).await;
+    page.page_members_with("#members-more").await;
+    page.assert_members(&names).await;
+    let (note, _) = page.members_note_and_more().await;
+    assert!(
+        !note.contains("could not"),
+        "the refusal is forgotten: {note:?}"
+    );
+    page.close().await;
+}
+
+#[tokio::test]
+async fn members_page_answering_a_room_left_meanwhile_is_dropped() {
+    let env = TwoReplicas::start_with(small_presence_pages).await;
+    let (_guests, mut names) = crowd(&env, "crowd", 5).await;
+    let page = env.browser.open(&page_url(&env.node_a)).await;
+    page.join("zoe", "crowd").await;
+    names.push("zoe".into());
+    page.wait_member_count(6).await;
+
+    // The page asks for the second page and leaves the room before the answer comes.
+    page.meddle_with_members_requests("leave").await;
+    page.find("#members-more")
+        .await
+        .click()
+        .await
+        .expect("click show more");
+    page.wait_for(
+        "the answer for the room left",
+        "return window.__membersAnswers === 1
+           && document.querySelector('.room-tab[data-room=\"crowd\"]') === null;",
+        Value::Null,
+    )
+    .await;
+    let errors = page.js("return window.__errors;", Value::Null).await;
+    assert_eq!(errors, json!([]), "the late answer broke the page");
+    let shown = page.member_names().await;
+    assert_eq!(shown, Vec::<String>::new(), "no room, no member list");
+
+    // Joined again, the room shows its own first page, and pages on from it.
+    page.join("zoe", "crowd").await;
+    page.wait_member_count(6).await;
+    let again = page.member_names().await;
+    assert!(
+        again.len() == 3 || (again.len() == 4 && again.iter().any(|n| n == "zoe")),
+        "the first page of the new visit: {again:?}"
+    );
+    let (_, more) = page.members_note_and_more().await;
+    assert!(more, "Show more is there and not stuck loading");
+    page.page_members_with("#members-more").await;
+    page.assert_members(&names).await;
+    let errors = page.js("return window.__errors;", Value::Null).await;
+    assert_eq!(errors, json!([]));
+    page.close().await;
+}

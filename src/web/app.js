@@ -10,6 +10,13 @@
 // Typing: a `typing` frame at most once a second while the user types; others' notices
 // show under the messages and go 3 s after their last `typing` frame, or with their message.
 //
+// Members: `joined` lists only the first page of a large room (`member_count` says how many
+// there are, `members_next` where the rest starts); "Show more members" asks for the next
+// page (`members` with `after`) and merges it in, each member once. Small rooms keep the
+// list current with `presence` join/leave notices. Large rooms get a `summary` instead (count,
+// joins, leaves, at most every few seconds): the count stays current, the list cannot, so it
+// says it may be out of date and offers to load it again from the start.
+//
 // jwt mode (docs/protocol.md, "Authentication"): open the page as `/#token=<jwt>`, optionally
 // `&refresh=<url-encoded same-origin URL>`. The token is read from the fragment (never sent
 // in a query string, never logged), removed from the address bar, sent as the first frame
@@ -75,6 +82,9 @@
     send: $('send'),
     members: $('members'),
     memberCount: $('member-count'),
+    membersNote: $('members-note'),
+    membersMore: $('members-more'),
+    membersReload: $('members-reload'),
     typing: $('typing'),
   };
 
@@ -83,7 +93,9 @@
    * @typedef {{
    *   name: string, user: string, state: 'offline'|'joining'|'joined'|'failed',
    *   since: (string|null), cursor: (string|null), seen: Set<string>,
-   *   lines: HTMLElement[], members: {name: string, color: string, id: (string|null)}[],
+   *   lines: HTMLElement[], members: Map<string, Member>, memberCount: (number|null),
+   *   membersNext: (string|null), membersStale: boolean,
+   *   membersLoading: (null|'more'|'reload'), membersError: (string|null), paging: Paging,
    *   unread: number,
    *   tab: HTMLElement, badge: HTMLElement, retry: (number|null), everJoined: boolean,
    *   me: ({name: string, color: string, id: (string|null)}|null),
@@ -93,6 +105,29 @@
    * `me`: who `joined` says we are. `typing`: who else is typing, by member key.
    * `historyAnchor`: the "You joined" line while the history of a fresh join arrives (it
    * goes above it). `awaiting`: acked sends' lines, by id, until the message itself arrives.
+   * `members`: who we know is in the room, by member key (see memberKey). `memberCount`: the
+   * server's `member_count` (null from a gateway that sends none: the list is the count).
+   * `membersNext`: the cursor of the next page (null: none). `membersStale`: a `summary` came,
+   * so joins and leaves are no longer in the list. `membersLoading`: a `members` request in
+   * flight (at most one per room).
+   */
+
+  /**
+   * One member as the list shows it. `count`: connections sharing the key (anonymous mode:
+   * one member per connection, and two connections may share a name).
+   * @typedef {{name: string, color: string, id: (string|null), count: number}} Member
+   */
+
+  /**
+   * One paging of the member list: `joined`'s page and the pages after it, or a reload from
+   * the start. Replies of an older paging (`epoch`) are ignored. `seen`: entries per member
+   * key in the pages so far (a key on two pages is two connections). `gone`: keys that left
+   * (notice) during the paging, so a page read before they left does not list them again.
+   * `arrived`: members who joined (notice) during it, kept when a reload replaces the list.
+   * @typedef {{
+   *   epoch: number, seen: Map<string, number>, gone: Set<string>,
+   *   arrived: Map<string, {name: string, color: string, id: (string|null)}>
+   * }} Paging
    */
 
   /**
@@ -115,6 +150,8 @@
     /** @type {Map<string, {kind: string, room: string, idem?: string}>} */ refs: new Map(),
     /** @type {Map<string, Outgoing>} by idem key, in the order they were sent */ outbox: new Map(),
     typingUnsupported: false, // the gateway refused a `typing` frame: stop sending them
+    membersUnsupported: false, // the gateway does not know `members`: no paging
+    pagingSeq: 0, // the last Paging epoch handed out (unique across rooms)
     // jwt mode: the connection token (memory only) and where to get a new one.
     /** @type {string|null} */ token: null,
     /** @type {string|null} */ refreshUrl: null,
@@ -320,6 +357,7 @@
         room.retry = null;
       }
       room.historyAnchor = null;
+      room.membersLoading = null; // its answer will not come: the rejoin brings a fresh list
       clearTyping(room);
       if (room.state !== 'failed') setRoomState(room, 'offline');
     }
@@ -386,7 +424,13 @@
         cursor: null,
         seen: new Set(),
         lines: [],
-        members: [],
+        members: new Map(),
+        memberCount: null,
+        membersNext: null,
+        membersStale: false,
+        membersLoading: null,
+        membersError: null,
+        paging: newPaging(),
         unread: 0,
         tab: null,
         badge: null,
@@ -602,18 +646,138 @@
     return m.id !== null ? `id:${m.id}` : `name:${m.name}`;
   }
 
-  function renderMembers() {
-    const room = state.current === null ? null : state.rooms.get(state.current);
-    const byKey = new Map();
-    if (room && room.state === 'joined') {
-      for (const m of room.members) {
-        const key = memberKey(m);
-        const e = byKey.get(key);
-        if (e) e.count += 1;
-        else byKey.set(key, { name: m.name, id: m.id, color: m.color, count: 1 });
+  function newPaging() {
+    state.pagingSeq += 1;
+    return { epoch: state.pagingSeq, seen: new Map(), gone: new Set(), arrived: new Map() };
+  }
+
+  function currentRoom() {
+    return state.current === null ? null : state.rooms.get(state.current) || null;
+  }
+
+  /** Adds one connection of `u` to the list (a user with an id is listed once, however many). */
+  function addMember(room, u) {
+    const key = memberKey(u);
+    const e = room.members.get(key);
+    if (e) e.count = u.id !== null ? 1 : e.count + 1;
+    else room.members.set(key, { name: u.name, color: u.color, id: u.id, count: 1 });
+  }
+
+  /**
+   * Merges one page of the current paging into the list, each member once: a key already
+   * listed (from an earlier page or a join notice) keeps its entry, and counts as many
+   * connections as the pages so far show for it. With `replace`, the page starts the list
+   * afresh (a reload), keeping who joined while it loaded.
+   */
+  function mergeMembers(room, list, replace) {
+    const paging = room.paging;
+    if (replace) {
+      room.members = new Map();
+    }
+    for (const raw of Array.isArray(list) ? list : []) {
+      const u = user(raw);
+      const key = memberKey(u);
+      const seen = (paging.seen.get(key) || 0) + 1;
+      paging.seen.set(key, seen);
+      const e = room.members.get(key);
+      if (e) {
+        e.count = u.id !== null ? 1 : Math.max(e.count, seen);
+      } else if (!paging.gone.has(key)) {
+        room.members.set(key, { name: u.name, color: u.color, id: u.id, count: 1 });
       }
     }
-    const items = [...byKey.values()].sort((a, b) => a.name.localeCompare(b.name));
+    if (replace) {
+      for (const u of paging.arrived.values()) {
+        if (!room.members.has(memberKey(u))) addMember(room, u);
+      }
+    }
+    // We are in the room even when our entry is on a page not loaded yet.
+    if (room.me !== null && !room.members.has(memberKey(room.me))) addMember(room, room.me);
+  }
+
+  /** `member_count` of a frame, if it has a usable one. */
+  function countOf(f) {
+    return Number.isSafeInteger(f.member_count) && f.member_count >= 0 ? f.member_count : null;
+  }
+
+  function cursorOf(v) {
+    return typeof v === 'string' && v !== '' ? v : null;
+  }
+
+  /** Connections listed (what `member_count` counts: users, or anonymous connections). */
+  function listedCount(room) {
+    let n = 0;
+    for (const m of room.members.values()) n += m.count;
+    return n;
+  }
+
+  /**
+   * Asks for the next page of the member list, or (`fresh`) for the first page of a new
+   * paging that replaces the list. One request per room at a time.
+   */
+  function requestMembers(room, fresh) {
+    if (state.membersUnsupported || room.state !== 'joined' || room.membersLoading !== null) return;
+    if (!fresh && room.membersNext === null) return;
+    const prev = { paging: room.paging, stale: room.membersStale };
+    if (fresh) {
+      room.paging = newPaging();
+      // Joins and leaves from now on are in the new paging (or come as notices).
+      room.membersStale = false;
+    }
+    const frame = { type: 'members', room: room.name };
+    if (!fresh) frame.after = room.membersNext;
+    const ref = nextRef('members', room.name, { epoch: room.paging.epoch, fresh, stale: prev.stale });
+    frame.ref = ref;
+    if (!sendFrame(frame)) {
+      state.refs.delete(ref);
+      room.paging = prev.paging;
+      room.membersStale = prev.stale;
+      return;
+    }
+    room.membersLoading = fresh ? 'reload' : 'more';
+    room.membersError = null;
+    if (room === currentRoom()) renderMembersInfo();
+  }
+
+  /** The answer to `requestMembers`; one of an older paging, or of a room left since, is ignored. */
+  function onMembers(f) {
+    const info = typeof f.ref === 'string' ? state.refs.get(f.ref) : undefined;
+    if (!info || info.kind !== 'members') return;
+    state.refs.delete(f.ref);
+    const room = state.rooms.get(info.room);
+    if (!room || f.room !== info.room || room.paging.epoch !== info.epoch || room.state !== 'joined') return;
+    room.membersLoading = null;
+    room.membersError = null;
+    mergeMembers(room, f.members, info.fresh);
+    const count = countOf(f);
+    if (count !== null) room.memberCount = count;
+    room.membersNext = cursorOf(f.next);
+    if (room === currentRoom()) renderMembers();
+  }
+
+  /** A `members` request was refused: the list stays as it was, and says so quietly. */
+  function onMembersError(info, code) {
+    const room = state.rooms.get(info.room);
+    if (!room || room.paging.epoch !== info.epoch) return;
+    room.membersLoading = null;
+    if (info.fresh && info.stale) room.membersStale = true; // the old list stays, as stale as before
+    if (code === 'unknown_type') {
+      state.membersUnsupported = true; // an older gateway: the first page is all there is
+    } else if (code === 'not_joined') {
+      // Removed or left meanwhile: `left` (or the rejoin) says the rest.
+    } else {
+      room.membersError = `could not load members (${code})`;
+    }
+    if (room === currentRoom()) renderMembersInfo();
+  }
+
+  function renderMembers() {
+    const room = currentRoom();
+    const items = room && room.state === 'joined'
+      ? [...room.members.entries()]
+        .sort(([ka, a], [kb, b]) => a.name.localeCompare(b.name) || (ka < kb ? -1 : ka > kb ? 1 : 0))
+        .map(([, m]) => m)
+      : [];
     ui.members.replaceChildren(
       ...items.map(({ name, id, color, count }) => {
         const li = document.createElement('li');
@@ -639,7 +803,59 @@
         return li;
       }),
     );
-    ui.memberCount.textContent = room && room.state === 'joined' ? `(${items.length})` : '';
+    renderMembersInfo();
+  }
+
+  /** The count, the note under it (partial, out of date) and the paging buttons. */
+  function renderMembersInfo() {
+    const room = currentRoom();
+    const focused = document.activeElement;
+    if (!room || room.state !== 'joined') {
+      ui.memberCount.textContent = '';
+      delete ui.memberCount.dataset.count;
+      ui.membersNote.hidden = true;
+      ui.membersNote.textContent = '';
+      delete ui.membersNote.dataset.state;
+      ui.membersMore.hidden = true;
+      ui.membersReload.hidden = true;
+      ui.members.removeAttribute('aria-busy');
+    } else {
+      const listed = listedCount(room);
+      const count = room.memberCount !== null ? room.memberCount : listed;
+      const paging = !state.membersUnsupported;
+      const more = paging && room.membersNext !== null;
+      const short = listed < count;
+      const reload = paging && (room.membersStale || (!more && short));
+      ui.memberCount.textContent = `(${count.toLocaleString()})`;
+      ui.memberCount.dataset.count = String(count);
+      let note = '';
+      let kind = '';
+      if (room.membersStale) {
+        kind = 'stale';
+        note = `${count.toLocaleString()} ${count === 1 ? 'member' : 'members'} — showing ${listed.toLocaleString()}; the list may be out of date`;
+      } else if (more || short) {
+        kind = 'partial';
+        note = `Showing ${listed.toLocaleString()} of ${count.toLocaleString()}`;
+      }
+      if (room.membersError !== null) {
+        kind = kind || 'error';
+        note = note ? `${note} · ${room.membersError}` : room.membersError;
+      }
+      ui.membersNote.hidden = note === '';
+      if (ui.membersNote.textContent !== note) ui.membersNote.textContent = note;
+      if (kind) ui.membersNote.dataset.state = kind;
+      else delete ui.membersNote.dataset.state;
+      const loading = room.membersLoading;
+      ui.members.setAttribute('aria-busy', loading !== null ? 'true' : 'false');
+      ui.membersMore.hidden = !more;
+      ui.membersMore.disabled = loading !== null;
+      ui.membersMore.textContent = loading === 'more' ? 'Loading members…' : 'Show more members';
+      ui.membersReload.hidden = !reload;
+      ui.membersReload.disabled = loading !== null;
+      ui.membersReload.textContent = loading === 'reload' ? 'Reloading members…' : 'Reload member list';
+    }
+    // A button that went away (the last page came) leaves the focus on the list, not nowhere.
+    if ((focused === ui.membersMore || focused === ui.membersReload) && focused.hidden) ui.members.focus();
   }
 
   // ---------- typing ----------
@@ -841,6 +1057,10 @@
       case 'presence':
         if (room) onPresence(room, f);
         break;
+      case 'members':
+        // A room left meanwhile finds no ref (or no room): the answer is dropped.
+        onMembers(f);
+        break;
       case 'ack':
         onAck(f);
         break;
@@ -879,15 +1099,22 @@
   function onJoined(room, f) {
     const first = !room.everJoined;
     room.everJoined = true;
-    room.members = Array.isArray(f.members) ? f.members.map(user) : [];
     const me = user(f.you);
+    room.me = me;
+    // The first page of the members (the rest by `members`): a new paging, a fresh list.
+    room.paging = newPaging();
+    room.membersLoading = null;
+    room.membersError = null;
+    room.membersStale = false;
+    mergeMembers(room, f.members, true);
+    room.memberCount = countOf(f);
+    room.membersNext = cursorOf(f.members_next);
     if (room.since === null) {
       // A join without `since`: messages after `offset` are the ones we will see.
       room.cursor = typeof f.offset === 'string' ? f.offset : null;
     } else if (f.recovered === false) {
       systemLine(room, 'missed', 'some messages may have been missed');
     }
-    room.me = me;
     setRoomState(room, 'joined');
     if (me.id !== null) showIdentity(me.name);
     if (first) {
@@ -971,7 +1198,13 @@
       clearTimeout(room.retry);
       room.retry = null;
     }
-    room.members = [];
+    room.members = new Map();
+    room.memberCount = null;
+    room.membersNext = null;
+    room.membersStale = false;
+    room.membersLoading = null;
+    room.membersError = null;
+    room.paging = newPaging(); // a late page of the old paging finds no list to fill
     room.historyAnchor = null;
     clearTyping(room);
     dropOutbox(room, 'not sent: you are no longer in this room');
@@ -986,15 +1219,41 @@
     }
   }
 
+  /**
+   * Small rooms: a notice per join or leave, which keeps the list current and gets a line.
+   * Large rooms: a `summary` now and then, which keeps the count current but not the list
+   * (no line for it: in a busy room that would be all the chat shows).
+   */
   function onPresence(room, f) {
+    if (room.state !== 'joined') return;
     room.historyAnchor = null;
+    const count = countOf(f);
+    if (f.event === 'summary') {
+      if (count !== null) room.memberCount = count;
+      room.membersStale = true;
+      if (room.name === state.current) renderMembersInfo();
+      return;
+    }
     const u = user(f.user);
+    const key = memberKey(u);
     if (f.event === 'join') {
-      room.members.push(u);
+      addMember(room, u);
+      room.paging.gone.delete(key);
+      room.paging.arrived.set(key, u);
+      if (count !== null) room.memberCount = count;
+      else if (room.memberCount !== null) room.memberCount += 1;
       systemLine(room, 'presence', `${u.name} joined`);
     } else if (f.event === 'leave') {
-      const i = room.members.findIndex((m) => memberKey(m) === memberKey(u));
-      if (i >= 0) room.members.splice(i, 1);
+      const e = room.members.get(key);
+      if (e && e.count > 1 && u.id === null) {
+        e.count -= 1;
+      } else {
+        room.members.delete(key);
+        room.paging.gone.add(key);
+        room.paging.arrived.delete(key);
+      }
+      if (count !== null) room.memberCount = count;
+      else if (room.memberCount !== null) room.memberCount = Math.max(0, room.memberCount - 1);
       systemLine(room, 'presence', `${u.name} left`);
       // In jwt mode `leave` means the user's last connection: no one is typing any more.
       // In anonymous mode another connection may share the name; it types again if it does.
@@ -1068,6 +1327,10 @@
     if (info) state.refs.delete(f.ref);
     if (info && info.kind === 'refresh') {
       showBanner('refresh', `Could not renew the session: ${message || code}`);
+      return;
+    }
+    if (info && info.kind === 'members') {
+      onMembersError(info, code);
       return;
     }
     const room = info ? state.rooms.get(info.room) : undefined;
@@ -1157,6 +1420,16 @@
     }
     queueSend(room, text);
     ui.text.value = '';
+  });
+
+  ui.membersMore.addEventListener('click', () => {
+    const room = currentRoom();
+    if (room) requestMembers(room, false);
+  });
+
+  ui.membersReload.addEventListener('click', () => {
+    const room = currentRoom();
+    if (room) requestMembers(room, true);
   });
 
   ui.text.addEventListener('input', () => {
