@@ -870,6 +870,65 @@ async fn members_and_rooms_list_who_is_connected_on_every_replica() {
     .await;
 }
 
+/// Percent-encodes a query value (everything but ASCII letters and digits).
+fn urlencode(v: &str) -> String {
+    v.bytes()
+        .map(|b| {
+            if b.is_ascii_alphanumeric() {
+                (b as char).to_string()
+            } else {
+                format!("%{b:02X}")
+            }
+        })
+        .collect()
+}
+
+/// `members` pages with `limit` and `after` = the previous page's `next`: every member on
+/// every replica exactly once, `count` the room's whole member count on every page, no
+/// `next` on the last page; a bad `limit` or `after` is a 400.
+#[tokio::test(flavor = "multi_thread")]
+async fn members_page_through_every_member_exactly_once() {
+    let cluster = Cluster::start(Bus::Redis, 3, api_on).await;
+    let mut clients = Vec::new();
+    for i in 0..11 {
+        let mut c = cluster.client(i).await;
+        c.join("hall", &format!("m{i:02}")).await;
+        clients.push(c);
+    }
+    let api = Api::of(cluster.node(1));
+    let mut names = Vec::new();
+    let mut after: Option<String> = None;
+    let mut pages = 0;
+    loop {
+        let path = match &after {
+            Some(a) => format!("/rooms/hall/members?limit=4&after={}", urlencode(a)),
+            None => "/rooms/hall/members?limit=4".to_string(),
+        };
+        let page = api.get(&path).await.ok();
+        pages += 1;
+        assert_eq!(page["count"], 11, "{page}");
+        let members = page["members"].as_array().expect("members");
+        assert!(members.len() <= 4, "{page}");
+        names.extend(
+            members
+                .iter()
+                .map(|m| m["name"].as_str().expect("name").to_string()),
+        );
+        match page["next"].as_str() {
+            Some(next) => after = Some(next.to_string()),
+            None => break,
+        }
+    }
+    assert_eq!(pages, 3);
+    names.sort();
+    let expected: Vec<String> = (0..11).map(|i| format!("m{i:02}")).collect();
+    assert_eq!(names, expected, "every member exactly once");
+    for bad in ["limit=0", "limit=1001", "after="] {
+        let reply = api.get(&format!("/rooms/hall/members?{bad}")).await;
+        assert_eq!(reply.status, 400, "{bad}: {reply}");
+    }
+}
+
 /// In jwt mode members carry their ids and a user is listed (and counted) once however
 /// many connections on however many replicas; they leave the list with their last one.
 #[tokio::test(flavor = "multi_thread")]
