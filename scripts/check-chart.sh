@@ -24,6 +24,12 @@
 #     ConfigMap) mounted read-only as ROOMCAST_REDIS__TLS_CA_FILE; the default renders none
 #     of it; every wrong combination (helm/ci/invalid/redis-*.yaml) fails with its message;
 #     and the gateway, given the rendered variables, reports that very Redis configuration
+#   - large deployments: the default renders no sysctls (podSecurityContext otherwise as
+#     given); the large set (helm/ci/large-values.yaml) renders podSecurityContext.sysctls
+#     into the pod's securityContext, limits.max_connections = 100000 into the config, and a
+#     memory limit of at least 64 MiB + max_connections x the measured bytes per connection
+#     (BENCHMARKS.md, "Scale scenarios"); a sysctl value that is not a string fails
+#     (helm/ci/invalid/sysctl-value-number.yaml)
 #   - the dashboard: helm/dashboards/roomcast.json is a regular file, byte-identical to
 #     grafana/roomcast.json (the single source; a copy, not a symlink, so helm prints no
 #     symlink warning), `helm template` and `helm package` carry exactly that file, no helm
@@ -583,7 +589,7 @@ checks["default: helm test probe unchanged (no --mint, no token)"] = "--mint" no
 # --- large deployments (podSecurityContext.sysctls, memory sized from maxConnections) ---
 # The idle RSS per connection measured by `scripts/bench full` (BENCHMARKS.md, "Scale
 # scenarios"), and the base the sizing adds (docs/operations.md, "Large deployments").
-PER_CONNECTION_BYTES = PER_CONN_PLACEHOLDER
+PER_CONNECTION_BYTES = 33015
 BASE_BYTES = 64 * 2**20
 def quantity(q):
     import re

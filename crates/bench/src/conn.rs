@@ -128,6 +128,9 @@ impl Conn {
                     let (end, joined) = self.session(ws).await;
                     if joined {
                         attempt = 0;
+                        if matches!(end, End::Stopped) {
+                            rec.open_at_stop.fetch_add(1, Ordering::Relaxed);
+                        }
                     }
                     end
                 }

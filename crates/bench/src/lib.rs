@@ -36,7 +36,7 @@ use std::sync::Arc;
 use std::sync::atomic::Ordering;
 use std::time::Duration;
 
-use anyhow::bail;
+use anyhow::{Context, bail};
 use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
 use rand::Rng;
 use roomcast_protocol::rules::{MAX_ROOM_CHARS, is_valid_room};
@@ -230,6 +230,12 @@ pub struct BenchArgs {
     #[arg(long, default_value = "3s", value_parser = parse_duration)]
     pub storm_quiet: Duration,
 
+    /// Once every connection joined (or gave up), write `{"connected":N,"connections":M}`
+    /// to this file: the moment the first step (or the idle hold) starts, for scripts that
+    /// measure the servers meanwhile.
+    #[arg(long)]
+    pub ready_file: Option<std::path::PathBuf>,
+
     /// Exit non-zero (like --fail-on-loss) when any connection closed during the run, for
     /// runs that must hold every connection open (without --resume a close ends it).
     #[arg(long)]
@@ -282,6 +288,18 @@ fn plan(args: &BenchArgs) -> anyhow::Result<Plan> {
         conns,
         publishers,
     })
+}
+
+/// `tcpi_bytes_acked` summed over the local listening ports of the targets (servers on
+/// this machine); `None` when a target is not local or `ss` is missing.
+fn server_tcp_bytes(targets: &[Target]) -> Option<u64> {
+    if !targets.iter().all(|t| t.addr.ip().is_loopback()) {
+        return None;
+    }
+    let mut ports: Vec<u16> = targets.iter().map(|t| t.addr.port()).collect();
+    ports.sort_unstable();
+    ports.dedup();
+    ports.into_iter().map(stats::tcp_bytes_acked).sum()
 }
 
 /// Hands publish orders to the publishers, round-robin (interleaved across rooms).
@@ -424,6 +442,7 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<()> {
         // Let the welcome frames arrive before the counters are read.
         tokio::time::sleep(Duration::from_millis(200)).await;
         storm_start = Some((
+            server_tcp_bytes(&targets),
             Instant::now(),
             rec.sessions.load(Ordering::Relaxed),
             rec.frame_counts(),
@@ -455,8 +474,13 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<()> {
     let connect_seconds = t_connect.elapsed().as_secs_f64();
     let join_seconds = t_join.elapsed().as_secs_f64();
     let ready = rec.ready.load(Ordering::Relaxed);
+    if let Some(path) = &args.ready_file {
+        let body = serde_json::json!({"connected": ready, "connections": n}).to_string();
+        std::fs::write(path, body)
+            .with_context(|| format!("cannot write --ready-file {}", path.display()))?;
+    }
     let join_storm = match storm_start {
-        Some((t0, sessions, frames0, server0, handshake_seconds)) => {
+        Some((tcp0, t0, sessions, frames0, server0, handshake_seconds)) => {
             // Wait for the servers to fall quiet: presence of the last joins still flows.
             let quiet_us = args.storm_quiet.as_micros() as u64;
             let quiet = loop {
@@ -472,8 +496,10 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<()> {
             let storm_seconds =
                 t0.elapsed().as_secs_f64() - wire::now_us().saturating_sub(last) as f64 / 1e6;
             let server1 = probe.sample();
+            let tcp1 = server_tcp_bytes(&targets);
             Some(JoinStorm::new(
                 JoinStormInput {
+                    tcp_bytes_acked: tcp0.zip(tcp1),
                     sessions,
                     handshake_seconds,
                     joined: ready,
@@ -676,7 +702,7 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<()> {
         )
     });
     let totals = Totals::collect(&rec, &rooms, settled);
-    let open_at_end = ready.saturating_sub(totals.disconnects as usize);
+    let open_at_end = rec.open_at_stop.load(Ordering::Relaxed);
     let report = Report {
         protocol: args.protocol,
         urls: targets.iter().map(|t| t.url.clone()).collect(),

@@ -6,6 +6,7 @@ use std::sync::atomic::Ordering;
 use serde::Serialize;
 
 use super::stats::{FrameCounts, Recorder, ServerSample, Summary};
+use super::wire::FrameKind;
 use super::wire::Protocol;
 
 /// One rate step.
@@ -211,6 +212,9 @@ fn tallies(c: &FrameCounts) -> BTreeMap<String, FrameTally> {
 /// `--join-at-once`: what the measurement loop saw of the join storm.
 #[derive(Debug)]
 pub struct JoinStormInput {
+    /// `tcpi_bytes_acked` summed over the servers' local sockets at the release and at
+    /// the end (see [`crate::stats::tcp_bytes_acked`]); `None` for remote servers.
+    pub tcp_bytes_acked: Option<(u64, u64)>,
     /// Connections whose handshake completed before the release.
     pub sessions: usize,
     /// Time to open them all (handshakes only).
@@ -241,21 +245,32 @@ pub struct JoinStorm {
     pub storm_seconds: f64,
     /// false: frames still arrived when --join-timeout ran out.
     pub quiet: bool,
-    /// Frames received from the release to the end of the storm, by type.
+    /// Frames received from the release to the end of the storm, by type. `welcome`
+    /// frames are listed but left out of the totals: the server sent them at the handshake,
+    /// before the release (a connection reads them only once its joins are released).
     pub frames_by_type: BTreeMap<String, FrameTally>,
+    /// Frames for the joins: every type but `welcome`.
     pub frames: u64,
     /// WebSocket payload bytes of those frames.
     pub bytes: u64,
-    /// Payload bytes plus WebSocket frame headers: what the servers wrote to the sockets.
+    /// Payload bytes plus WebSocket frame headers: what the servers wrote to the sockets
+    /// for the joins.
     pub wire_bytes: u64,
+    /// Bytes the servers' local sockets sent and had acknowledged over the window
+    /// (`tcpi_bytes_acked` from `ss -tin`, summed over their established connections):
+    /// the cross-check of `wire_bytes`; absent for servers on other machines.
+    pub server_tcp_bytes: Option<u64>,
+    /// server_tcp_bytes / wire_bytes (1.0 when every byte was accounted for).
+    pub server_tcp_over_wire: Option<f64>,
     /// Presence frames that were summaries (`"event":"summary"`).
     pub presence_summaries: u64,
     /// Largest `members` list in a `joined` (entries).
     pub max_members_listed: u64,
     /// Largest `member_count` in a `joined` (absent from servers that do not send it).
     pub max_member_count: Option<u64>,
-    /// Bytes the --server-pid processes wrote (`wchar`, /proc/PID/io) over the same
-    /// window: the cross-check of `wire_bytes`.
+    /// Bytes the --server-pid processes passed to `write(2)` and friends (`wchar`,
+    /// /proc/PID/io) over the same window. Socket writes with `send(2)` (Rust's
+    /// `TcpStream`, so the gateway's) are not counted there: see `server_tcp_bytes`.
     pub server_wchar_bytes: Option<u64>,
     /// server_wchar_bytes / wire_bytes.
     pub server_wchar_over_wire: Option<f64>,
@@ -268,8 +283,15 @@ pub struct JoinStorm {
 
 impl JoinStorm {
     pub fn new(i: JoinStormInput, server: Option<(ServerSample, ServerSample)>) -> Self {
-        let wire = i.frames.wire_bytes();
+        let w = FrameKind::Welcome.index();
+        let (welcome_frames, welcome_bytes) = (i.frames.frames[w], i.frames.bytes[w]);
+        // A welcome is far below 126 bytes: a 2-byte header each.
+        let wire = i
+            .frames
+            .wire_bytes()
+            .saturating_sub(welcome_bytes + 2 * welcome_frames);
         let wchar = server.and_then(|(a, b)| Some(b.wchar?.saturating_sub(a.wchar?)));
+        let tcp = i.tcp_bytes_acked.map(|(a, b)| b.saturating_sub(a));
         JoinStorm {
             connections: i.sessions,
             handshake_seconds: round(i.handshake_seconds, 3),
@@ -278,9 +300,13 @@ impl JoinStorm {
             storm_seconds: round(i.storm_seconds, 3),
             quiet: i.quiet,
             frames_by_type: tallies(&i.frames),
-            frames: i.frames.total_frames(),
-            bytes: i.frames.total_bytes(),
+            frames: i.frames.total_frames().saturating_sub(welcome_frames),
+            bytes: i.frames.total_bytes().saturating_sub(welcome_bytes),
             wire_bytes: wire,
+            server_tcp_bytes: tcp,
+            server_tcp_over_wire: tcp
+                .filter(|_| wire > 0)
+                .map(|t| round(t as f64 / wire as f64, 3)),
             presence_summaries: i.frames.presence_summaries,
             max_members_listed: i.frames.max_members_listed,
             max_member_count: (i.frames.max_member_count > 0).then_some(i.frames.max_member_count),
@@ -327,10 +353,15 @@ impl JoinStorm {
             .map(|(k, t)| format!("{k} {} ({} B)", t.frames, t.bytes))
             .collect();
         println!("  by type: {}", parts.join(", "));
+        if let Some(t) = self.server_tcp_bytes {
+            println!(
+                "  server sockets sent {t} bytes (tcpi_bytes_acked), {} x the bytes received",
+                opt(self.server_tcp_over_wire, 3)
+            );
+        }
         if let Some(w) = self.server_wchar_bytes {
             println!(
-                "  server wrote {w} bytes (wchar), {} x the bytes received; peak RSS {} KiB",
-                opt(self.server_wchar_over_wire, 3),
+                "  server wchar {w} bytes (write(2) only, not send(2)); peak RSS {} KiB",
                 self.server_peak_rss_kib.unwrap_or(0)
             );
         }

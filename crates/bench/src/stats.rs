@@ -73,6 +73,8 @@ pub struct Recorder {
     /// Connections whose first WebSocket handshake completed (`--join-at-once` waits for
     /// all of them before releasing the joins).
     pub sessions: AtomicUsize,
+    /// Connections that had joined their rooms and were still open when the run stopped.
+    pub open_at_stop: AtomicUsize,
     /// Every frame received, by kind (see [`FrameCounts`]).
     frames: FrameCounters,
     /// Time between the pacer scheduling a send and the connection writing it.
@@ -103,6 +105,7 @@ impl Recorder {
             ready: AtomicUsize::new(0),
             failed: AtomicUsize::new(0),
             sessions: AtomicUsize::new(0),
+            open_at_stop: AtomicUsize::new(0),
             frames: FrameCounters::default(),
             send_lag: Mutex::new(histogram()),
             errors: Mutex::new(BTreeMap::new()),
@@ -522,6 +525,33 @@ fn status_kib(status: &str, name: &str) -> Option<u64> {
     line.split_whitespace().nth(1)?.parse().ok()
 }
 
+/// Bytes the local TCP sockets listening-side of `port` sent and had acknowledged, summed
+/// over the established connections (`tcpi_bytes_acked`, read with `ss -tin`): what a
+/// server on this machine wrote to its clients' sockets, whatever system call it used
+/// (`wchar` of /proc/PID/io counts `write(2)` but not `send(2)`, which Rust's `TcpStream`
+/// uses). Connections closed meanwhile drop out of the sum. `None` without `ss`.
+pub fn tcp_bytes_acked(port: u16) -> Option<u64> {
+    let out = std::process::Command::new("ss")
+        .args([
+            "-tinH",
+            "state",
+            "established",
+            &format!("( sport = :{port} )"),
+        ])
+        .output()
+        .ok()
+        .filter(|o| o.status.success())?;
+    Some(sum_bytes_acked(&String::from_utf8_lossy(&out.stdout)))
+}
+
+/// Sum of the `bytes_acked:N` fields of `ss -ti` output.
+fn sum_bytes_acked(ss: &str) -> u64 {
+    ss.split_whitespace()
+        .filter_map(|w| w.strip_prefix("bytes_acked:"))
+        .filter_map(|n| n.parse::<u64>().ok())
+        .sum()
+}
+
 /// A `name: 123` line of `/proc/<pid>/io`.
 fn io_field(io: &str, name: &str) -> Option<u64> {
     let line = io.lines().find(|l| l.starts_with(name))?;
@@ -570,6 +600,12 @@ mod tests {
         let status = "Name:\tx\nVmHWM:\t  2048 kB\nVmRSS:\t  1024 kB\n";
         assert_eq!(status_kib(status, "VmHWM:"), Some(2048));
         assert_eq!(vm_rss_kib(status), Some(1024));
+    }
+
+    #[test]
+    fn sums_bytes_acked_of_ss_output() {
+        let ss = "0 0 127.0.0.1:8080 127.0.0.1:5000\n\t cubic wscale:7,7 bytes_sent:120 bytes_acked:121 bytes_received:40 segs_out:3\n0 0 127.0.0.1:8080 127.0.0.1:5001\n\t cubic bytes_acked:1000 bytes_received:4\n";
+        assert_eq!(sum_bytes_acked(ss), 1121);
     }
 
     #[test]
