@@ -167,6 +167,28 @@ fn token_command(file: Option<PathBuf>, request: roomcast::TokenRequest) -> Exit
     }
 }
 
+/// Every connection is an open file: raise the soft limit to the hard limit (containers
+/// often start at 1,024 with a much higher hard limit), and say what it is.
+fn raise_open_files_limit() {
+    match rlimit::increase_nofile_limit(u64::MAX) {
+        Ok(limit) => tracing::info!(open_files = limit, "open files limit"),
+        Err(e) => tracing::warn!(error = %e, "could not raise the open files limit"),
+    }
+}
+
+/// Binds a listener with the largest accept queue the kernel allows
+/// (`net.core.somaxconn` caps it), so a reconnect storm's SYNs are queued, not dropped.
+fn listen(addr: std::net::SocketAddr) -> std::io::Result<tokio::net::TcpListener> {
+    let socket = if addr.is_ipv4() {
+        tokio::net::TcpSocket::new_v4()?
+    } else {
+        tokio::net::TcpSocket::new_v6()?
+    };
+    socket.set_reuseaddr(true)?;
+    socket.bind(addr)?;
+    socket.listen(65_535)
+}
+
 async fn serve(file: Option<PathBuf>) -> ExitCode {
     let config = match load(file.as_deref()) {
         Ok(c) => c,
@@ -179,9 +201,10 @@ async fn serve(file: Option<PathBuf>) -> ExitCode {
             return ExitCode::from(EXIT_CONFIG as u8);
         }
     };
+    raise_open_files_limit();
     // A port in use names the key to change, not only the address.
     let bind = |key: &'static str, addr| async move {
-        tokio::net::TcpListener::bind(addr).await.map_err(|e| {
+        listen(addr).map_err(|e| {
             anyhow::anyhow!(
                 "cannot listen on {addr} ({key}; set it in the file or as ROOMCAST_{}): {e}",
                 key.to_uppercase().replace('.', "__")
