@@ -528,6 +528,9 @@ ttl = {{ .Values.history.ttl | toJson }}
 [presence]
 ttl = {{ .Values.presence.ttl | toJson }}
 refresh = {{ .Values.presence.refresh | toJson }}
+members_in_join = {{ int .Values.presence.membersInJoin }}
+notify_max_members = {{ int .Values.presence.notifyMaxMembers }}
+summary_interval = {{ .Values.presence.summaryInterval | toJson }}
 
 [limits]
 max_text_bytes = {{ int .Values.limits.maxTextBytes }}
