@@ -97,8 +97,6 @@ pub(super) struct Outbound {
 #[derive(Default)]
 struct State {
     rooms: RoomMap<RoomCursor>,
-    /// Frames routed by the current push (usually one; empty between pushes).
-    routed: VecDeque<(Utf8Bytes, u64)>,
     /// Frames waiting for the socket, oldest first; the head may be partly written.
     pending: VecDeque<Chunk>,
     /// A flush task is running.
@@ -134,26 +132,26 @@ impl Outbound {
         if state.finished {
             return;
         }
-        let State { rooms, routed, .. } = &mut *state;
-        route(out, rooms, routed, self.max_queue, ctl);
-        let chunk = match routed.len() {
-            0 => return,
-            1 => {
-                let Some((frame, ts_us)) = routed.pop_front() else {
-                    return;
-                };
+        let mut routed = Routed::default();
+        route(out, &mut state.rooms, &mut routed, self.max_queue, ctl);
+        let chunk = match routed {
+            Routed { first: None, .. } => return,
+            Routed {
+                first: Some((frame, ts_us)),
+                more: None,
+            } => {
                 self.count(ts_us, None);
                 frame_chunk(frame)
             }
-            _ => {
+            Routed {
+                first: Some(first),
+                more: Some(more),
+            } => {
                 let now = clock::unix_micros();
                 let mut bytes = Vec::new();
-                for (frame, ts_us) in routed.drain(..) {
+                for (frame, ts_us) in std::iter::once(first).chain(more) {
                     self.count(ts_us, Some(now));
                     frame_chunk(frame).append_to(&mut bytes);
-                }
-                if routed.capacity() > 16 {
-                    *routed = VecDeque::new();
                 }
                 Chunk::encoded(bytes)
             }
@@ -294,7 +292,8 @@ impl State {
             written += write_chunks(sock, second)?;
         }
         self.pending.drain(..written);
-        if self.pending.is_empty() && self.pending.capacity() > 16 {
+        if self.pending.is_empty() {
+            // Nothing kept after a burst: idle connections hold no queue memory.
             self.pending = VecDeque::new();
         }
         Ok(())
@@ -341,6 +340,35 @@ async fn flush(handle: Arc<Handle>) {
     }
 }
 
+/// Where [`route`] puts the frames it lets through, in order (with the publish time of
+/// message frames, 0 otherwise).
+pub(super) trait Frames {
+    fn push_back(&mut self, frame: (Utf8Bytes, u64));
+}
+
+impl Frames for VecDeque<(Utf8Bytes, u64)> {
+    fn push_back(&mut self, frame: (Utf8Bytes, u64)) {
+        VecDeque::push_back(self, frame);
+    }
+}
+
+/// The frames one queue item let through: usually one, kept without an allocation.
+#[derive(Default)]
+struct Routed {
+    first: Option<(Utf8Bytes, u64)>,
+    more: Option<Vec<(Utf8Bytes, u64)>>,
+}
+
+impl Frames for Routed {
+    fn push_back(&mut self, frame: (Utf8Bytes, u64)) {
+        if self.first.is_none() {
+            self.first = Some(frame);
+        } else {
+            self.more.get_or_insert_with(Vec::new).push(frame);
+        }
+    }
+}
+
 /// The chunk of one routed frame; an empty frame stands for a heartbeat ping.
 fn frame_chunk(frame: Utf8Bytes) -> Chunk {
     if frame.is_empty() {
@@ -360,7 +388,7 @@ fn sendable_close_code(code: u16) -> bool {
 fn route(
     out: Out,
     rooms: &mut RoomMap<RoomCursor>,
-    frames: &mut VecDeque<(Utf8Bytes, u64)>,
+    frames: &mut impl Frames,
     max_held: usize,
     ctl: &SessionCtl,
 ) {
