@@ -305,9 +305,30 @@ impl Chunk {
 
     /// Writes as much as the socket takes now: `Ok(true)` when all of it is written,
     /// `Ok(false)` when the socket would block.
+    ///
+    /// A small frame is copied behind its header and written with one plain `write`
+    /// (`sendto`), which costs the kernel less than a vectored write of two slices.
     pub(super) fn write_to(&mut self, sock: &OwnedWriteHalf) -> io::Result<bool> {
-        write_chunks(sock, std::slice::from_mut(self))?;
-        Ok(self.done == self.len())
+        /// Frames up to this size (header included) are copied into one slice.
+        const SMALL: usize = 1024;
+        let (head, body) = self.rest();
+        let n = head.len() + body.len();
+        if n > SMALL {
+            write_chunks(sock, std::slice::from_mut(self))?;
+            return Ok(self.done == self.len());
+        }
+        let mut buf = [0u8; SMALL];
+        buf[..head.len()].copy_from_slice(head);
+        buf[head.len()..n].copy_from_slice(body);
+        match sock.try_write(&buf[..n]) {
+            Ok(0) => Err(io::ErrorKind::WriteZero.into()),
+            Ok(written) => {
+                self.done += written;
+                Ok(self.done == self.len())
+            }
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => Ok(false),
+            Err(e) => Err(e),
+        }
     }
 }
 
