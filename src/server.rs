@@ -17,15 +17,14 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
 use axum::Router;
-use axum::extract::ws::WebSocketUpgrade;
 use axum::extract::{ConnectInfo, Query, State};
-use axum::http::{HeaderMap, Request, StatusCode, header};
+use axum::http::{HeaderMap, HeaderValue, Request, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 use axum::serve::ListenerExt;
 use hyper::body::Incoming;
 use hyper_util::rt::{TokioIo, TokioTimer};
-use tokio::net::TcpListener;
+use tokio::net::{TcpListener, TcpStream};
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
@@ -325,13 +324,60 @@ struct WsQuery {
     token: Option<String>,
 }
 
+/// The server's half of the WebSocket opening handshake (RFC 6455, 4.2.1): the client's
+/// `Sec-WebSocket-Key`, or why the request is not a WebSocket upgrade (400).
+fn handshake_key(headers: &HeaderMap) -> Result<&HeaderValue, &'static str> {
+    let has_token = |name: header::HeaderName, token: &str| {
+        headers.get_all(name).iter().any(|value| {
+            value
+                .to_str()
+                .is_ok_and(|v| v.split(',').any(|t| t.trim().eq_ignore_ascii_case(token)))
+        })
+    };
+    if !has_token(header::CONNECTION, "upgrade") {
+        return Err("Connection header did not include 'upgrade'");
+    }
+    if !has_token(header::UPGRADE, "websocket") {
+        return Err("`Upgrade` header did not include 'websocket'");
+    }
+    if headers
+        .get(header::SEC_WEBSOCKET_VERSION)
+        .is_some_and(|v| v.as_bytes() != b"13")
+    {
+        return Err("`Sec-WebSocket-Version` header did not include '13'");
+    }
+    headers
+        .get(header::SEC_WEBSOCKET_KEY)
+        .ok_or("`Sec-WebSocket-Key` header missing")
+}
+
+/// `/ws`: the edge's checks, then the upgrade. The 101 answer is written here and the
+/// upgraded connection handed back as the plain TCP stream (the HTTP/1 connection is
+/// served by hyper directly on `TokioIo<TcpStream>`, see [`serve_connection`]), so the
+/// session reads and writes WebSocket frames on the socket itself.
 async fn ws_upgrade(
     State(state): State<AppState>,
     ConnectInfo(peer): ConnectInfo<SocketAddr>,
     Query(query): Query<WsQuery>,
-    headers: HeaderMap,
-    ws: WebSocketUpgrade,
+    mut request: axum::extract::Request,
 ) -> Response {
+    let accept = match handshake_key(request.headers()) {
+        Ok(key) => session::accept_key(key.as_bytes()),
+        Err(why) => return (StatusCode::BAD_REQUEST, why).into_response(),
+    };
+    if request
+        .extensions()
+        .get::<hyper::upgrade::OnUpgrade>()
+        .is_none()
+    {
+        return (
+            StatusCode::UPGRADE_REQUIRED,
+            "WebSocket request couldn't be upgraded since no upgrade state was present",
+        )
+            .into_response();
+    }
+    let on_upgrade = hyper::upgrade::on(&mut request);
+    let headers = request.headers();
     let env = &state.inner.env;
     let metrics = env.metrics();
     let reject = |status: StatusCode, retry_after: Option<u64>, why: &'static str| {
@@ -348,12 +394,12 @@ async fn ws_upgrade(
         return reject(StatusCode::SERVICE_UNAVAILABLE, Some(1), "draining");
     }
     let edge = &state.inner.edge;
-    if !edge.origin_allowed(&headers) {
+    if !edge.origin_allowed(headers) {
         metrics.refused("origin");
         debug!(%peer, origin = ?headers.get(header::ORIGIN), "refused: origin not allowed");
         return reject(StatusCode::FORBIDDEN, None, "origin not allowed");
     }
-    let peer = edge.client_addr(peer, &headers);
+    let peer = edge.client_addr(peer, headers);
     let slot = match edge.admit(peer.ip()) {
         Ok(slot) => slot,
         Err(Refusal::Full) => {
@@ -384,16 +430,46 @@ async fn ws_upgrade(
         .connections_total
         .with_label_values(&["accepted"])
         .inc();
-    let limits = &env.config().limits;
-    let tracker = env.sessions().tracker().clone();
+    let Ok(accept) = HeaderValue::try_from(accept) else {
+        return StatusCode::INTERNAL_SERVER_ERROR.into_response();
+    };
     let env = env.clone();
-    ws.max_frame_size(limits.max_frame_bytes)
-        .max_message_size(limits.max_frame_bytes)
-        .read_buffer_size(512)
-        .write_buffer_size(8 * 1024)
-        .on_upgrade(move |socket| {
-            tracker.track_future(session::run(socket, env, peer, slot, query.token))
-        })
+    tokio::spawn(async move {
+        let upgraded = match on_upgrade.await {
+            Ok(upgraded) => upgraded,
+            Err(e) => {
+                debug!(%peer, error = %e, "upgrade failed");
+                return;
+            }
+        };
+        let parts = match upgraded.downcast::<TokioIo<TcpStream>>() {
+            Ok(parts) => parts,
+            Err(_) => {
+                warn!(%peer, "upgraded connection is not a TCP stream; closed");
+                return;
+            }
+        };
+        // A task of its own (not this one's continuation): the session's task then
+        // holds only the session's future, every idle connection pays for its size.
+        let tracker = env.sessions().tracker().clone();
+        tracker.spawn(session::run(
+            parts.io.into_inner(),
+            parts.read_buf,
+            env,
+            peer,
+            slot,
+            query.token,
+        ));
+    });
+    (
+        StatusCode::SWITCHING_PROTOCOLS,
+        [
+            (header::CONNECTION, HeaderValue::from_static("upgrade")),
+            (header::UPGRADE, HeaderValue::from_static("websocket")),
+            (header::SEC_WEBSOCKET_ACCEPT, accept),
+        ],
+    )
+        .into_response()
 }
 
 /// Keeps `roomcast_bus_up` current and, every `presence.refresh` while the bus is up,

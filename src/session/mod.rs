@@ -1,6 +1,7 @@
 //! One task per WebSocket connection: the read loop (parse, validate, rate-limit, act)
-//! runs in the connection's task; a writer task ([`writer`]) drains the bounded outbound
-//! queue in batches. Room operations go to [`Rooms`]; the session keeps only what is
+//! runs in the connection's task, reading frames straight from the TCP socket
+//! ([`transport`]); what goes to the client is routed and written by [`writer`], from
+//! whichever task produces it (a flush task runs only while the socket would block). Room operations go to [`Rooms`]; the session keeps only what is
 //! per connection: its memberships (in a Drop guard that leaves every room, so a
 //! disconnect, an early return or a panic cleans up presence and subscriptions alike),
 //! its limits, and its control handle.
@@ -12,6 +13,7 @@
 mod ctl;
 pub(crate) mod limits;
 mod room_map;
+mod transport;
 mod writer;
 
 use std::net::SocketAddr;
@@ -19,19 +21,19 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
-use axum::extract::ws::{Message, WebSocket};
+use bytes::Bytes;
 use dashmap::DashMap;
-use futures_util::StreamExt;
-use futures_util::stream::SplitStream;
-use tokio::sync::mpsc;
+use tokio::net::TcpStream;
 use tokio_util::task::TaskTracker;
 use tracing::{Instrument, debug, info_span};
 
 use self::ctl::{Due, SessionCtl};
 use self::limits::{Strikes, TokenBucket};
 use self::room_map::RoomMap;
+pub(crate) use self::transport::accept_key;
+use self::transport::{Incoming, PONG, ReadError, Reader};
 pub(crate) use self::writer::Out;
-use self::writer::{CLOSE_GRACE, Release};
+use self::writer::{CLOSE_GRACE, Outbound, Release};
 use crate::auth::{self, AuthError, Verifier};
 use crate::bus::{Idem, MemberRef};
 use crate::clock;
@@ -138,22 +140,33 @@ impl Closer for SessionCloser {
     }
 }
 
-/// One session as others see it: its outbound queue and its control handle.
+/// One session as others see it: its outbound side and its control handle.
 pub(crate) struct Handle {
-    tx: mpsc::Sender<Out>,
+    out: Outbound,
     pub(super) ctl: SessionCtl,
     /// jwt mode: the token's `sub` once authenticated (it never changes afterwards).
     user_id: std::sync::OnceLock<Box<str>>,
 }
 
 impl Handle {
-    /// Queues an item for the writer; a full queue means the client is not reading, and
-    /// closes the session as a slow consumer.
+    /// A handle writing to `sock` (`None`: detached, for unit tests: frames stay pending).
+    fn new(
+        sock: Option<tokio::net::tcp::OwnedWriteHalf>,
+        metrics: Arc<Metrics>,
+        queue: usize,
+    ) -> Arc<Self> {
+        Arc::new_cyclic(|me| Handle {
+            out: Outbound::new(sock, me.clone(), metrics, queue),
+            ctl: SessionCtl::default(),
+            user_id: std::sync::OnceLock::new(),
+        })
+    }
+
+    /// Routes an item to the client: written at once when the socket takes it, else
+    /// queued; a full queue means the client is not reading, and closes the session as
+    /// a slow consumer.
     fn push(&self, out: Out) {
-        if let Err(mpsc::error::TrySendError::Full(_)) = self.tx.try_send(out) {
-            debug!("outbound queue full: slow consumer");
-            self.ctl.close(DisconnectReason::SlowConsumer);
-        }
+        self.out.push(out, &self.ctl);
     }
 
     pub(crate) fn close(&self, reason: DisconnectReason) {
@@ -250,7 +263,9 @@ impl Sessions {
 /// future): the arguments are then stored once, inside the task, not twice. Every idle
 /// connection pays for this task's size.
 pub(crate) fn run(
-    socket: WebSocket,
+    stream: TcpStream,
+    // Bytes the HTTP server read past the upgrade request (the client's first frames).
+    early: Bytes,
     env: Env,
     peer: SocketAddr,
     slot: impl Send + 'static,
@@ -264,26 +279,10 @@ pub(crate) fn run(
         let metrics = env.metrics().clone();
         metrics.connections.inc();
         let limits = &env.config().limits;
-        let (tx, rx) = mpsc::channel(limits.outbound_queue);
-        let handle = Arc::new(Handle {
-            tx,
-            ctl: SessionCtl::default(),
-            user_id: std::sync::OnceLock::new(),
-        });
+        let (read, write) = stream.into_split();
+        let reader = Reader::new(read, early, limits.max_frame_bytes);
+        let handle = Handle::new(Some(write), metrics.clone(), limits.outbound_queue);
         let key = env.sessions().register(handle.clone());
-        let (sink, stream) = socket.split();
-        // Spawned as the bare `write_loop` future (no wrapping block): every idle
-        // connection pays for this task's size.
-        let writer = tokio::spawn(
-            writer::write_loop(
-                sink,
-                rx,
-                handle.clone(),
-                metrics.clone(),
-                limits.outbound_queue,
-            )
-            .instrument(tracing::Span::current()),
-        );
         let mut session = Session {
             env: env.clone(),
             identity: None,
@@ -311,19 +310,19 @@ pub(crate) fn run(
                 clock::monotonic_ms() + env.config().auth.timeout.as_millis() as u64,
             ),
         }
-        let stream = session.read_loop(stream).await;
-        // Leave every room (announcing it) before the socket goes away.
-        Box::pin(session.memberships.leave_all()).await;
+        let (mut reader, echo) = session.read_loop(reader).await;
+        // Leave every room (announcing it) while the close goes out; both boxed: an
+        // idle connection's task need not hold their futures.
+        tokio::join!(
+            Box::pin(session.memberships.leave_all()),
+            Box::pin(handle.out.close(&handle.ctl, echo)),
+        );
         drop(session);
         // Keep reading (and discarding) until the peer closes: closing a socket with
         // unread input makes the kernel send a reset, which can destroy the frames we
         // just sent (an error explaining the close, the close frame itself).
-        let drain_input = async move {
-            let mut stream = stream;
-            while let Some(Ok(_)) = stream.next().await {}
-        };
         let _ = tokio::time::timeout(CLOSE_GRACE * 2, async {
-            let _ = tokio::join!(writer, drain_input);
+            while reader.next().await.is_ok() {}
         })
         .await;
         let reason = handle.ctl.reason();
@@ -361,24 +360,25 @@ struct Session {
 }
 
 impl Session {
-    /// Reads and handles frames until the session ends; returns the stream so the
-    /// caller can keep draining input while the close goes out.
-    async fn read_loop(&mut self, mut stream: SplitStream<WebSocket>) -> SplitStream<WebSocket> {
+    /// Reads and handles frames until the session ends; returns the reader so the
+    /// caller can keep draining input while the close goes out, and the status code of
+    /// the client's close frame, if it sent one.
+    async fn read_loop(&mut self, mut reader: Reader) -> (Reader, Option<u16>) {
         // Pings and the silence check come from the node-wide heartbeat task
         // ([`Sessions::heartbeat`]), so an idle connection holds no timer of its own.
         loop {
             let msg = tokio::select! {
-                _ = self.handle.ctl.reader_closed() => return stream,
-                msg = stream.next() => msg,
+                _ = self.handle.ctl.reader_closed() => return (reader, None),
+                msg = reader.next() => msg,
             };
             self.handle.ctl.touch();
             match msg {
-                Some(Ok(Message::Text(text))) => {
+                Ok(Incoming::Text(text)) => {
                     if self.admit(Some(&text)) {
                         self.handle_text(&text).await;
                     }
                 }
-                Some(Ok(Message::Binary(_))) => {
+                Ok(Incoming::Binary) => {
                     if self.admit(None) {
                         self.send_error(FrameError::new(
                             ErrorCode::BadRequest,
@@ -386,20 +386,22 @@ impl Session {
                         ));
                     }
                 }
-                Some(Ok(Message::Ping(_) | Message::Pong(_))) => {}
-                Some(Ok(Message::Close(_))) | None => {
-                    self.handle.close(DisconnectReason::Client);
-                    return stream;
+                Ok(Incoming::Ping(payload)) => {
+                    self.handle.out.control(PONG, payload, &self.handle.ctl);
                 }
-                Some(Err(e)) => {
-                    let reason = if is_capacity_error(&e) {
-                        DisconnectReason::TooLarge
-                    } else {
-                        DisconnectReason::Client
+                Ok(Incoming::Pong) => {}
+                Ok(Incoming::Close(code)) => {
+                    self.handle.close(DisconnectReason::Client);
+                    return (reader, code);
+                }
+                Err(e) => {
+                    let reason = match e {
+                        ReadError::TooLarge(_) => DisconnectReason::TooLarge,
+                        _ => DisconnectReason::Client,
                     };
                     debug!(error = %e, "read failed");
                     self.handle.close(reason);
-                    return stream;
+                    return (reader, None);
                 }
             }
         }
@@ -889,11 +891,6 @@ fn not_joined(room: &str) -> FrameError {
     FrameError::new(ErrorCode::NotJoined, format!("not joined to {room}"))
 }
 
-fn is_capacity_error(e: &axum::Error) -> bool {
-    let text = e.to_string();
-    text.contains("Space limit exceeded") || text.contains("too long") || text.contains("capacity")
-}
-
 /// This session's rooms; dropping it leaves all of them (announced by a spawned task),
 /// so nothing is left behind if the session ends early or panics.
 struct Memberships {
@@ -944,14 +941,9 @@ mod tests {
         (Env::new(config, rooms, metrics, None, None), stop)
     }
 
-    fn handle(queue: usize) -> (Arc<Handle>, mpsc::Receiver<Out>) {
-        let (tx, rx) = mpsc::channel(queue);
-        let handle = Arc::new(Handle {
-            tx,
-            ctl: SessionCtl::default(),
-            user_id: std::sync::OnceLock::new(),
-        });
-        (handle, rx)
+    /// A detached handle: what it would write stays pending, for the test to read.
+    fn handle(queue: usize) -> Arc<Handle> {
+        Handle::new(None, Arc::new(Metrics::new(10)), queue)
     }
 
     fn member(conn: &str, name: &str) -> MemberRef {
@@ -965,8 +957,8 @@ mod tests {
     #[tokio::test(start_paused = true)]
     async fn heartbeat_closes_only_sessions_silent_past_the_timeout() {
         let sessions = Sessions::default();
-        let (quiet, _q1) = handle(4);
-        let (chatty, mut q2) = handle(4);
+        let quiet = handle(4);
+        let chatty = handle(4);
         sessions.register(quiet.clone());
         sessions.register(chatty.clone());
         let timeout = Duration::from_secs(60);
@@ -974,7 +966,7 @@ mod tests {
         chatty.ctl.touch();
         sessions.heartbeat(timeout);
         assert!(!quiet.ctl.is_closed() && !chatty.ctl.is_closed());
-        assert!(matches!(q2.try_recv(), Ok(Out::Ping)));
+        assert_eq!(chatty.out.pending(), [vec![0x89, 0]], "a ping frame");
         tokio::time::advance(Duration::from_secs(2)).await;
         sessions.heartbeat(timeout);
         assert_eq!(
@@ -987,7 +979,7 @@ mod tests {
     #[tokio::test]
     async fn a_full_queue_closes_the_session_as_a_slow_consumer() {
         let sessions = Sessions::default();
-        let (h, _queue) = handle(1);
+        let h = handle(1);
         sessions.register(h.clone());
         sessions.heartbeat(Duration::from_secs(60));
         assert!(!h.ctl.is_closed());
@@ -1000,7 +992,7 @@ mod tests {
         let (env, stop) = env();
         let room: Arc<str> = Arc::from("hall");
         let alice = member("c1", "alice");
-        let (h, _queue) = handle(16);
+        let h = handle(16);
         env.rooms()
             .join(&room, 1, h, alice.clone(), None, 0)
             .await
@@ -1028,7 +1020,7 @@ mod tests {
             0,
             "the room was left and forgotten"
         );
-        let (h2, _q2) = handle(16);
+        let h2 = handle(16);
         let bob = member("c2", "bob");
         let joined = env
             .rooms()

@@ -1,30 +1,39 @@
-//! The session's writer and its outbound queue protocol. Everything for the client goes
-//! through one bounded queue of [`Out`] items; the writer task drains it in batches
-//! (feed several frames, flush once) and, per room, holds live frames while a join is
-//! pending so `joined`, the replay and live messages reach the client in order, with no
-//! duplicate. When the session closes it sends what is still queued and the close frame
-//! of the reason ([`DisconnectReason::info`]).
+//! The session's outbound side: the queue protocol ([`Out`]: frames, hold, release,
+//! abort, left, ping) and the frames it produces, written straight to the TCP socket.
+//!
+//! Every item for the client goes through [`Outbound::push`], which routes it under the
+//! session's lock: per room, live frames are held while a join is pending so `joined`,
+//! the replay and live messages reach the client in order with no duplicate. A frame
+//! that comes out is written at once from the caller (the rooms' fan-out, the read loop)
+//! when nothing is pending before it and the socket takes it; otherwise it waits in the
+//! bounded pending queue (full: the session closes as a slow consumer, it is never
+//! waited for) and a flush task, started only then, writes the queue when the socket
+//! becomes writable. Writes happen under the lock, and a partly written frame stays at
+//! the head of the queue, so frames never interleave. An idle connection holds no task
+//! and no buffer here.
+//!
+//! When the session closes, [`close`] sends what is still pending (unless the client is
+//! gone or not reading) and the close frame of the reason ([`DisconnectReason::info`]).
 
 use std::collections::VecDeque;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex, MutexGuard, PoisonError, Weak};
 use std::time::Duration;
 
-use axum::extract::ws::{CloseFrame, Message, Utf8Bytes, WebSocket};
-use futures_util::SinkExt;
-use futures_util::stream::SplitSink;
-use tokio::sync::mpsc;
+use axum::extract::ws::Utf8Bytes;
+use bytes::Bytes;
+use tokio::net::tcp::OwnedWriteHalf;
 
 use super::Handle;
 use super::ctl::SessionCtl;
 use super::room_map::RoomMap;
+use super::transport::{CLOSE, Chunk, PING, TEXT, write_chunks};
 use crate::clock;
 use crate::metrics::Metrics;
 use crate::protocol::{DisconnectReason, Encode, MsgId, ServerFrame};
 use crate::rooms::RoomFrame;
 
-/// Frames the writer feeds before one flush.
-const WRITE_BATCH: usize = 64;
-/// How long a close frame may take to go out before the socket is just dropped.
+/// How long the close (pending frames and the close frame) may take to go out before
+/// the socket is just closed.
 pub(super) const CLOSE_GRACE: Duration = Duration::from_secs(1);
 
 /// One item in a session's outbound queue. Kept to 16 bytes (every connection's queue
@@ -71,124 +80,307 @@ struct RoomCursor {
     presence: u64,
 }
 
-/// Drains the outbound queue in batches until the session ends, then sends the close
-/// frame that matches the reason. Unless the client is gone or not reading, frames that
-/// were already queued (an error explaining the close, messages before a drain) go out
-/// first, within [`CLOSE_GRACE`].
-pub(super) async fn write_loop(
-    mut sink: SplitSink<WebSocket, Message>,
-    mut rx: mpsc::Receiver<Out>,
-    handle: Arc<Handle>,
+/// The outbound side of one session: its routing state and its pending frames (one
+/// lock), and the socket's write half.
+pub(super) struct Outbound {
+    state: Mutex<State>,
+    /// `None` for a detached handle (unit tests): every frame stays pending.
+    sock: Option<OwnedWriteHalf>,
+    /// The session's own handle, for starting a flush task from a `&self` call.
+    me: Weak<Handle>,
     metrics: Arc<Metrics>,
-    max_held: usize,
-) {
-    let ctl = &handle.ctl;
-    let mut rooms: RoomMap<RoomCursor> = RoomMap::default();
-    // Grows with bursts and is trimmed after them: idle connections hold no batch memory.
-    let mut frames: VecDeque<(Utf8Bytes, u64)> = VecDeque::new();
-    // One close future for the writer's life, polled by every select below.
-    let mut cancelled = ctl.writer_closed();
-    loop {
-        let first = tokio::select! {
-            biased;
-            _ = &mut cancelled => break,
-            out = rx.recv() => out,
-        };
-        let Some(first) = first else {
-            break;
-        };
-        route(first, &mut rooms, &mut frames, max_held, ctl);
-        for _ in 1..WRITE_BATCH {
-            match rx.try_recv() {
-                Ok(out) => route(out, &mut rooms, &mut frames, max_held, ctl),
-                Err(_) => break,
-            }
-        }
-        let now = clock::unix_micros();
-        let mut delivered = 0u64;
-        // The whole batch (feeds, then one flush) races the close once; frames not
-        // written when the session closes stay in `frames` for the close phase.
-        let write = async {
-            while let Some((frame, ts_us)) = frames.pop_front() {
-                if ts_us > 0 {
-                    delivered += 1;
-                    if ts_us > 1 {
-                        metrics
-                            .delivery_latency
-                            .observe(now.saturating_sub(ts_us) as f64 / 1e6);
-                    }
-                }
-                sink.feed(to_message(frame)).await?;
-            }
-            sink.flush().await
-        };
-        let written = tokio::select! {
-            biased;
-            _ = &mut cancelled => None,
-            r = write => Some(r),
-        };
-        metrics.messages_delivered.inc_by(delivered);
-        match written {
-            None => break,
-            Some(Err(_)) => {
-                ctl.close(DisconnectReason::Client);
-                break;
-            }
-            Some(Ok(())) => {}
-        }
-        if frames.capacity() > WRITE_BATCH {
-            frames.shrink_to(WRITE_BATCH);
-        }
-    }
-    // Boxed: the close phase's futures would otherwise sit in every writer task.
-    Box::pin(close_phase(sink, rx, ctl, rooms, frames)).await;
+    /// `limits.outbound_queue`: queue items pending at most (and frames held per room
+    /// during a join).
+    max_queue: usize,
 }
 
-/// Sends what is still queued (unless the client is gone or not reading) and the close
-/// frame that matches the reason, within [`CLOSE_GRACE`].
-async fn close_phase(
-    mut sink: SplitSink<WebSocket, Message>,
-    mut rx: mpsc::Receiver<Out>,
-    ctl: &SessionCtl,
-    mut rooms: RoomMap<RoomCursor>,
-    mut frames: VecDeque<(Utf8Bytes, u64)>,
-) {
-    let reason = ctl.reason();
-    let Some((code, text)) = reason.info().close else {
-        let _ = tokio::time::timeout(CLOSE_GRACE, sink.close()).await;
-        return;
-    };
-    let _ = tokio::time::timeout(CLOSE_GRACE, async {
-        if !matches!(
-            reason,
-            DisconnectReason::SlowConsumer | DisconnectReason::Heartbeat
-        ) {
-            while let Ok(out) = rx.try_recv() {
-                route(out, &mut rooms, &mut frames, usize::MAX, ctl);
+#[derive(Default)]
+struct State {
+    rooms: RoomMap<RoomCursor>,
+    /// Frames waiting for the socket, oldest first; the head may be partly written.
+    pending: VecDeque<Chunk>,
+    /// A flush task is running.
+    flushing: bool,
+    /// The close frame is queued: nothing else goes out.
+    finished: bool,
+}
+
+impl Outbound {
+    pub(super) fn new(
+        sock: Option<OwnedWriteHalf>,
+        me: Weak<Handle>,
+        metrics: Arc<Metrics>,
+        max_queue: usize,
+    ) -> Self {
+        Outbound {
+            state: Mutex::new(State::default()),
+            sock,
+            me,
+            metrics,
+            max_queue,
+        }
+    }
+
+    fn lock(&self) -> MutexGuard<'_, State> {
+        self.state.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    /// Routes one queue item and writes or queues what comes out of it (one queue slot
+    /// per item, however many frames it releases).
+    pub(super) fn push(&self, out: Out, ctl: &SessionCtl) {
+        let mut state = self.lock();
+        if state.finished {
+            return;
+        }
+        let mut routed = Routed::default();
+        route(out, &mut state.rooms, &mut routed, self.max_queue, ctl);
+        let chunk = match routed {
+            Routed { first: None, .. } => return,
+            Routed {
+                first: Some((frame, ts_us)),
+                more: None,
+            } => {
+                self.count(ts_us, None);
+                frame_chunk(frame)
             }
-            for (frame, _) in frames.drain(..) {
-                if sink.feed(to_message(frame)).await.is_err() {
+            Routed {
+                first: Some(first),
+                more: Some(more),
+            } => {
+                let now = clock::unix_micros();
+                let mut bytes = Vec::new();
+                for (frame, ts_us) in std::iter::once(first).chain(more) {
+                    self.count(ts_us, Some(now));
+                    frame_chunk(frame).append_to(&mut bytes);
+                }
+                Chunk::encoded(bytes)
+            }
+        };
+        self.enqueue(&mut state, chunk, ctl);
+    }
+
+    /// Sends a control frame (a pong) in order with everything else.
+    pub(super) fn control(&self, first: u8, payload: Bytes, ctl: &SessionCtl) {
+        let mut state = self.lock();
+        if !state.finished {
+            self.enqueue(&mut state, Chunk::frame(first, payload), ctl);
+        }
+    }
+
+    /// Counts a delivered message and its latency (publish time `ts_us`: 0 = not a
+    /// message, 1 = a replayed one, no sample).
+    fn count(&self, ts_us: u64, now: Option<u64>) {
+        if ts_us == 0 {
+            return;
+        }
+        self.metrics.messages_delivered.inc();
+        if ts_us > 1 {
+            let now = now.unwrap_or_else(clock::unix_micros);
+            self.metrics
+                .delivery_latency
+                .observe(now.saturating_sub(ts_us) as f64 / 1e6);
+        }
+    }
+
+    /// Writes `chunk` now if nothing is pending before it, else queues it (closing the
+    /// session as a slow consumer when the queue is full) and makes sure a flush task
+    /// runs.
+    fn enqueue(&self, state: &mut State, mut chunk: Chunk, ctl: &SessionCtl) {
+        if state.pending.len() >= self.max_queue {
+            tracing::debug!("outbound queue full: slow consumer");
+            ctl.close(DisconnectReason::SlowConsumer);
+            return;
+        }
+        let open = !ctl.is_closed();
+        if let (Some(sock), true, true) = (&self.sock, open, state.pending.is_empty()) {
+            match chunk.write_to(sock) {
+                Ok(true) => return,
+                Ok(false) => {}
+                Err(e) => {
+                    tracing::debug!(error = %e, "write failed");
+                    ctl.close(DisconnectReason::Client);
                     return;
                 }
             }
         }
-        let frame = Message::Close(Some(CloseFrame {
-            code,
-            reason: Utf8Bytes::from_static(text),
-        }));
-        let _ = sink.send(frame).await;
-        let _ = sink.close().await;
-    })
-    .await;
+        state.pending.push_back(chunk);
+        if open
+            && !state.flushing
+            && self.sock.is_some()
+            && let Some(handle) = self.me.upgrade()
+        {
+            state.flushing = true;
+            tokio::spawn(flush(handle));
+        }
+    }
+
+    /// Closes the outbound side: keeps what is pending (only a partly written frame
+    /// when the client is not reading or gone), queues the close frame and writes
+    /// within [`CLOSE_GRACE`], then shuts the socket's write side.
+    pub(super) async fn close(&self, ctl: &SessionCtl, echo: Option<u16>) {
+        let reason = ctl.reason();
+        let mut payload = Vec::new();
+        match reason.info().close {
+            Some((code, text)) => {
+                payload.extend_from_slice(&code.to_be_bytes());
+                payload.extend_from_slice(text.as_bytes());
+            }
+            // The client closed: echo its status code (RFC 6455, 5.5.1) if it may be sent.
+            None => {
+                if let Some(code) = echo.filter(|c| sendable_close_code(*c)) {
+                    payload.extend_from_slice(&code.to_be_bytes());
+                }
+            }
+        }
+        {
+            let mut state = self.lock();
+            state.finished = true;
+            if matches!(
+                reason,
+                DisconnectReason::SlowConsumer | DisconnectReason::Heartbeat
+            ) {
+                let keep = usize::from(state.pending.front().is_some_and(|c| !c.untouched()));
+                state.pending.truncate(keep);
+            }
+            state.rooms = RoomMap::default();
+            state
+                .pending
+                .push_back(Chunk::frame(CLOSE, Bytes::from(payload)));
+        }
+        let Some(sock) = &self.sock else {
+            return;
+        };
+        let _ = tokio::time::timeout(CLOSE_GRACE, async {
+            loop {
+                {
+                    let mut state = self.lock();
+                    if state.write_pending(sock).is_err() || state.pending.is_empty() {
+                        return;
+                    }
+                }
+                if sock.writable().await.is_err() {
+                    return;
+                }
+            }
+        })
+        .await;
+        // FIN after the close frame (the write half itself goes with the last handle).
+        let _ = socket2::SockRef::from(sock.as_ref()).shutdown(std::net::Shutdown::Write);
+    }
+
+    #[cfg(test)]
+    pub(super) fn pending(&self) -> Vec<Vec<u8>> {
+        let state = self.lock();
+        state
+            .pending
+            .iter()
+            .map(|chunk| {
+                let mut bytes = Vec::new();
+                chunk.append_to(&mut bytes);
+                bytes
+            })
+            .collect()
+    }
 }
 
-/// An empty frame in the queue stands for a heartbeat ping.
-fn to_message(frame: Utf8Bytes) -> Message {
-    if frame.is_empty() {
-        Message::Ping(bytes::Bytes::new())
-    } else {
-        Message::Text(frame)
+impl State {
+    /// Writes pending frames, oldest first, as far as the socket takes them now.
+    fn write_pending(&mut self, sock: &OwnedWriteHalf) -> std::io::Result<()> {
+        let (first, second) = self.pending.as_mut_slices();
+        let mut written = write_chunks(sock, first)?;
+        if written == first.len() {
+            written += write_chunks(sock, second)?;
+        }
+        self.pending.drain(..written);
+        if self.pending.is_empty() {
+            // Nothing kept after a burst: idle connections hold no queue memory.
+            self.pending = VecDeque::new();
+        }
+        Ok(())
     }
+}
+
+/// Writes a session's pending frames whenever its socket becomes writable, until none
+/// is left or the session closes (the close then writes what remains).
+async fn flush(handle: Arc<Handle>) {
+    let out = &handle.out;
+    let ctl = &handle.ctl;
+    let Some(sock) = &out.sock else {
+        return;
+    };
+    let mut closed = ctl.writer_closed();
+    loop {
+        {
+            let mut state = out.lock();
+            if ctl.is_closed() {
+                state.flushing = false;
+                return;
+            }
+            if let Err(e) = state.write_pending(sock) {
+                state.flushing = false;
+                drop(state);
+                tracing::debug!(error = %e, "write failed");
+                ctl.close(DisconnectReason::Client);
+                return;
+            }
+            if state.pending.is_empty() {
+                state.flushing = false;
+                return;
+            }
+        }
+        tokio::select! {
+            biased;
+            _ = &mut closed => {}
+            writable = sock.writable() => {
+                if writable.is_err() {
+                    ctl.close(DisconnectReason::Client);
+                }
+            }
+        }
+    }
+}
+
+/// Where [`route`] puts the frames it lets through, in order (with the publish time of
+/// message frames, 0 otherwise).
+pub(super) trait Frames {
+    fn push_back(&mut self, frame: (Utf8Bytes, u64));
+}
+
+impl Frames for VecDeque<(Utf8Bytes, u64)> {
+    fn push_back(&mut self, frame: (Utf8Bytes, u64)) {
+        VecDeque::push_back(self, frame);
+    }
+}
+
+/// The frames one queue item let through: usually one, kept without an allocation.
+#[derive(Default)]
+struct Routed {
+    first: Option<(Utf8Bytes, u64)>,
+    more: Option<Vec<(Utf8Bytes, u64)>>,
+}
+
+impl Frames for Routed {
+    fn push_back(&mut self, frame: (Utf8Bytes, u64)) {
+        if self.first.is_none() {
+            self.first = Some(frame);
+        } else {
+            self.more.get_or_insert_with(Vec::new).push(frame);
+        }
+    }
+}
+
+/// The chunk of one routed frame; an empty frame stands for a heartbeat ping.
+fn frame_chunk(frame: Utf8Bytes) -> Chunk {
+    if frame.is_empty() {
+        Chunk::frame(PING, Bytes::new())
+    } else {
+        Chunk::frame(TEXT, Bytes::from(frame))
+    }
+}
+
+/// Close codes an endpoint may put in a close frame (RFC 6455, 7.4).
+fn sendable_close_code(code: u16) -> bool {
+    matches!(code, 1000..=1003 | 1007..=1014 | 3000..=4999)
 }
 
 /// Applies one queue item to the writer's room state, pushing frames to write
@@ -196,7 +388,7 @@ fn to_message(frame: Utf8Bytes) -> Message {
 fn route(
     out: Out,
     rooms: &mut RoomMap<RoomCursor>,
-    frames: &mut VecDeque<(Utf8Bytes, u64)>,
+    frames: &mut impl Frames,
     max_held: usize,
     ctl: &SessionCtl,
 ) {
