@@ -131,6 +131,9 @@ struct Room {
     subscribed: Arc<tokio::sync::Mutex<bool>>,
     /// Newest message id fanned out; older or equal ids are duplicates and skipped.
     last_id: MsgId,
+    /// Until a message is fanned out: the oldest log head a local member joined at, where
+    /// a recovery (reconnect, lag) catches up from. `None` before the first join answers.
+    join_head: Option<MsgId>,
     counter: IntCounter,
     /// Typing indicators: when each user (by [`user_key`]) last had one published from
     /// this node / relayed to this node's members. Empty unless someone types.
@@ -319,6 +322,11 @@ impl Rooms {
             return Err(RoomError::Barred { ms });
         }
         self.inner.metrics.joins.inc();
+        if let Some(mut r) = self.inner.rooms.get_mut(&**room)
+            && r.last_id == MsgId::ZERO
+        {
+            r.join_head = Some(r.join_head.map_or(info.head, |h| h.min(info.head)));
+        }
         let replay = info
             .replay
             .iter()
@@ -658,6 +666,7 @@ impl Rooms {
                     members: HashMap::new(),
                     subscribed: Arc::new(tokio::sync::Mutex::new(false)),
                     last_id: MsgId::ZERO,
+                    join_head: None,
                     counter: self.inner.metrics.room_counter(room),
                     typing_out: HashMap::new(),
                     typing_in: HashMap::new(),
@@ -844,8 +853,16 @@ impl Rooms {
             .inner
             .rooms
             .iter()
-            .filter(|r| r.last_id != MsgId::ZERO)
-            .map(|r| (r.key().clone(), r.last_id))
+            .filter_map(|r| {
+                // A room with nothing fanned out yet catches up from where its first
+                // member joined: what was missed may be its first messages.
+                let since = if r.last_id == MsgId::ZERO {
+                    r.join_head?
+                } else {
+                    r.last_id
+                };
+                Some((r.key().clone(), since))
+            })
             .collect();
         // The subscriber may reconnect before the command client: wait for both.
         let waited = tokio::time::timeout(Duration::from_secs(10), async {
