@@ -275,11 +275,9 @@ on_both_buses!(
     notify_four
 );
 
-/// Many members join one room at once: for each, the members its `joined` lists and the
-/// join notices it receives afterwards are disjoint, and together they are everyone.
-async fn joined_and_notices_never_overlap_in_a_join_storm(c: &Cluster) {
-    let room = "storm";
-    let n = 80;
+/// Connects `n` clients (spread over the replicas), then joins them all to `room` at once
+/// as `s0`, `s1`, ...; returns each with its `joined`.
+async fn storm(c: &Cluster, room: &str, n: usize) -> Vec<(Client, Value)> {
     let mut clients = Vec::new();
     for i in 0..n {
         clients.push(c.client(i).await);
@@ -291,7 +289,15 @@ async fn joined_and_notices_never_overlap_in_a_join_storm(c: &Cluster) {
             let joined = cl.join(room, &format!("s{i}")).await;
             (cl, joined)
         });
-    let joined: Vec<(Client, Value)> = join_all(joins).await;
+    join_all(joins).await
+}
+
+/// Many members join one room at once: for each, the members its `joined` lists and the
+/// join notices it receives afterwards are disjoint, and together they are everyone.
+async fn joined_and_notices_never_overlap_in_a_join_storm(c: &Cluster) {
+    let room = "storm";
+    let n = 80;
+    let joined = storm(c, room, n).await;
     let everyone: BTreeSet<String> = (0..n).map(|i| format!("s{i}")).collect();
     let checks = joined.into_iter().map(|(mut cl, joined)| {
         let everyone = everyone.clone();
@@ -334,20 +340,9 @@ fn storm_config(cfg: &mut roomcast::Config) {
 /// What `n` clients joining one room at once receive in total (frames, bytes of text),
 /// once every client is joined and the room has gone quiet.
 async fn storm_totals(c: &Cluster, room: &str, n: usize) -> (usize, usize) {
-    let mut clients = Vec::new();
-    for i in 0..n {
-        clients.push(c.client(i).await);
-    }
-    let joins = clients
-        .into_iter()
-        .enumerate()
-        .map(|(i, mut cl)| async move {
-            let joined = cl.join(room, &format!("s{i}")).await;
-            (cl, joined.to_string().len())
-        });
-    let joined: Vec<(Client, usize)> = join_all(joins).await;
-    let reads = joined.into_iter().map(|(mut cl, joined_bytes)| async move {
-        let (mut frames, mut bytes) = (1, joined_bytes);
+    let joined = storm(c, room, n).await;
+    let reads = joined.into_iter().map(|(mut cl, joined)| async move {
+        let (mut frames, mut bytes) = (1, joined.to_string().len());
         while let Some(f) = cl.try_next_json(Duration::from_millis(500)).await {
             frames += 1;
             bytes += f.to_string().len();
