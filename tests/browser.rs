@@ -1835,14 +1835,22 @@ async fn crowd(env: &TwoReplicas, room: &str, n: usize) -> (Vec<common::Client>,
     (guests, names)
 }
 
-#[tokio::test]
-async fn refused_members_page_leaves_the_list_as_it_was_and_can_be_asked_again() {
-    let env = TwoReplicas::start_with(small_presence_pages).await;
-    let (_guests, mut names) = crowd(&env, "crowd", 5).await;
+/// A page joined as zoe to `crowd`, a room of 5 guests (6 members with zoe, more than
+/// `small_presence_pages` lists in `joined`); returns the guests, every member's name and
+/// the page.
+async fn zoe_in_a_crowd(env: &TwoReplicas) -> (Vec<common::Client>, Vec<String>, Page) {
+    let (guests, mut names) = crowd(env, "crowd", 5).await;
     let page = env.browser.open(&page_url(&env.node_a)).await;
     page.join("zoe", "crowd").await;
     names.push("zoe".into());
     page.wait_member_count(6).await;
+    (guests, names, page)
+}
+
+#[tokio::test]
+async fn refused_members_page_leaves_the_list_as_it_was_and_can_be_asked_again() {
+    let env = TwoReplicas::start_with(small_presence_pages).await;
+    let (_guests, names, page) = zoe_in_a_crowd(&env).await;
     let first = page.member_names().await;
 
     page.meddle_with_members_requests("limit").await;
@@ -1896,11 +1904,7 @@ async fn refused_members_page_leaves_the_list_as_it_was_and_can_be_asked_again()
 #[tokio::test]
 async fn members_page_answering_a_room_left_meanwhile_is_dropped() {
     let env = TwoReplicas::start_with(small_presence_pages).await;
-    let (_guests, mut names) = crowd(&env, "crowd", 5).await;
-    let page = env.browser.open(&page_url(&env.node_a)).await;
-    page.join("zoe", "crowd").await;
-    names.push("zoe".into());
-    page.wait_member_count(6).await;
+    let (_guests, names, page) = zoe_in_a_crowd(&env).await;
 
     // The page asks for the second page and leaves the room before the answer comes.
     page.meddle_with_members_requests("leave").await;
