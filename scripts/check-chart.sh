@@ -584,6 +584,8 @@ dpod, dc = gateway(d)
 checks["default: [auth] mode anonymous, no [auth.jwt], no jwt volumes"] = cfg["auth"]["mode"] == "anonymous" \
     and "jwt" not in cfg["auth"] and vol(dpod, "jwt-secret") is None and vol(dpod, "jwt-public-key") is None
 checks["default: trusted_proxies empty without an ingress"] = cfg["server"]["trusted_proxies"] == []
+checks["default: permessage-deflate on, frames from 512 bytes (server.compression, compression_min_bytes)"] = \
+    (cfg["server"].get("compression"), cfg["server"].get("compression_min_bytes")) == (True, 512)
 checks["default: helm test probe unchanged (no --mint, no token)"] = "--mint" not in test_pod(d)["containers"][0]["args"] \
     and "env" not in test_pod(d)["containers"][0]
 # --- large deployments (podSecurityContext.sysctls, memory sized from maxConnections) ---

@@ -59,6 +59,12 @@ pub struct ServerConfig {
     /// A connection that has not sent complete request headers by then is closed.
     #[serde(with = "humantime_serde")]
     pub header_timeout: Duration,
+    /// Agree to WebSocket `permessage-deflate` (RFC 7692, no context takeover) when a
+    /// client offers it.
+    pub compression: bool,
+    /// With compression agreed, server frames of at least this many bytes go out
+    /// compressed (smaller ones as they are).
+    pub compression_min_bytes: usize,
 }
 
 impl Default for ServerConfig {
@@ -68,6 +74,8 @@ impl Default for ServerConfig {
             allowed_origins: Vec::new(),
             trusted_proxies: Vec::new(),
             header_timeout: Duration::from_secs(10),
+            compression: true,
+            compression_min_bytes: 512,
         }
     }
 }
@@ -701,6 +709,12 @@ impl Config {
         if self.server.header_timeout.is_zero() {
             return Err(invalid("server.header_timeout", "must be more than 0"));
         }
+        if self.server.compression_min_bytes == 0 {
+            return Err(invalid(
+                "server.compression_min_bytes",
+                "must be at least 1",
+            ));
+        }
         for cidr in &self.server.trusted_proxies {
             let cidr = cidr.trim();
             if cidr.parse::<ipnet::IpNet>().is_err() && cidr.parse::<std::net::IpAddr>().is_err() {
@@ -1013,6 +1027,18 @@ mod tests {
     #[test]
     fn defaults_are_valid() {
         Config::default().validate().expect("defaults validate");
+    }
+
+    #[test]
+    fn compression_threshold_must_be_positive() {
+        let mut cfg = Config::default();
+        assert!(
+            cfg.server.compression,
+            "permessage-deflate is on by default"
+        );
+        cfg.server.compression_min_bytes = 0;
+        let err = cfg.validate().expect_err("0 refused").to_string();
+        assert!(err.contains("server.compression_min_bytes"), "{err}");
     }
 
     #[test]

@@ -17,7 +17,7 @@
 
 use std::collections::{HashMap, HashSet};
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, OnceLock};
 use std::time::Duration;
 
 use axum::extract::ws::Utf8Bytes;
@@ -84,6 +84,19 @@ pub(crate) struct RoomFrame {
     /// reflects; a member whose `joined` already reflects it never gets the frame. 0 for
     /// everything else.
     pub(crate) pseq: u64,
+    /// The frame compressed for members that agreed on `permessage-deflate`: made by the
+    /// first such recipient, shared by the rest (`None` inside: not worth it).
+    pub(crate) deflated: OnceLock<Option<Bytes>>,
+}
+
+impl RoomFrame {
+    /// The frame's `permessage-deflate` payload, compressed once for every recipient;
+    /// `None` when compression does not make it smaller.
+    pub(crate) fn deflated(&self) -> Option<Bytes> {
+        self.deflated
+            .get_or_init(|| crate::session::compress(self.frame.as_bytes()))
+            .clone()
+    }
 }
 
 /// A completed join: who is there (the first page of members and the count), where the
@@ -960,6 +973,7 @@ impl Rooms {
                     id: Some(id),
                     ts_us: ts,
                     pseq: 0,
+                    deflated: OnceLock::new(),
                 });
                 for local in room.members.values() {
                     local.member.deliver(shared.clone());
@@ -983,6 +997,7 @@ impl Rooms {
                     id: None,
                     ts_us: 0,
                     pseq: 0,
+                    deflated: OnceLock::new(),
                 });
                 // Not to the typist: neither the sending connection nor (a user with an
                 // id) their other connections.
@@ -1034,6 +1049,7 @@ impl Rooms {
                     id: None,
                     ts_us: 0,
                     pseq: seq,
+                    deflated: OnceLock::new(),
                 });
                 // A member is not told about its own join or leave.
                 for local in room.members.values().filter(|m| *m.presence.conn != *conn) {
@@ -1068,6 +1084,7 @@ impl Rooms {
                 id: None,
                 ts_us: 0,
                 pseq: state.seq,
+                deflated: OnceLock::new(),
             });
             state.joins = 0;
             state.leaves = 0;

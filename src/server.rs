@@ -433,6 +433,13 @@ async fn ws_upgrade(
     let Ok(accept) = HeaderValue::try_from(accept) else {
         return StatusCode::INTERNAL_SERVER_ERROR.into_response();
     };
+    let deflate = env.config().server.compression
+        && session::negotiate_deflate(
+            headers
+                .get_all(header::SEC_WEBSOCKET_EXTENSIONS)
+                .iter()
+                .map(HeaderValue::as_bytes),
+        );
     let env = env.clone();
     tokio::spawn(async move {
         let upgraded = match on_upgrade.await {
@@ -459,9 +466,10 @@ async fn ws_upgrade(
             peer,
             slot,
             query.token,
+            deflate,
         ));
     });
-    (
+    let mut response = (
         StatusCode::SWITCHING_PROTOCOLS,
         [
             (header::CONNECTION, HeaderValue::from_static("upgrade")),
@@ -469,7 +477,14 @@ async fn ws_upgrade(
             (header::SEC_WEBSOCKET_ACCEPT, accept),
         ],
     )
-        .into_response()
+        .into_response();
+    if deflate {
+        response.headers_mut().insert(
+            header::SEC_WEBSOCKET_EXTENSIONS,
+            HeaderValue::from_static(session::DEFLATE_RESPONSE),
+        );
+    }
+    response
 }
 
 /// Keeps `roomcast_bus_up` current and, every `presence.refresh` while the bus is up,

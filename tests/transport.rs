@@ -1,8 +1,10 @@
 //! Behaviour of the WebSocket transport (the session reads and writes frames on the TCP
 //! socket itself): frames sent together with the upgrade request, fragmented messages
 //! with control frames between the fragments, pings answered with their payload, the
-//! message size limit across fragments, unmasked frames, and the close handshake. Each
-//! test speaks raw WebSocket framing over TCP, so every byte on the wire is the test's.
+//! message size limit across fragments, unmasked frames, the close handshake, and
+//! `permessage-deflate` (agreed on offer, large frames compressed both ways, bombs and
+//! corrupt data refused, off by config). Each test speaks raw WebSocket framing over
+//! TCP, so every byte on the wire is the test's.
 
 #[macro_use]
 mod common;
@@ -44,29 +46,74 @@ fn masked_frame(fin: bool, opcode: u8, payload: &[u8], mask: Option<[u8; 4]>) ->
     out
 }
 
-fn upgrade_request(addr: &str) -> String {
+fn upgrade_request(addr: &str, extensions: Option<&str>) -> String {
+    let extensions = extensions
+        .map(|e| format!("Sec-WebSocket-Extensions: {e}\r\n"))
+        .unwrap_or_default();
     format!(
         "GET /ws HTTP/1.1\r\nHost: {addr}\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\
-         Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n\r\n"
+         Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n\
+         {extensions}\r\n"
     )
+}
+
+/// The offer Chromium makes.
+const BROWSER_OFFER: &str = "permessage-deflate; client_max_window_bits";
+/// What the server answers when it agrees.
+const AGREED: &str = "permessage-deflate; server_no_context_takeover; client_no_context_takeover";
+
+/// A message compressed as `permessage-deflate` sends it: raw DEFLATE, sync-flushed, the
+/// `00 00 ff ff` tail removed.
+fn deflate(payload: &[u8]) -> Vec<u8> {
+    use flate2::{Compress, Compression, FlushCompress};
+    let mut c = Compress::new(Compression::default(), false);
+    let mut out = Vec::with_capacity(payload.len() + 64);
+    c.compress_vec(payload, &mut out, FlushCompress::Sync)
+        .expect("compress");
+    assert!(out.ends_with(&[0, 0, 0xff, 0xff]), "sync flush tail");
+    out.truncate(out.len() - 4);
+    out
+}
+
+fn inflate(payload: &[u8]) -> Vec<u8> {
+    use flate2::{Decompress, FlushDecompress};
+    let mut d = Decompress::new(false);
+    let mut input = payload.to_vec();
+    input.extend_from_slice(&[0, 0, 0xff, 0xff]);
+    let mut out = Vec::with_capacity(1 << 20);
+    d.decompress_vec(&input, &mut out, FlushDecompress::Sync)
+        .expect("the server's compressed frame inflates");
+    assert_eq!(d.total_in() as usize, input.len(), "all of it consumed");
+    out
 }
 
 /// A raw WebSocket client over TCP.
 struct Raw {
     stream: TcpStream,
     buf: Vec<u8>,
+    /// The server's `Sec-WebSocket-Extensions` answer.
+    agreed: Option<String>,
+    /// Compressed (RSV1) server frames seen so far.
+    compressed: usize,
 }
 
 impl Raw {
     /// Upgrades, sending `first` (already framed) in the same write as the request.
     async fn connect_with(node: &Node, first: &[u8]) -> Raw {
+        Raw::upgrade(node, first, None).await
+    }
+
+    /// Upgrades offering `extensions`; `first` (already framed) goes in the same write.
+    async fn upgrade(node: &Node, first: &[u8], extensions: Option<&str>) -> Raw {
         let mut stream = TcpStream::connect(node.addr).await.expect("connect");
-        let mut bytes = upgrade_request(&node.addr.to_string()).into_bytes();
+        let mut bytes = upgrade_request(&node.addr.to_string(), extensions).into_bytes();
         bytes.extend_from_slice(first);
         stream.write_all(&bytes).await.expect("write upgrade");
         let mut raw = Raw {
             stream,
             buf: Vec::new(),
+            agreed: None,
+            compressed: 0,
         };
         let head_end = loop {
             if let Some(i) = raw.buf.windows(4).position(|w| w == b"\r\n\r\n") {
@@ -81,6 +128,11 @@ impl Raw {
                 .contains("sec-websocket-accept: s3pplmbitxaq9kygzzhzrbk+xoo="),
             "RFC 6455's sample key must get its sample accept value: {head}"
         );
+        raw.agreed = head.lines().find_map(|line| {
+            let (name, value) = line.split_once(':')?;
+            name.eq_ignore_ascii_case("sec-websocket-extensions")
+                .then(|| value.trim().to_string())
+        });
         raw.buf.drain(..head_end);
         raw
     }
@@ -111,12 +163,18 @@ impl Raw {
         }
     }
 
-    /// The next server frame `(opcode, payload)`; `None` when the connection ended.
-    /// Checks that server frames are final and unmasked.
+    /// The next server frame `(opcode, payload)`, inflated if it came compressed;
+    /// `None` when the connection ended. Checks that server frames are final and
+    /// unmasked, and that only text frames are compressed, only after agreeing to it.
     async fn frame(&mut self) -> Option<(u8, Vec<u8>)> {
         loop {
             if self.buf.len() >= 2 {
-                assert_eq!(self.buf[0] & 0xF0, 0x80, "FIN set, no reserved bits");
+                let rsv1 = self.buf[0] & 0x40 != 0;
+                if rsv1 {
+                    assert_eq!(self.agreed.as_deref(), Some(AGREED), "RSV1 only if agreed");
+                    assert_eq!(self.buf[0] & 0x0F, opcode::TEXT, "only text is compressed");
+                }
+                assert_eq!(self.buf[0] & 0xB0, 0x80, "FIN set, no RSV2/RSV3");
                 assert_eq!(self.buf[1] & 0x80, 0, "server frames are not masked");
                 let (len, at) = match self.buf[1] & 0x7F {
                     126 if self.buf.len() >= 4 => {
@@ -132,8 +190,12 @@ impl Raw {
                 };
                 if len != usize::MAX && self.buf.len() >= at + len {
                     let op = self.buf[0] & 0x0F;
-                    let payload = self.buf[at..at + len].to_vec();
+                    let mut payload = self.buf[at..at + len].to_vec();
                     self.buf.drain(..at + len);
+                    if rsv1 {
+                        self.compressed += 1;
+                        payload = inflate(&payload);
+                    }
                     return Some((op, payload));
                 }
             }
@@ -306,4 +368,150 @@ async fn large_server_frames_use_the_longer_length_forms() {
             .expect("the message comes back");
         assert_eq!(message["text"].as_str().map(str::len), Some(len));
     }
+}
+
+/// A client frame with RSV1 set (a compressed message's first frame).
+fn compressed_frame(fin: bool, opcode: u8, payload: &[u8]) -> Vec<u8> {
+    let mut frame = client_frame(fin, opcode, payload);
+    frame[0] |= 0x40;
+    frame
+}
+
+/// A node with `n` members in `hall` under long names, so `joined` is large.
+async fn crowded_node(n: usize, tweak: impl FnOnce(&mut roomcast::Config)) -> (Node, Vec<Client>) {
+    let node = node_with(tweak).await;
+    let mut members = Vec::new();
+    for i in 0..n {
+        let mut c = node.client().await;
+        c.join("hall", &format!("a member with a longer name {i:03}"))
+            .await;
+        members.push(c);
+    }
+    (node, members)
+}
+
+#[tokio::test]
+async fn a_browsers_deflate_offer_is_agreed_and_large_frames_arrive_compressed() {
+    let (node, mut members) = crowded_node(30, |_| {}).await;
+    let mut raw = Raw::upgrade(&node, &[], Some(BROWSER_OFFER)).await;
+    assert_eq!(raw.agreed.as_deref(), Some(AGREED));
+    assert_eq!(raw.json().await["type"], "welcome");
+    assert_eq!(raw.compressed, 0, "a small welcome goes out as it is");
+    raw.send_text(&join_frame("hall", "squeezed")).await;
+    let joined = raw.json().await;
+    assert_eq!(joined["type"], "joined", "{joined}");
+    assert_eq!(joined["members"].as_array().map(Vec::len), Some(31));
+    assert_eq!(raw.compressed, 1, "joined lists 31 members: compressed");
+    // A large message from a member who did not agree: compressed for this member only.
+    let text = "the same words again and again ".repeat(30);
+    let ack = members[0].send("hall", &text).await;
+    let message = loop {
+        let frame = raw.json().await;
+        if frame["type"] == "message" {
+            break frame;
+        }
+    };
+    assert_eq!(
+        (&message["id"], &message["text"]),
+        (&ack["id"], &text.as_str().into())
+    );
+    assert_eq!(raw.compressed, 2);
+    assert_eq!(members[1].next_message().await["text"], text.as_str());
+}
+
+#[tokio::test]
+async fn compressed_client_messages_whole_or_fragmented_are_inflated() {
+    let node = node_with(|_| {}).await;
+    let mut other = node.client().await;
+    other.join("hall", "other").await;
+    let mut raw = Raw::upgrade(&node, &[], Some("permessage-deflate")).await;
+    assert_eq!(raw.agreed.as_deref(), Some(AGREED));
+    assert_eq!(raw.json().await["type"], "welcome");
+    let join = deflate(join_frame("hall", "packer").as_bytes());
+    raw.send(&compressed_frame(true, opcode::TEXT, &join)).await;
+    assert_eq!(raw.json().await["type"], "joined");
+    // RSV1 on the first fragment only; a ping between fragments is not compressed.
+    let send = serde_json::json!({"type": "send", "room": "hall", "text": "in pieces"});
+    let packed = deflate(send.to_string().as_bytes());
+    let (a, b) = packed.split_at(packed.len() / 2);
+    raw.send(&compressed_frame(false, opcode::TEXT, a)).await;
+    raw.send(&client_frame(true, opcode::PING, b"mid")).await;
+    raw.send(&client_frame(true, 0x0, b)).await;
+    assert_eq!(raw.frame().await, Some((opcode::PONG, b"mid".to_vec())));
+    assert_eq!(other.next_message().await["text"], "in pieces");
+}
+
+#[tokio::test]
+async fn a_compressed_bomb_closes_1009_and_others_go_on() {
+    let node = node_with(|_| {}).await;
+    let mut other = node.client().await;
+    other.join("hall", "other").await;
+    let mut raw = Raw::upgrade(&node, &[], Some(BROWSER_OFFER)).await;
+    assert_eq!(raw.json().await["type"], "welcome");
+    // 4 MiB of one letter is a few KiB compressed: under the 16 KiB frame limit, far
+    // over it once inflated.
+    let bomb = deflate(&vec![b'a'; 4 << 20]);
+    assert!(bomb.len() < 16 * 1024, "{}", bomb.len());
+    raw.send(&compressed_frame(true, opcode::TEXT, &bomb)).await;
+    assert_eq!(
+        raw.close_frame().await,
+        Some((1009, "frame too large".to_string()))
+    );
+    let ack = other.send("hall", "still here").await;
+    assert_eq!(id_of(&other.next_message().await), id_of(&ack));
+}
+
+#[tokio::test]
+async fn corrupt_compressed_data_ends_the_connection_and_others_go_on() {
+    let node = node_with(|_| {}).await;
+    let mut other = node.client().await;
+    other.join("hall", "other").await;
+    let mut raw = Raw::upgrade(&node, &[], Some(BROWSER_OFFER)).await;
+    assert_eq!(raw.json().await["type"], "welcome");
+    raw.send(&compressed_frame(true, opcode::TEXT, &[0xff; 40]))
+        .await;
+    match raw.frame().await {
+        Some((opcode::CLOSE, _)) => assert!(raw.frame().await.is_none(), "then the end"),
+        None => {}
+        Some(frame) => panic!("unexpected frame after corrupt data: {frame:?}"),
+    }
+    let ack = other.send("hall", "still here").await;
+    assert_eq!(id_of(&other.next_message().await), id_of(&ack));
+}
+
+#[tokio::test]
+async fn with_compression_off_an_offer_is_declined_and_rsv1_is_a_protocol_violation() {
+    let (node, _members) = crowded_node(30, |cfg| cfg.server.compression = false).await;
+    let mut raw = Raw::upgrade(&node, &[], Some(BROWSER_OFFER)).await;
+    assert_eq!(raw.agreed, None, "no extension agreed");
+    assert_eq!(raw.json().await["type"], "welcome");
+    raw.send_text(&join_frame("hall", "plain")).await;
+    assert_eq!(
+        raw.json().await["members"].as_array().map(Vec::len),
+        Some(31)
+    );
+    assert_eq!(raw.compressed, 0);
+    let join = deflate(join_frame("elsewhere", "plain").as_bytes());
+    raw.send(&compressed_frame(true, opcode::TEXT, &join)).await;
+    match raw.frame().await {
+        Some((opcode::CLOSE, _)) => assert!(raw.frame().await.is_none(), "then the end"),
+        None => {}
+        Some(frame) => panic!("unexpected frame after RSV1 without agreement: {frame:?}"),
+    }
+}
+
+#[tokio::test]
+async fn an_offer_the_server_cannot_honour_is_declined_and_nothing_is_compressed() {
+    let (node, _members) = crowded_node(30, |_| {}).await;
+    let mut raw = Raw::upgrade(
+        &node,
+        &[],
+        Some("permessage-deflate; server_max_window_bits=10"),
+    )
+    .await;
+    assert_eq!(raw.agreed, None);
+    assert_eq!(raw.json().await["type"], "welcome");
+    raw.send_text(&join_frame("hall", "plain")).await;
+    assert_eq!(raw.json().await["type"], "joined");
+    assert_eq!(raw.compressed, 0);
 }

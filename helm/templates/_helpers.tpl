@@ -460,6 +460,8 @@ listen = {{ printf "%s:%d" .Values.server.bindAddress (int .Values.server.port) 
 allowed_origins = {{ .Values.allowedOrigins | default list | toJson }}
 trusted_proxies = {{ include "roomcast.trustedProxies" . }}
 header_timeout = {{ .Values.headerTimeout | toJson }}
+compression = {{ .Values.compression.enabled | toJson }}
+compression_min_bytes = {{ .Values.compression.minBytes | int }}
 
 [auth]
 mode = {{ .Values.auth.mode | toJson }}

@@ -11,6 +11,7 @@
 //! their members.
 
 mod ctl;
+mod deflate;
 pub(crate) mod limits;
 mod room_map;
 mod transport;
@@ -28,6 +29,9 @@ use tokio_util::task::TaskTracker;
 use tracing::{Instrument, debug, info_span};
 
 use self::ctl::{Due, SessionCtl};
+pub(crate) use self::deflate::{
+    RESPONSE as DEFLATE_RESPONSE, compress, negotiate as negotiate_deflate,
+};
 use self::limits::{Strikes, TokenBucket};
 use self::room_map::RoomMap;
 pub(crate) use self::transport::accept_key;
@@ -150,13 +154,16 @@ pub(crate) struct Handle {
 
 impl Handle {
     /// A handle writing to `sock` (`None`: detached, for unit tests: frames stay pending).
+    /// `deflate_min`: `permessage-deflate` was agreed, text frames of at least that many
+    /// bytes go out compressed.
     fn new(
         sock: Option<tokio::net::tcp::OwnedWriteHalf>,
         metrics: Arc<Metrics>,
         queue: usize,
+        deflate_min: Option<usize>,
     ) -> Arc<Self> {
         Arc::new_cyclic(|me| Handle {
-            out: Outbound::new(sock, me.clone(), metrics, queue),
+            out: Outbound::new(sock, me.clone(), metrics, queue, deflate_min),
             ctl: SessionCtl::default(),
             user_id: std::sync::OnceLock::new(),
         })
@@ -271,6 +278,8 @@ pub(crate) fn run(
     slot: impl Send + 'static,
     // jwt mode: the token from `?token=` on `/ws`, if any.
     token: Option<String>,
+    // `permessage-deflate` was agreed in the handshake.
+    deflate: bool,
 ) -> impl std::future::Future<Output = ()> + Send {
     let conn: Arc<str> = Arc::from(format!("{:012x}", rand::random::<u64>() >> 16));
     let span = info_span!("connection", node = %env.rooms().node(), conn = %conn, %peer);
@@ -280,8 +289,14 @@ pub(crate) fn run(
         metrics.connections.inc();
         let limits = &env.config().limits;
         let (read, write) = stream.into_split();
-        let reader = Reader::new(read, early, limits.max_frame_bytes);
-        let handle = Handle::new(Some(write), metrics.clone(), limits.outbound_queue);
+        let reader = Reader::new(read, early, limits.max_frame_bytes, deflate);
+        let deflate_min = deflate.then_some(env.config().server.compression_min_bytes);
+        let handle = Handle::new(
+            Some(write),
+            metrics.clone(),
+            limits.outbound_queue,
+            deflate_min,
+        );
         let key = env.sessions().register(handle.clone());
         let mut session = Session {
             env: env.clone(),
@@ -943,7 +958,7 @@ mod tests {
 
     /// A detached handle: what it would write stays pending, for the test to read.
     fn handle(queue: usize) -> Arc<Handle> {
-        Handle::new(None, Arc::new(Metrics::new(10)), queue)
+        Handle::new(None, Arc::new(Metrics::new(10)), queue, None)
     }
 
     fn member(conn: &str, name: &str) -> MemberRef {

@@ -12,12 +12,16 @@
 use std::io::{self, Cursor, IoSlice};
 
 use bytes::{Buf, Bytes, BytesMut};
+
+use super::deflate::{self, InflateError};
 use tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
 use tokio_tungstenite::tungstenite::protocol::frame::FrameHeader;
 use tokio_tungstenite::tungstenite::protocol::frame::coding::{Control, Data, OpCode};
 
 /// Server frame opcodes (first header byte, FIN set).
 pub(super) const TEXT: u8 = 0x81;
+/// A compressed text message (FIN, RSV1, text).
+pub(super) const TEXT_DEFLATED: u8 = 0xC1;
 pub(super) const CLOSE: u8 = 0x88;
 pub(super) const PING: u8 = 0x89;
 pub(super) const PONG: u8 = 0x8A;
@@ -61,20 +65,32 @@ pub(super) struct Reader {
     sock: OwnedReadHalf,
     /// Bytes read and not parsed yet; empty (no allocation) between frames.
     buf: BytesMut,
-    /// A fragmented message being collected: its kind (text?) and the payload so far.
-    partial: Option<(bool, Vec<u8>)>,
-    /// The largest frame and the largest message (after reassembly) accepted.
+    /// A fragmented message being collected: its kind and the payload so far.
+    partial: Option<(Kind, Vec<u8>)>,
+    /// The largest frame and the largest message (after reassembly and inflation)
+    /// accepted.
     max: usize,
+    /// `permessage-deflate` was agreed: a message's first frame may have RSV1 set.
+    inflate: bool,
+}
+
+/// What a data message is: text or binary, compressed (RSV1 on its first frame) or not.
+#[derive(Debug, Clone, Copy)]
+struct Kind {
+    text: bool,
+    compressed: bool,
 }
 
 impl Reader {
     /// `early` are bytes the HTTP server read past the upgrade request.
-    pub(super) fn new(sock: OwnedReadHalf, early: Bytes, max: usize) -> Self {
+    /// `inflate`: `permessage-deflate` was agreed in the handshake.
+    pub(super) fn new(sock: OwnedReadHalf, early: Bytes, max: usize, inflate: bool) -> Self {
         Reader {
             sock,
             buf: BytesMut::from(&early[..]),
             partial: None,
             max,
+            inflate,
         }
     }
 
@@ -128,7 +144,7 @@ impl Reader {
                 self.buf.reserve(head + len - self.buf.len());
                 return Ok(None);
             }
-            if header.rsv1 || header.rsv2 || header.rsv3 {
+            if header.rsv2 || header.rsv3 || (header.rsv1 && !self.inflate) {
                 return Err(ReadError::Protocol(
                     "reserved bits set (no extension agreed)",
                 ));
@@ -139,19 +155,28 @@ impl Reader {
             self.buf.advance(head);
             let mut payload = self.buf.split_to(len);
             unmask(&mut payload, mask);
-            if let Some(incoming) = self.frame(header.is_final, header.opcode, payload)? {
+            if let Some(incoming) =
+                self.frame(header.is_final, header.rsv1, header.opcode, payload)?
+            {
                 return Ok(Some(incoming));
             }
         }
     }
 
     /// Applies one unmasked frame: a control frame or a completed message comes out.
+    /// `rsv1` (compressed) is only allowed on a message's first frame.
     fn frame(
         &mut self,
         fin: bool,
+        rsv1: bool,
         opcode: OpCode,
         payload: BytesMut,
     ) -> Result<Option<Incoming>, ReadError> {
+        if rsv1 && !matches!(opcode, OpCode::Data(Data::Text | Data::Binary)) {
+            return Err(ReadError::Protocol(
+                "RSV1 set on a control or continuation frame",
+            ));
+        }
         match opcode {
             OpCode::Control(control) => {
                 if !fin || payload.len() as u64 > MAX_CONTROL_PAYLOAD {
@@ -177,20 +202,23 @@ impl Reader {
                 if !fin {
                     return Ok(None);
                 }
-                let Some((text, collected)) = self.partial.take() else {
+                let Some((kind, collected)) = self.partial.take() else {
                     return Ok(None);
                 };
-                message(text, collected).map(Some)
+                message(kind, collected, self.max).map(Some)
             }
             OpCode::Data(data @ (Data::Text | Data::Binary)) => {
                 if self.partial.is_some() {
                     return Err(ReadError::Protocol("a new message inside a fragmented one"));
                 }
-                let text = data == Data::Text;
+                let kind = Kind {
+                    text: data == Data::Text,
+                    compressed: rsv1,
+                };
                 if fin {
-                    message(text, payload.to_vec()).map(Some)
+                    message(kind, payload.to_vec(), self.max).map(Some)
                 } else {
-                    self.partial = Some((text, payload.to_vec()));
+                    self.partial = Some((kind, payload.to_vec()));
                     Ok(None)
                 }
             }
@@ -199,11 +227,20 @@ impl Reader {
     }
 }
 
-/// A complete data message: text must be UTF-8.
-fn message(text: bool, payload: Vec<u8>) -> Result<Incoming, ReadError> {
-    if !text {
+/// A complete data message, inflated (to at most `max` bytes) if it was compressed:
+/// text must be UTF-8.
+fn message(kind: Kind, payload: Vec<u8>, max: usize) -> Result<Incoming, ReadError> {
+    if !kind.text {
         return Ok(Incoming::Binary);
     }
+    let payload = if kind.compressed {
+        deflate::inflate(&payload, max).map_err(|e| match e {
+            InflateError::TooLarge => ReadError::TooLarge(max),
+            InflateError::Corrupt => ReadError::Protocol("invalid compressed data"),
+        })?
+    } else {
+        payload
+    };
     String::from_utf8(payload)
         .map(Incoming::Text)
         .map_err(|_| ReadError::Protocol("text frame is not valid UTF-8"))

@@ -25,8 +25,9 @@ use tokio::net::tcp::OwnedWriteHalf;
 
 use super::Handle;
 use super::ctl::SessionCtl;
+use super::deflate;
 use super::room_map::RoomMap;
-use super::transport::{CLOSE, Chunk, PING, TEXT, write_chunks};
+use super::transport::{CLOSE, Chunk, PING, TEXT, TEXT_DEFLATED, write_chunks};
 use crate::clock;
 use crate::metrics::Metrics;
 use crate::protocol::{DisconnectReason, Encode, MsgId, ServerFrame};
@@ -92,6 +93,9 @@ pub(super) struct Outbound {
     /// `limits.outbound_queue`: queue items pending at most (and frames held per room
     /// during a join).
     max_queue: usize,
+    /// `permessage-deflate` agreed: text frames of at least this many bytes are
+    /// compressed (`server.compression_min_bytes`).
+    deflate_min: Option<usize>,
 }
 
 #[derive(Default)]
@@ -111,6 +115,7 @@ impl Outbound {
         me: Weak<Handle>,
         metrics: Arc<Metrics>,
         max_queue: usize,
+        deflate_min: Option<usize>,
     ) -> Self {
         Outbound {
             state: Mutex::new(State::default()),
@@ -118,6 +123,7 @@ impl Outbound {
             me,
             metrics,
             max_queue,
+            deflate_min,
         }
     }
 
@@ -141,7 +147,7 @@ impl Outbound {
                 more: None,
             } => {
                 self.count(ts_us, None);
-                frame_chunk(frame)
+                frame_chunk(frame, self.deflate_min)
             }
             Routed {
                 first: Some(first),
@@ -151,7 +157,7 @@ impl Outbound {
                 let mut bytes = Vec::new();
                 for (frame, ts_us) in std::iter::once(first).chain(more) {
                     self.count(ts_us, Some(now));
-                    frame_chunk(frame).append_to(&mut bytes);
+                    frame_chunk(frame, self.deflate_min).append_to(&mut bytes);
                 }
                 Chunk::encoded(bytes)
             }
@@ -344,6 +350,11 @@ async fn flush(handle: Arc<Handle>) {
 /// message frames, 0 otherwise).
 pub(super) trait Frames {
     fn push_back(&mut self, frame: (Utf8Bytes, u64));
+
+    /// A room's shared frame (which may carry its compressed form for every recipient).
+    fn push_room(&mut self, shared: &Arc<RoomFrame>, ts_us: u64) {
+        self.push_back((shared.frame.clone(), ts_us));
+    }
 }
 
 impl Frames for VecDeque<(Utf8Bytes, u64)> {
@@ -352,15 +363,21 @@ impl Frames for VecDeque<(Utf8Bytes, u64)> {
     }
 }
 
+/// One routed frame: the session's own, or a room's shared one.
+enum Payload {
+    Own(Utf8Bytes),
+    Room(Arc<RoomFrame>),
+}
+
 /// The frames one queue item let through: usually one, kept without an allocation.
 #[derive(Default)]
 struct Routed {
-    first: Option<(Utf8Bytes, u64)>,
-    more: Option<Vec<(Utf8Bytes, u64)>>,
+    first: Option<(Payload, u64)>,
+    more: Option<Vec<(Payload, u64)>>,
 }
 
-impl Frames for Routed {
-    fn push_back(&mut self, frame: (Utf8Bytes, u64)) {
+impl Routed {
+    fn add(&mut self, frame: (Payload, u64)) {
         if self.first.is_none() {
             self.first = Some(frame);
         } else {
@@ -369,12 +386,40 @@ impl Frames for Routed {
     }
 }
 
-/// The chunk of one routed frame; an empty frame stands for a heartbeat ping.
-fn frame_chunk(frame: Utf8Bytes) -> Chunk {
-    if frame.is_empty() {
-        Chunk::frame(PING, Bytes::new())
-    } else {
-        Chunk::frame(TEXT, Bytes::from(frame))
+impl Frames for Routed {
+    fn push_back(&mut self, (frame, ts_us): (Utf8Bytes, u64)) {
+        self.add((Payload::Own(frame), ts_us));
+    }
+
+    fn push_room(&mut self, shared: &Arc<RoomFrame>, ts_us: u64) {
+        self.add((Payload::Room(shared.clone()), ts_us));
+    }
+}
+
+/// The chunk of one routed frame; an empty frame stands for a heartbeat ping. With
+/// `permessage-deflate` agreed (`deflate_min`), a text frame of at least that many
+/// bytes goes out compressed when that makes it smaller (a room's frame is compressed
+/// once, for all its recipients).
+fn frame_chunk(frame: Payload, deflate_min: Option<usize>) -> Chunk {
+    let text = match &frame {
+        Payload::Own(text) => text,
+        Payload::Room(shared) => &shared.frame,
+    };
+    if text.is_empty() {
+        return Chunk::frame(PING, Bytes::new());
+    }
+    if deflate_min.is_some_and(|min| text.len() >= min) {
+        let packed = match &frame {
+            Payload::Own(text) => deflate::compress(text.as_bytes()),
+            Payload::Room(shared) => shared.deflated(),
+        };
+        if let Some(packed) = packed {
+            return Chunk::frame(TEXT_DEFLATED, packed);
+        }
+    }
+    match frame {
+        Payload::Own(text) => Chunk::frame(TEXT, Bytes::from(text)),
+        Payload::Room(shared) => Chunk::frame(TEXT, Bytes::from(shared.frame.clone())),
     }
 }
 
@@ -411,10 +456,10 @@ fn route(
                 Some(id) if id <= cursor.cursor => {}
                 Some(id) => {
                     cursor.cursor = id;
-                    frames.push_back((shared.frame.clone(), shared.ts_us));
+                    frames.push_room(&shared, shared.ts_us);
                 }
                 None if shared.pseq != 0 && shared.pseq <= cursor.presence => {}
-                None => frames.push_back((shared.frame.clone(), 0)),
+                None => frames.push_room(&shared, 0),
             }
         }
         Out::Hold(room) => {
@@ -490,6 +535,7 @@ mod tests {
             id: id.map(|ms| MsgId { ms, seq: 0 }),
             ts_us: 0,
             pseq: 0,
+            deflated: Default::default(),
         }))
     }
 
@@ -500,6 +546,7 @@ mod tests {
             id: None,
             ts_us: 0,
             pseq,
+            deflated: Default::default(),
         }))
     }
 
