@@ -334,9 +334,11 @@ def load_storms():
 storms = load_storms()
 if storms:
     meta = load("storm") or {}
-    print(f"\n## storm: N clients join ONE room at the same instant; one replica, {meta.get('bus', 'memory')} bus")
+    offered = meta.get("deflate_offered", False)
+    print(f"\n## storm: N clients join ONE room at the same instant; one replica, {meta.get('bus', 'memory')} bus; "
+          f"permessage-deflate {'offered' if offered else 'not offered'} by the clients")
     hdr = ["clients", "joined", "join s", "storm s", "frames", "joined", "presence", "members", "other",
-           "bytes (payload)", "wire bytes", "gw socket bytes", "socket/wire", "gw wchar", "peak RSS MiB", "max listed",
+           "deflate", "compressed", "bytes (payload)", "wire bytes", "gw socket bytes", "socket/wire", "gw wchar", "peak RSS MiB", "max listed",
            "member_count", "summaries", "closed"]
     rows = []
     for n, r in storms:
@@ -346,7 +348,9 @@ if storms:
         rows.append([str(n), f"{j['joined']}/{j['connections']}", f"{j['join_seconds']:.3f}",
                      f"{j['storm_seconds']:.3f}" + ("" if j["quiet"] else "+"), f"{j['frames']:,}",
                      f"{ft['joined']['frames']:,}", f"{ft['presence']['frames']:,}",
-                     f"{ft['members']['frames']:,}", f"{other:,}", f"{j['bytes']:,}",
+                     f"{ft['members']['frames']:,}", f"{other:,}",
+                     "yes" if j.get("deflate") else ("refused" if j.get("deflate_offered") else "off"),
+                     f"{j.get('compressed_frames', 0):,}", f"{j['bytes']:,}",
                      f"{j['wire_bytes']:,}",
                      f"{j['server_tcp_bytes']:,}" if j.get("server_tcp_bytes") is not None else "-",
                      fmt(j.get("server_tcp_over_wire"), 3),
@@ -359,7 +363,11 @@ if storms:
     for row in rows:
         print("  ".join(c.rjust(w) for c, w in zip(row, widths)))
     print("(frames and bytes: everything the clients received from the release of the joins until "
-          "3 s without a frame, welcome frames excluded; wire = payload + WebSocket headers; "
+          "3 s without a frame, welcome frames excluded; deflate = permessage-deflate negotiated (yes), "
+          "offered but refused by the gateway, or not offered (off); compressed = frames that arrived "
+          "compressed; bytes (payload) = payloads as decoded (inflated); wire = what came over the wire: "
+          "WebSocket headers + payloads as sent (compressed ones compressed, counted by the clients with "
+          "deflate on; payload + headers otherwise); "
           "gw socket bytes = what the gateway's sockets sent over the same window (tcpi_bytes_acked, "
           "ss -tin): the cross-check, 1.000 = every byte accounted for; "
           "gw wchar = /proc/PID/io wchar, which counts write(2) but not the send(2) the gateway uses; "

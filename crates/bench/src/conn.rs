@@ -36,6 +36,8 @@ pub struct Shared {
     pub backoff_max: Duration,
     /// Bounds concurrent connection attempts (ramp-up).
     pub connect_permits: Arc<Semaphore>,
+    /// `--deflate`: offer permessage-deflate and read through [`crate::deflate::Inflate`].
+    pub deflate: bool,
     /// `--join-at-once`: the first session of every connection waits until this turns
     /// true before it sends its joins (roomcast protocol; Socket.IO joins are not gated).
     pub join_gate: Option<watch::Receiver<bool>>,
@@ -120,7 +122,14 @@ impl Conn {
             let target = &self.shared.targets[self.url];
             let ws = {
                 let _permit = self.shared.connect_permits.acquire().await;
-                connect(target, self.spec.source, self.shared.connect_timeout).await
+                let deflate = self.shared.deflate.then_some(&self.shared.rec.wire);
+                connect(
+                    target,
+                    self.spec.source,
+                    self.shared.connect_timeout,
+                    deflate,
+                )
+                .await
             };
             let end = match ws {
                 Ok(ws) => {

@@ -18,6 +18,8 @@
 //! Layout:
 //! - [`wire`]: the two wire protocols and the payload header;
 //! - [`net`]: URLs, source addresses, the WebSocket handshake;
+//! - [`deflate`]: `--deflate`, permessage-deflate under tungstenite, and the bytes really
+//!   received on the wire;
 //! - [`conn`]: one simulated user (a task per connection), reconnect and resume;
 //! - [`ledger`]: loss / duplicate accounting;
 //! - [`stats`]: histograms, counters, `/proc` sampling;
@@ -25,6 +27,7 @@
 #![forbid(unsafe_code)]
 
 pub mod conn;
+pub mod deflate;
 pub mod ledger;
 pub mod net;
 pub mod report;
@@ -240,6 +243,15 @@ pub struct BenchArgs {
     /// runs that must hold every connection open (without --resume a close ends it).
     #[arg(long)]
     pub fail_on_disconnect: bool,
+
+    /// Offer WebSocket permessage-deflate (RFC 7692) in every handshake, as browsers do
+    /// (`client_no_context_takeover; server_no_context_takeover`). When the server agrees,
+    /// the compressed frames it sends are inflated before they are decoded (the bench still
+    /// sends uncompressed), and the report gives the bytes really received on the wire
+    /// beside the decoded ones: the `deflate` section, and in the `join_storm` section
+    /// `wire_bytes` (then the compressed bytes), `compressed_frames`, `decoded_bytes`.
+    #[arg(long)]
+    pub deflate: bool,
 }
 
 /// The workload: who is in which room and who publishes.
@@ -395,6 +407,7 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<()> {
         backoff_max: args.backoff_max,
         connect_permits: Arc::new(Semaphore::new(args.connect_concurrency.max(1))),
         join_gate: args.join_at_once.then_some(gate_rx),
+        deflate: args.deflate,
     });
     let (stop_tx, stop_rx) = watch::channel(false);
     let n = args.connections;
@@ -446,6 +459,7 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<()> {
             Instant::now(),
             rec.sessions.load(Ordering::Relaxed),
             rec.frame_counts(),
+            rec.wire.snapshot(),
             probe.sample(),
             t_connect.elapsed().as_secs_f64(),
         ));
@@ -480,7 +494,7 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<()> {
             .with_context(|| format!("cannot write --ready-file {}", path.display()))?;
     }
     let join_storm = match storm_start {
-        Some((tcp0, t0, sessions, frames0, server0, handshake_seconds)) => {
+        Some((tcp0, t0, sessions, frames0, wire0, server0, handshake_seconds)) => {
             // Wait for the servers to fall quiet: presence of the last joins still flows.
             let quiet_us = args.storm_quiet.as_micros() as u64;
             let quiet = loop {
@@ -507,6 +521,7 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<()> {
                     storm_seconds: storm_seconds.max(join_seconds),
                     quiet,
                     frames: rec.frame_counts().since(&frames0),
+                    wire: args.deflate.then(|| rec.wire.snapshot().since(&wire0)),
                 },
                 (!probe.is_empty()).then_some((server0, server1)),
             ))
@@ -724,6 +739,7 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<()> {
         totals,
         server,
         join_storm,
+        deflate: args.deflate.then(|| rec.wire.snapshot()),
         open_at_end,
         rooms_detail: rooms,
     };

@@ -5,6 +5,7 @@ use std::sync::atomic::Ordering;
 
 use serde::Serialize;
 
+use super::deflate::WireCounts;
 use super::stats::{FrameCounts, Recorder, ServerSample, Summary};
 use super::wire::FrameKind;
 use super::wire::Protocol;
@@ -229,6 +230,8 @@ pub struct JoinStormInput {
     pub quiet: bool,
     /// Frames received from the release until the quiet period.
     pub frames: FrameCounts,
+    /// `--deflate`: what the connections' shims counted over the same window.
+    pub wire: Option<WireCounts>,
 }
 
 /// The join storm (`--join-at-once`): N connections open, then all join at one instant.
@@ -253,9 +256,24 @@ pub struct JoinStorm {
     pub frames: u64,
     /// WebSocket payload bytes of those frames.
     pub bytes: u64,
-    /// Payload bytes plus WebSocket frame headers: what the servers wrote to the sockets
-    /// for the joins.
+    /// What the servers wrote to the sockets for the joins: WebSocket frame headers and
+    /// payloads as sent. Without permessage-deflate, computed from the payloads (one frame
+    /// per message); with it (`deflate`), the bytes the connections really received,
+    /// compressed payloads as compressed (first frames, the welcomes, left out).
     pub wire_bytes: u64,
+    /// Whether the bench offered permessage-deflate (`--deflate`).
+    pub deflate_offered: bool,
+    /// Whether the servers accepted it (in every handshake of the run).
+    pub deflate: bool,
+    /// Frames that arrived compressed (RSV1) over the window, and their bytes on the wire
+    /// (headers and compressed payloads; part of `wire_bytes`).
+    pub compressed_frames: u64,
+    pub compressed_wire_bytes: u64,
+    /// Payload bytes those compressed frames inflated to (part of `bytes`).
+    pub decoded_bytes: u64,
+    /// What `wire_bytes` would be had nothing been compressed: `bytes` plus the headers of
+    /// frames that size (equal to `wire_bytes` without deflate).
+    pub uncompressed_wire_bytes: u64,
     /// Bytes the servers' local sockets sent and had acknowledged over the window
     /// (`tcpi_bytes_acked` from `ss -tin`, summed over their established connections):
     /// the cross-check of `wire_bytes`; absent for servers on other machines.
@@ -286,10 +304,15 @@ impl JoinStorm {
         let w = FrameKind::Welcome.index();
         let (welcome_frames, welcome_bytes) = (i.frames.frames[w], i.frames.bytes[w]);
         // A welcome is far below 126 bytes: a 2-byte header each.
-        let wire = i
+        let uncompressed = i
             .frames
             .wire_bytes()
             .saturating_sub(welcome_bytes + 2 * welcome_frames);
+        let wire = match &i.wire {
+            Some(w) => w.wire_bytes.saturating_sub(w.first_frame_wire_bytes),
+            None => uncompressed,
+        };
+        let deflate = i.wire.unwrap_or_default();
         let wchar = server.and_then(|(a, b)| Some(b.wchar?.saturating_sub(a.wchar?)));
         let tcp = i.tcp_bytes_acked.map(|(a, b)| b.saturating_sub(a));
         JoinStorm {
@@ -303,6 +326,12 @@ impl JoinStorm {
             frames: i.frames.total_frames().saturating_sub(welcome_frames),
             bytes: i.frames.total_bytes().saturating_sub(welcome_bytes),
             wire_bytes: wire,
+            deflate_offered: i.wire.is_some(),
+            deflate: deflate.negotiated(),
+            compressed_frames: deflate.compressed_frames,
+            compressed_wire_bytes: deflate.compressed_wire_bytes,
+            decoded_bytes: deflate.decoded_bytes,
+            uncompressed_wire_bytes: uncompressed,
             server_tcp_bytes: tcp,
             server_tcp_over_wire: tcp
                 .filter(|_| wire > 0)
@@ -346,13 +375,27 @@ impl JoinStorm {
                 .unwrap_or_default(),
             self.presence_summaries
         );
+        if self.deflate {
+            println!(
+                "  permessage-deflate negotiated: {} frames arrived compressed, {} bytes on the wire for {} payload bytes; {} bytes on the wire in all, {} uncompressed",
+                self.compressed_frames,
+                self.compressed_wire_bytes,
+                self.decoded_bytes,
+                self.wire_bytes,
+                self.uncompressed_wire_bytes
+            );
+        } else if self.deflate_offered {
+            println!(
+                "  permessage-deflate offered, not negotiated: the server answered without it"
+            );
+        }
         let parts: Vec<String> = self
             .frames_by_type
             .iter()
             .filter(|(_, t)| t.frames > 0)
             .map(|(k, t)| format!("{k} {} ({} B)", t.frames, t.bytes))
             .collect();
-        println!("  by type: {}", parts.join(", "));
+        println!("  by type (payload bytes as decoded): {}", parts.join(", "));
         if let Some(t) = self.server_tcp_bytes {
             println!(
                 "  server sockets sent {t} bytes (tcpi_bytes_acked), {} x the bytes received",
@@ -461,6 +504,11 @@ pub struct Report {
     /// `--join-at-once` only.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub join_storm: Option<JoinStorm>,
+    /// `--deflate` only: the whole run's frames as they came over the wire (whether the
+    /// servers accepted permessage-deflate, compressed frames and what they inflated to).
+    /// `totals.frames_by_type` counts payloads as decoded.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub deflate: Option<WireCounts>,
     /// Connections that joined and were still open when the run stopped them.
     pub open_at_end: usize,
     pub rooms_detail: Vec<RoomReport>,
@@ -529,6 +577,18 @@ impl Report {
                 .map(|e| format!("; first error: {e}"))
                 .unwrap_or_default()
         );
+        if let Some(d) = &self.deflate {
+            println!(
+                "permessage-deflate: accepted in {} of {} handshakes; received {} frames, {} bytes on the wire; {} compressed ({} bytes on the wire, {} inflated)",
+                d.handshakes_agreed,
+                d.handshakes_agreed + d.handshakes_refused,
+                d.frames,
+                d.wire_bytes,
+                d.compressed_frames,
+                d.compressed_wire_bytes,
+                d.decoded_bytes
+            );
+        }
         if let Some(j) = &self.join_storm {
             j.print();
         }
@@ -653,5 +713,80 @@ impl Report {
         } else {
             println!("result: FAILED: {}", failures.join("; "));
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn input(wire: Option<WireCounts>) -> JoinStormInput {
+        let rec = Recorder::new(1, 1);
+        rec.frame(FrameKind::Welcome, 40);
+        rec.frame(FrameKind::Joined, 5000);
+        rec.frame(FrameKind::Presence, 100);
+        JoinStormInput {
+            tcp_bytes_acked: Some((1000, 1000 + 1500)),
+            sessions: 1,
+            handshake_seconds: 0.1,
+            joined: 1,
+            join_seconds: 0.2,
+            storm_seconds: 0.3,
+            quiet: true,
+            frames: rec.frame_counts(),
+            wire,
+        }
+    }
+
+    #[test]
+    fn storm_wire_bytes_are_the_received_ones_with_deflate() {
+        // Without deflate: payloads and computed headers, the welcome left out.
+        let plain = JoinStorm::new(input(None), None);
+        assert_eq!(plain.bytes, 5100);
+        assert_eq!(plain.wire_bytes, 5000 + 4 + 100 + 2);
+        assert_eq!(plain.uncompressed_wire_bytes, plain.wire_bytes);
+        assert!(!plain.deflate && !plain.deflate_offered);
+        assert_eq!(plain.compressed_frames, 0);
+        // With deflate: the bytes the shim counted, first frames (welcomes) left out; the
+        // decoded figures stay beside them.
+        let wire = WireCounts {
+            handshakes_agreed: 1,
+            handshakes_refused: 0,
+            frames: 3,
+            wire_bytes: 42 + 1356 + 102,
+            first_frame_wire_bytes: 42,
+            compressed_frames: 1,
+            compressed_wire_bytes: 1356,
+            decoded_bytes: 5000,
+        };
+        let d = JoinStorm::new(input(Some(wire)), None);
+        assert!(d.deflate && d.deflate_offered);
+        assert_eq!(d.wire_bytes, 1356 + 102);
+        assert_eq!(d.bytes, 5100, "payload bytes stay as decoded");
+        assert_eq!(d.uncompressed_wire_bytes, plain.wire_bytes);
+        assert_eq!((d.compressed_frames, d.decoded_bytes), (1, 5000));
+        assert_eq!(d.server_tcp_over_wire, Some(round(1500.0 / 1458.0, 3)));
+        let json = serde_json::to_value(&d).unwrap();
+        for k in [
+            "wire_bytes",
+            "bytes",
+            "frames_by_type",
+            "server_tcp_over_wire",
+            "deflate",
+            "compressed_frames",
+            "compressed_wire_bytes",
+            "decoded_bytes",
+            "uncompressed_wire_bytes",
+        ] {
+            assert!(json.get(k).is_some(), "{k}");
+        }
+        // Offered, refused: the real bytes still, and `deflate` false.
+        let refused = WireCounts {
+            handshakes_agreed: 0,
+            handshakes_refused: 1,
+            ..wire
+        };
+        let r = JoinStorm::new(input(Some(refused)), None);
+        assert!(r.deflate_offered && !r.deflate);
     }
 }

@@ -3,12 +3,13 @@
 //! processes only, so the load generator sharing the cores does not blur the figures).
 
 use std::collections::BTreeMap;
-use std::sync::Mutex;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
 
 use hdrhistogram::Histogram;
 use serde::Serialize;
 
+use super::deflate::WireCounters;
 use super::ledger::RoomLedger;
 use super::wire::FrameKind;
 
@@ -77,6 +78,9 @@ pub struct Recorder {
     pub open_at_stop: AtomicUsize,
     /// Every frame received, by kind (see [`FrameCounts`]).
     frames: FrameCounters,
+    /// `--deflate`: the frames as they came over the wire (counted by the shim of every
+    /// connection, see [`crate::deflate`]).
+    pub wire: Arc<WireCounters>,
     /// Time between the pacer scheduling a send and the connection writing it.
     send_lag: Mutex<Histogram<u64>>,
     errors: Mutex<BTreeMap<String, u64>>,
@@ -107,6 +111,7 @@ impl Recorder {
             sessions: AtomicUsize::new(0),
             open_at_stop: AtomicUsize::new(0),
             frames: FrameCounters::default(),
+            wire: Arc::default(),
             send_lag: Mutex::new(histogram()),
             errors: Mutex::new(BTreeMap::new()),
             closes: Mutex::new(BTreeMap::new()),
@@ -284,7 +289,9 @@ impl FrameCounts {
     /// Bytes on the wire from the server: payloads plus WebSocket frame headers (server
     /// frames are unmasked: 2 bytes, 4 from 126 bytes of payload, 10 from 64 KiB), assuming
     /// one frame per message, as the gateway writes them. Comparable to the server's
-    /// `wchar` (which also holds HTTP upgrade answers and whatever else it wrote).
+    /// `wchar` (which also holds HTTP upgrade answers and whatever else it wrote). Payloads
+    /// count as decoded: with permessage-deflate (`--deflate`) this is what the wire would
+    /// have carried uncompressed; the bytes that did are [`crate::deflate::WireCounts`].
     pub fn wire_bytes(&self) -> u64 {
         self.total_bytes() + self.header_bytes
     }
