@@ -10,6 +10,12 @@ use clap::{Parser, Subcommand};
 use roomcast::config::{Config, EXIT_CONFIG};
 use tokio_util::sync::CancellationToken;
 
+/// jemalloc: it gives memory freed after a burst (a join storm, a large backlog) back to
+/// the system within seconds (`dirty_decay_ms`), where glibc's malloc keeps much of it in
+/// its per-thread arenas.
+#[global_allocator]
+static ALLOCATOR: tikv_jemallocator::Jemalloc = tikv_jemallocator::Jemalloc;
+
 #[derive(Parser)]
 #[command(
     name = "roomcast",
