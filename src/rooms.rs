@@ -23,6 +23,7 @@ use std::time::Duration;
 use axum::extract::ws::Utf8Bytes;
 use bytes::Bytes;
 use dashmap::DashMap;
+use futures_util::FutureExt;
 use prometheus::IntCounter;
 use tokio_util::sync::CancellationToken;
 use tracing::{Instrument, info, info_span, warn};
@@ -42,6 +43,12 @@ pub(crate) trait Member: Send + Sync {
     /// Queues a room frame without waiting. A member that cannot take it (its queue is
     /// full) closes itself as a slow consumer; it never delays the other members.
     fn deliver(&self, frame: Arc<RoomFrame>);
+    /// Like [`Member::deliver`], for a frame of a burst (the receive loop is behind): the
+    /// member may queue it for a flush task of its own, which writes everything queued
+    /// at once and runs on any worker, instead of writing it from the caller now.
+    fn deliver_later(&self, frame: Arc<RoomFrame>) {
+        self.deliver(frame);
+    }
     /// The server API removed the member from `room` (it is no longer a member).
     fn removed(&self, room: &Arc<str>);
 }
@@ -136,6 +143,16 @@ struct Local {
     member: Arc<dyn Member>,
     /// Who this is, as presence records it (node, connection, user).
     presence: MemberRef,
+}
+
+impl Local {
+    fn deliver(&self, frame: Arc<RoomFrame>, later: bool) {
+        if later {
+            self.member.deliver_later(frame);
+        } else {
+            self.member.deliver(frame);
+        }
+    }
 }
 
 struct Room {
@@ -296,6 +313,15 @@ impl Rooms {
     /// for the room flow from now on), subscribes the room's channel if it is the first
     /// local member, records and announces presence, and reads members and replay.
     /// On failure every step is undone and nothing is left behind.
+    /// The room's name as the rooms hold it (the allocation every frame of the room
+    /// carries) when a local member is in it, else a new one.
+    pub(crate) fn name(&self, room: &str) -> Arc<str> {
+        match self.inner.rooms.get(room) {
+            Some(entry) => entry.key().clone(),
+            None => Arc::from(room),
+        }
+    }
+
     pub(crate) async fn join(
         &self,
         room: &Arc<str>,
@@ -816,16 +842,34 @@ impl Rooms {
         let mut summaries = tokio::time::interval(self.inner.policy.summary_interval);
         summaries.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
-            let event = tokio::select! {
-                _ = stop.cancelled() => return,
-                _ = summaries.tick() => {
-                    self.send_summaries();
-                    continue;
+            // An event already waiting means the loop is behind (a join storm's presence,
+            // a burst of messages): its frames go to the members' flush tasks, which write
+            // what piled up in one system call each, on every worker. Otherwise this task
+            // writes each frame at once (one system call, no task wake-up).
+            let (event, behind) = match rx.next().now_or_never() {
+                Some(event) => {
+                    if stop.is_cancelled() {
+                        return;
+                    }
+                    if summaries.tick().now_or_never().is_some() {
+                        self.send_summaries();
+                    }
+                    (event, true)
                 }
-                e = rx.next() => e,
+                None => {
+                    let event = tokio::select! {
+                        _ = stop.cancelled() => return,
+                        _ = summaries.tick() => {
+                            self.send_summaries();
+                            continue;
+                        }
+                        e = rx.next() => e,
+                    };
+                    (event, false)
+                }
             };
             match event {
-                BusEvent::Message(incoming) => self.fan_out(&incoming),
+                BusEvent::Message(incoming) => self.fan_out(&incoming, behind),
                 BusEvent::Control(payload) => self.on_control(&payload),
                 BusEvent::Reconnected => {
                     self.inner.metrics.bus_reconnects.inc();
@@ -904,7 +948,7 @@ impl Rooms {
                     }
                     for (id, payload) in catch_up.entries {
                         if let Some(envelope) = self.decode(&room, &payload) {
-                            self.fan_out_envelope(&room, Some(id), envelope);
+                            self.fan_out_envelope(&room, Some(id), envelope, true);
                             replayed += 1;
                         }
                     }
@@ -920,9 +964,10 @@ impl Rooms {
         );
     }
 
-    fn fan_out(&self, incoming: &Incoming) {
+    /// `later`: the receive loop is behind; see [`Member::deliver_later`].
+    fn fan_out(&self, incoming: &Incoming, later: bool) {
         if let Some(envelope) = self.decode(&incoming.room, &incoming.payload) {
-            self.fan_out_envelope(&incoming.room, incoming.id, envelope);
+            self.fan_out_envelope(&incoming.room, incoming.id, envelope, later);
         }
     }
 
@@ -941,8 +986,15 @@ impl Rooms {
         }
     }
 
-    /// Encodes the client frame once and hands it to every local member of the room.
-    fn fan_out_envelope(&self, room_name: &Arc<str>, id: Option<MsgId>, envelope: Envelope) {
+    /// Encodes the client frame once and hands it to every local member of the room
+    /// (`later`: see [`Member::deliver_later`]).
+    fn fan_out_envelope(
+        &self,
+        room_name: &Arc<str>,
+        id: Option<MsgId>,
+        envelope: Envelope,
+        later: bool,
+    ) {
         let metrics = &self.inner.metrics;
         let Some(mut room) = self.inner.rooms.get_mut(&**room_name) else {
             return;
@@ -976,7 +1028,7 @@ impl Rooms {
                     deflated: OnceLock::new(),
                 });
                 for local in room.members.values() {
-                    local.member.deliver(shared.clone());
+                    local.deliver(shared.clone(), later);
                 }
             }
             Envelope::Typing { user, conn, .. } => {
@@ -1005,7 +1057,7 @@ impl Rooms {
                     *m.presence.conn != *conn
                         && (user.id.is_none() || m.presence.user.id != user.id)
                 }) {
-                    local.member.deliver(shared.clone());
+                    local.deliver(shared.clone(), later);
                 }
             }
             Envelope::Presence {
@@ -1053,7 +1105,7 @@ impl Rooms {
                 });
                 // A member is not told about its own join or leave.
                 for local in room.members.values().filter(|m| *m.presence.conn != *conn) {
-                    local.member.deliver(shared.clone());
+                    local.deliver(shared.clone(), later);
                 }
             }
         }

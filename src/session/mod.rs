@@ -186,6 +186,10 @@ impl Member for Handle {
         self.push(Out::Room(frame));
     }
 
+    fn deliver_later(&self, frame: Arc<RoomFrame>) {
+        self.out.push_later(Out::Room(frame), &self.ctl);
+    }
+
     fn removed(&self, room: &Arc<str>) {
         self.push(Out::Removed(Box::new(room.clone())));
     }
@@ -658,7 +662,9 @@ impl Session {
                 format!("at most {max} rooms per connection"),
             ));
         }
-        let room: Arc<str> = Arc::from(room);
+        // The rooms' own allocation of the name when the room is here already, so the
+        // writer matches the room's frames by pointer (see `RoomMap`).
+        let room: Arc<str> = self.env.rooms().name(&room);
         let member = MemberRef {
             node: self.env.rooms().node().clone(),
             conn: self.conn.clone(),
@@ -989,6 +995,110 @@ mod tests {
             (true, DisconnectReason::Heartbeat)
         );
         assert!(!chatty.ctl.is_closed(), "heard from 2 s ago");
+    }
+
+    /// A room frame for `room` with `text` as its whole payload.
+    fn room_frame(room: &Arc<str>, text: &'static str) -> Arc<RoomFrame> {
+        Arc::new(RoomFrame {
+            room: room.clone(),
+            frame: axum::extract::ws::Utf8Bytes::from_static(text),
+            id: None,
+            ts_us: 0,
+            pseq: 0,
+            deflated: Default::default(),
+        })
+    }
+
+    #[tokio::test]
+    async fn frames_of_a_burst_are_queued_then_written_together_in_order() {
+        use axum::extract::ws::Utf8Bytes;
+        use tokio::io::AsyncReadExt;
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+            .await
+            .expect("bind");
+        let addr = listener.local_addr().expect("address");
+        let (client, accepted) = tokio::join!(TcpStream::connect(addr), listener.accept());
+        let mut client = client.expect("connect");
+        let (server, _) = accepted.expect("accept");
+        let (_read, write) = server.into_split();
+        let h = Handle::new(Some(write), Arc::new(Metrics::new(10)), 16, None);
+        let room: Arc<str> = Arc::from("hall");
+        h.push(Out::Hold(Box::new(room.clone())));
+        h.push(Out::Release(Box::new(Release {
+            room: room.clone(),
+            joined: Utf8Bytes::from_static("J"),
+            replay: Vec::new(),
+            cursor: crate::protocol::MsgId::ZERO,
+            presence: 0,
+        })));
+        // Written at once: nothing pending.
+        assert!(h.out.pending().is_empty());
+        for text in ["a", "b", "c"] {
+            Member::deliver_later(&*h, room_frame(&room, text));
+        }
+        // Queued, not written: this (single-threaded) runtime has not run the flush yet.
+        assert_eq!(h.out.pending().len(), 3);
+        // A frame written at once by someone else goes behind them, not before.
+        Member::deliver(&*h, room_frame(&room, "d"));
+        assert_eq!(h.out.pending().len(), 4);
+        let mut got = Vec::new();
+        while got.len() < 5 * 3 {
+            let mut buf = [0u8; 64];
+            let n = tokio::time::timeout(Duration::from_secs(5), client.read(&mut buf))
+                .await
+                .expect("the flush task writes the burst")
+                .expect("read");
+            assert!(n > 0, "connection open");
+            got.extend_from_slice(&buf[..n]);
+        }
+        let frames: Vec<u8> = got.chunks(3).map(|f| f[2]).collect();
+        assert_eq!(frames, b"Jabcd", "{got:?}");
+        assert!(h.out.pending().is_empty());
+    }
+
+    #[tokio::test]
+    async fn a_long_burst_is_written_by_its_caller_before_the_queue_fills() {
+        use tokio::io::AsyncReadExt;
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+            .await
+            .expect("bind");
+        let addr = listener.local_addr().expect("address");
+        let (client, accepted) = tokio::join!(TcpStream::connect(addr), listener.accept());
+        let mut client = client.expect("connect");
+        let (server, _) = accepted.expect("accept");
+        let (_read, write) = server.into_split();
+        // A queue of 4: deferred frames are written once 2 are pending.
+        let h = Handle::new(Some(write), Arc::new(Metrics::new(10)), 4, None);
+        let room: Arc<str> = Arc::from("hall");
+        h.push(Out::Hold(Box::new(room.clone())));
+        h.push(Out::Release(Box::new(Release {
+            room: room.clone(),
+            joined: axum::extract::ws::Utf8Bytes::from_static("J"),
+            replay: Vec::new(),
+            cursor: crate::protocol::MsgId::ZERO,
+            presence: 0,
+        })));
+        const TEXTS: [&str; 10] = ["0", "1", "2", "3", "4", "5", "6", "7", "8", "9"];
+        for text in TEXTS {
+            Member::deliver_later(&*h, room_frame(&room, text));
+            assert!(h.out.pending().len() < 2, "written by the caller at 2");
+        }
+        assert!(
+            !h.ctl.is_closed(),
+            "a reading client is not a slow consumer"
+        );
+        let mut got = Vec::new();
+        while got.len() < 11 * 3 {
+            let mut buf = [0u8; 64];
+            let n = tokio::time::timeout(Duration::from_secs(5), client.read(&mut buf))
+                .await
+                .expect("every frame arrives")
+                .expect("read");
+            assert!(n > 0, "connection open");
+            got.extend_from_slice(&buf[..n]);
+        }
+        let frames: Vec<u8> = got.chunks(3).map(|f| f[2]).collect();
+        assert_eq!(frames, b"J0123456789", "{got:?}");
     }
 
     #[tokio::test]

@@ -1,20 +1,29 @@
 //! A connection's per-room state: at most `limits.max_rooms_per_connection` entries,
-//! so a small vector (searched linearly) beats a hash map in memory and speed.
+//! so a small vector (searched linearly) beats a hash map in memory and speed. The first
+//! room is kept inline: most connections are in one room, and the fan-out then finds
+//! the member's entry without following another pointer (and an idle connection has no
+//! allocation for it).
 
 use std::sync::Arc;
 
+use smallvec::SmallVec;
+
 #[derive(Debug)]
-pub(super) struct RoomMap<V>(Vec<(Arc<str>, V)>);
+pub(super) struct RoomMap<V>(SmallVec<[(Arc<str>, V); 1]>);
 
 impl<V> Default for RoomMap<V> {
     fn default() -> Self {
-        RoomMap(Vec::new())
+        RoomMap(SmallVec::new())
     }
 }
 
 impl<V> RoomMap<V> {
     fn position(&self, room: &str) -> Option<usize> {
-        self.0.iter().position(|(r, _)| **r == *room)
+        // A room's frames and the session's entry usually share one allocation of the
+        // name (`Rooms::name`): the pointers match and the bytes are never read.
+        self.0
+            .iter()
+            .position(|(r, _)| std::ptr::eq(&**r, room) || **r == *room)
     }
     pub(super) fn contains_key(&self, room: &str) -> bool {
         self.position(room).is_some()
@@ -44,7 +53,7 @@ impl<V> RoomMap<V> {
 
 impl<V> IntoIterator for RoomMap<V> {
     type Item = (Arc<str>, V);
-    type IntoIter = std::vec::IntoIter<(Arc<str>, V)>;
+    type IntoIter = smallvec::IntoIter<[(Arc<str>, V); 1]>;
     fn into_iter(self) -> Self::IntoIter {
         self.0.into_iter()
     }

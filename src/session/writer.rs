@@ -33,6 +33,10 @@ use crate::metrics::Metrics;
 use crate::protocol::{DisconnectReason, Encode, MsgId, ServerFrame};
 use crate::rooms::RoomFrame;
 
+/// Frames deferred by [`Outbound::push_later`] are written by the caller once this many
+/// (or half the queue) are pending, without waiting for the flush task.
+const DEFER_BATCH: usize = 16;
+
 /// How long the close (pending frames and the close frame) may take to go out before
 /// the socket is just closed.
 pub(super) const CLOSE_GRACE: Duration = Duration::from_secs(1);
@@ -134,6 +138,19 @@ impl Outbound {
     /// Routes one queue item and writes or queues what comes out of it (one queue slot
     /// per item, however many frames it releases).
     pub(super) fn push(&self, out: Out, ctl: &SessionCtl) {
+        self.push_with(out, ctl, true);
+    }
+
+    /// Like [`Outbound::push`], but what comes out is only queued: the flush task (started
+    /// if none runs) writes it with everything else queued, in one system call; once
+    /// [`DEFER_BATCH`] frames (or half the queue) are pending, the caller writes them. For
+    /// bursts, where writing each frame at once would cost one system call per frame on
+    /// the caller's one thread.
+    pub(super) fn push_later(&self, out: Out, ctl: &SessionCtl) {
+        self.push_with(out, ctl, false);
+    }
+
+    fn push_with(&self, out: Out, ctl: &SessionCtl, write_now: bool) {
         let mut state = self.lock();
         if state.finished {
             return;
@@ -162,14 +179,14 @@ impl Outbound {
                 Chunk::encoded(bytes)
             }
         };
-        self.enqueue(&mut state, chunk, ctl);
+        self.enqueue(&mut state, chunk, ctl, write_now);
     }
 
     /// Sends a control frame (a pong) in order with everything else.
     pub(super) fn control(&self, first: u8, payload: Bytes, ctl: &SessionCtl) {
         let mut state = self.lock();
         if !state.finished {
-            self.enqueue(&mut state, Chunk::frame(first, payload), ctl);
+            self.enqueue(&mut state, Chunk::frame(first, payload), ctl, true);
         }
     }
 
@@ -188,17 +205,18 @@ impl Outbound {
         }
     }
 
-    /// Writes `chunk` now if nothing is pending before it, else queues it (closing the
-    /// session as a slow consumer when the queue is full) and makes sure a flush task
-    /// runs.
-    fn enqueue(&self, state: &mut State, mut chunk: Chunk, ctl: &SessionCtl) {
+    /// Writes `chunk` now if `write_now` and nothing is pending before it, else queues it
+    /// (closing the session as a slow consumer when the queue is full) and makes sure a
+    /// flush task runs.
+    fn enqueue(&self, state: &mut State, mut chunk: Chunk, ctl: &SessionCtl, write_now: bool) {
         if state.pending.len() >= self.max_queue {
             tracing::debug!("outbound queue full: slow consumer");
             ctl.close(DisconnectReason::SlowConsumer);
             return;
         }
         let open = !ctl.is_closed();
-        if let (Some(sock), true, true) = (&self.sock, open, state.pending.is_empty()) {
+        if let (Some(sock), true, true) = (&self.sock, open && write_now, state.pending.is_empty())
+        {
             match chunk.write_to(sock) {
                 Ok(true) => return,
                 Ok(false) => {}
@@ -210,6 +228,22 @@ impl Outbound {
             }
         }
         state.pending.push_back(chunk);
+        if open
+            && !write_now
+            && state.pending.len() >= self.max_queue.div_ceil(2).min(DEFER_BATCH)
+            && let Some(sock) = &self.sock
+        {
+            // Enough deferred for one write: do not wait for the flush task (the caller
+            // may keep this worker busy), or a reading client's queue could fill up.
+            if let Err(e) = state.write_pending(sock) {
+                tracing::debug!(error = %e, "write failed");
+                ctl.close(DisconnectReason::Client);
+                return;
+            }
+            if state.pending.is_empty() {
+                return;
+            }
+        }
         if open
             && !state.flushing
             && self.sock.is_some()
