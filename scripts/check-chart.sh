@@ -591,7 +591,7 @@ checks["default: helm test probe unchanged (no --mint, no token)"] = "--mint" no
 # --- large deployments (podSecurityContext.sysctls, memory sized from maxConnections) ---
 # The idle RSS per connection measured by `scripts/bench full` (BENCHMARKS.md, "Scale
 # scenarios"), and the base the sizing adds (docs/operations.md, "Large deployments").
-PER_CONNECTION_BYTES = 33015
+PER_CONNECTION_BYTES = 4454
 BASE_BYTES = 64 * 2**20
 def quantity(q):
     import re

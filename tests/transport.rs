@@ -241,6 +241,29 @@ impl Raw {
     }
 }
 
+/// A member of `hall` on `node`, to show that one client's bad input leaves others be.
+async fn bystander(node: &Node) -> Client {
+    let mut other = node.client().await;
+    other.join("hall", "other").await;
+    other
+}
+
+/// The bystander still sends and receives.
+async fn still_chatting(other: &mut Client) {
+    let ack = other.send("hall", "still here").await;
+    assert_eq!(id_of(&other.next_message().await), id_of(&ack));
+}
+
+/// After a protocol violation: a close frame (no status: the server only refuses to go
+/// on) and then the end, or the end at once.
+async fn ends_after_violation(raw: &mut Raw, what: &str) {
+    match raw.frame().await {
+        Some((opcode::CLOSE, _)) => assert!(raw.frame().await.is_none(), "then the end"),
+        None => {}
+        Some(frame) => panic!("unexpected frame after {what}: {frame:?}"),
+    }
+}
+
 fn join_frame(room: &str, name: &str) -> String {
     serde_json::json!({"type": "join", "room": room, "name": name}).to_string()
 }
@@ -294,8 +317,7 @@ async fn fragments_adding_up_over_the_frame_limit_close_1009_and_others_go_on() 
         cfg.limits.max_frame_bytes = 2048;
     })
     .await;
-    let mut other = node.client().await;
-    other.join("hall", "other").await;
+    let mut other = bystander(&node).await;
     let mut raw = Raw::connect(&node).await;
     assert_eq!(raw.json().await["type"], "welcome");
     // Each fragment is under the limit; together they are over it.
@@ -307,27 +329,19 @@ async fn fragments_adding_up_over_the_frame_limit_close_1009_and_others_go_on() 
         raw.close_frame().await,
         Some((1009, "frame too large".to_string()))
     );
-    let ack = other.send("hall", "still here").await;
-    assert_eq!(id_of(&other.next_message().await), id_of(&ack));
+    still_chatting(&mut other).await;
 }
 
 #[tokio::test]
 async fn an_unmasked_client_frame_ends_the_connection_and_others_go_on() {
     let node = node_with(|_| {}).await;
-    let mut other = node.client().await;
-    other.join("hall", "other").await;
+    let mut other = bystander(&node).await;
     let mut raw = Raw::connect(&node).await;
     assert_eq!(raw.json().await["type"], "welcome");
     raw.send(&masked_frame(true, opcode::TEXT, b"{}", None))
         .await;
-    // A close frame (no status: the server only refuses to go on), then the end.
-    match raw.frame().await {
-        Some((opcode::CLOSE, _)) => assert!(raw.frame().await.is_none(), "then the end"),
-        None => {}
-        Some(frame) => panic!("unexpected frame after a protocol violation: {frame:?}"),
-    }
-    let ack = other.send("hall", "still here").await;
-    assert_eq!(id_of(&other.next_message().await), id_of(&ack));
+    ends_after_violation(&mut raw, "a protocol violation").await;
+    still_chatting(&mut other).await;
 }
 
 #[tokio::test]
@@ -422,8 +436,7 @@ async fn a_browsers_deflate_offer_is_agreed_and_large_frames_arrive_compressed()
 #[tokio::test]
 async fn compressed_client_messages_whole_or_fragmented_are_inflated() {
     let node = node_with(|_| {}).await;
-    let mut other = node.client().await;
-    other.join("hall", "other").await;
+    let mut other = bystander(&node).await;
     let mut raw = Raw::upgrade(&node, &[], Some("permessage-deflate")).await;
     assert_eq!(raw.agreed.as_deref(), Some(AGREED));
     assert_eq!(raw.json().await["type"], "welcome");
@@ -444,8 +457,7 @@ async fn compressed_client_messages_whole_or_fragmented_are_inflated() {
 #[tokio::test]
 async fn a_compressed_bomb_closes_1009_and_others_go_on() {
     let node = node_with(|_| {}).await;
-    let mut other = node.client().await;
-    other.join("hall", "other").await;
+    let mut other = bystander(&node).await;
     let mut raw = Raw::upgrade(&node, &[], Some(BROWSER_OFFER)).await;
     assert_eq!(raw.json().await["type"], "welcome");
     // 4 MiB of one letter is a few KiB compressed: under the 16 KiB frame limit, far
@@ -457,26 +469,19 @@ async fn a_compressed_bomb_closes_1009_and_others_go_on() {
         raw.close_frame().await,
         Some((1009, "frame too large".to_string()))
     );
-    let ack = other.send("hall", "still here").await;
-    assert_eq!(id_of(&other.next_message().await), id_of(&ack));
+    still_chatting(&mut other).await;
 }
 
 #[tokio::test]
 async fn corrupt_compressed_data_ends_the_connection_and_others_go_on() {
     let node = node_with(|_| {}).await;
-    let mut other = node.client().await;
-    other.join("hall", "other").await;
+    let mut other = bystander(&node).await;
     let mut raw = Raw::upgrade(&node, &[], Some(BROWSER_OFFER)).await;
     assert_eq!(raw.json().await["type"], "welcome");
     raw.send(&compressed_frame(true, opcode::TEXT, &[0xff; 40]))
         .await;
-    match raw.frame().await {
-        Some((opcode::CLOSE, _)) => assert!(raw.frame().await.is_none(), "then the end"),
-        None => {}
-        Some(frame) => panic!("unexpected frame after corrupt data: {frame:?}"),
-    }
-    let ack = other.send("hall", "still here").await;
-    assert_eq!(id_of(&other.next_message().await), id_of(&ack));
+    ends_after_violation(&mut raw, "corrupt data").await;
+    still_chatting(&mut other).await;
 }
 
 #[tokio::test]
@@ -493,11 +498,7 @@ async fn with_compression_off_an_offer_is_declined_and_rsv1_is_a_protocol_violat
     assert_eq!(raw.compressed, 0);
     let join = deflate(join_frame("elsewhere", "plain").as_bytes());
     raw.send(&compressed_frame(true, opcode::TEXT, &join)).await;
-    match raw.frame().await {
-        Some((opcode::CLOSE, _)) => assert!(raw.frame().await.is_none(), "then the end"),
-        None => {}
-        Some(frame) => panic!("unexpected frame after RSV1 without agreement: {frame:?}"),
-    }
+    ends_after_violation(&mut raw, "RSV1 without agreement").await;
 }
 
 #[tokio::test]

@@ -1009,28 +1009,48 @@ mod tests {
         })
     }
 
-    #[tokio::test]
-    async fn frames_of_a_burst_are_queued_then_written_together_in_order() {
-        use axum::extract::ws::Utf8Bytes;
-        use tokio::io::AsyncReadExt;
+    /// A handle writing to a real loopback socket, joined to `hall` (its `joined` frame
+    /// is "J"); the client's end of the socket.
+    async fn joined_on_a_socket(queue: usize) -> (Arc<Handle>, Arc<str>, TcpStream) {
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
             .await
             .expect("bind");
         let addr = listener.local_addr().expect("address");
         let (client, accepted) = tokio::join!(TcpStream::connect(addr), listener.accept());
-        let mut client = client.expect("connect");
         let (server, _) = accepted.expect("accept");
         let (_read, write) = server.into_split();
-        let h = Handle::new(Some(write), Arc::new(Metrics::new(10)), 16, None);
+        let h = Handle::new(Some(write), Arc::new(Metrics::new(10)), queue, None);
         let room: Arc<str> = Arc::from("hall");
         h.push(Out::Hold(Box::new(room.clone())));
         h.push(Out::Release(Box::new(Release {
             room: room.clone(),
-            joined: Utf8Bytes::from_static("J"),
+            joined: axum::extract::ws::Utf8Bytes::from_static("J"),
             replay: Vec::new(),
             cursor: crate::protocol::MsgId::ZERO,
             presence: 0,
         })));
+        (h, room, client.expect("connect"))
+    }
+
+    /// Reads `n` text frames of one byte each from the client's end: their payloads.
+    async fn one_byte_frames(client: &mut TcpStream, n: usize) -> Vec<u8> {
+        use tokio::io::AsyncReadExt;
+        let mut got = Vec::new();
+        while got.len() < n * 3 {
+            let mut buf = [0u8; 64];
+            let read = tokio::time::timeout(Duration::from_secs(5), client.read(&mut buf))
+                .await
+                .expect("every frame arrives")
+                .expect("read");
+            assert!(read > 0, "connection open");
+            got.extend_from_slice(&buf[..read]);
+        }
+        got.chunks(3).map(|f| f[2]).collect()
+    }
+
+    #[tokio::test]
+    async fn frames_of_a_burst_are_queued_then_written_together_in_order() {
+        let (h, room, mut client) = joined_on_a_socket(16).await;
         // Written at once: nothing pending.
         assert!(h.out.pending().is_empty());
         for text in ["a", "b", "c"] {
@@ -1041,43 +1061,14 @@ mod tests {
         // A frame written at once by someone else goes behind them, not before.
         Member::deliver(&*h, room_frame(&room, "d"));
         assert_eq!(h.out.pending().len(), 4);
-        let mut got = Vec::new();
-        while got.len() < 5 * 3 {
-            let mut buf = [0u8; 64];
-            let n = tokio::time::timeout(Duration::from_secs(5), client.read(&mut buf))
-                .await
-                .expect("the flush task writes the burst")
-                .expect("read");
-            assert!(n > 0, "connection open");
-            got.extend_from_slice(&buf[..n]);
-        }
-        let frames: Vec<u8> = got.chunks(3).map(|f| f[2]).collect();
-        assert_eq!(frames, b"Jabcd", "{got:?}");
+        assert_eq!(one_byte_frames(&mut client, 5).await, b"Jabcd");
         assert!(h.out.pending().is_empty());
     }
 
     #[tokio::test]
     async fn a_long_burst_is_written_by_its_caller_before_the_queue_fills() {
-        use tokio::io::AsyncReadExt;
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
-            .await
-            .expect("bind");
-        let addr = listener.local_addr().expect("address");
-        let (client, accepted) = tokio::join!(TcpStream::connect(addr), listener.accept());
-        let mut client = client.expect("connect");
-        let (server, _) = accepted.expect("accept");
-        let (_read, write) = server.into_split();
         // A queue of 4: deferred frames are written once 2 are pending.
-        let h = Handle::new(Some(write), Arc::new(Metrics::new(10)), 4, None);
-        let room: Arc<str> = Arc::from("hall");
-        h.push(Out::Hold(Box::new(room.clone())));
-        h.push(Out::Release(Box::new(Release {
-            room: room.clone(),
-            joined: axum::extract::ws::Utf8Bytes::from_static("J"),
-            replay: Vec::new(),
-            cursor: crate::protocol::MsgId::ZERO,
-            presence: 0,
-        })));
+        let (h, room, mut client) = joined_on_a_socket(4).await;
         const TEXTS: [&str; 10] = ["0", "1", "2", "3", "4", "5", "6", "7", "8", "9"];
         for text in TEXTS {
             Member::deliver_later(&*h, room_frame(&room, text));
@@ -1087,18 +1078,7 @@ mod tests {
             !h.ctl.is_closed(),
             "a reading client is not a slow consumer"
         );
-        let mut got = Vec::new();
-        while got.len() < 11 * 3 {
-            let mut buf = [0u8; 64];
-            let n = tokio::time::timeout(Duration::from_secs(5), client.read(&mut buf))
-                .await
-                .expect("every frame arrives")
-                .expect("read");
-            assert!(n > 0, "connection open");
-            got.extend_from_slice(&buf[..n]);
-        }
-        let frames: Vec<u8> = got.chunks(3).map(|f| f[2]).collect();
-        assert_eq!(frames, b"J0123456789", "{got:?}");
+        assert_eq!(one_byte_frames(&mut client, 11).await, b"J0123456789");
     }
 
     #[tokio::test]
