@@ -678,8 +678,41 @@ impl Rooms {
         if !self.inner.bus.is_connected() {
             return;
         }
-        self.inner.bus.maintain(|| self.memberships()).await;
+        let mut restored = None;
+        self.inner
+            .bus
+            .maintain(|| {
+                let members = self.memberships();
+                restored = Some(members.clone());
+                members
+            })
+            .await;
+        if let Some(restored) = restored {
+            self.leave_again_if_gone(restored).await;
+        }
         self.retry_deferred_leaves().await;
+    }
+
+    /// After a presence restore from a snapshot: a member of the snapshot that has left
+    /// since may have had its leave recorded before the restore recorded it again, so it
+    /// is left again (leaving is idempotent: nothing happens for a member not recorded).
+    async fn leave_again_if_gone(&self, restored: Vec<(Arc<str>, MemberRef)>) {
+        for (room, member) in restored {
+            let field = member.field();
+            let here = self
+                .inner
+                .rooms
+                .get(&*room)
+                .is_some_and(|r| r.members.values().any(|l| l.presence.field() == field));
+            if here {
+                continue;
+            }
+            let last_local = !self.inner.rooms.contains_key(&*room);
+            if let Err(e) = self.inner.bus.leave(&room, &member, last_local).await {
+                warn!(%room, error = %e, "leave after restore failed; will retry");
+                self.defer_leave(room, member);
+            }
+        }
     }
 
     /// Unregisters this node from the bus and closes it (end of a drain).
