@@ -311,6 +311,7 @@ fn client_router(state: AppState) -> Router {
         .route("/", get(web::index))
         .route("/app.js", get(web::app_js))
         .route("/style.css", get(web::style_css))
+        .route("/roomcast-client/{file}", get(web::client_module))
         .route("/ws", get(ws_upgrade))
         .route("/healthz", get(admin::healthz))
         .route("/readyz", get(admin::readyz::<AppState>))

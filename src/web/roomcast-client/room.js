@@ -1,0 +1,211 @@
+// One joined room: the application's handle (`send`, `typing`, `leave`, `members`, events)
+// and the room's resume state (its cursor, the id of the last message delivered).
+//
+// Delivery rule: a message is handed to the application only when its id is newer than the
+// cursor, and the cursor then moves to it. Ids of a room increase in the order every member
+// receives them, and a rejoin asks for everything after the cursor (`since`), so every
+// message reaches the application once, in room order, across reconnects. The one
+// exception is the history of a fresh join (`history`): those messages are older than the
+// `offset` the cursor starts at, and are delivered in their own order before live ones.
+//
+// The connection work (frames, refs, the outbox) is the client's; a Room calls it through
+// the RoomHost interface.
+import { Emitter } from "./emitter.js";
+import { compareIds } from "./protocol.js";
+export const TYPING_INTERVAL_MS = 1000;
+export class Room extends Emitter {
+    /** The room's name. */
+    name;
+    /**
+     * Members as known: the first page of `joined` (at most `presence.members_in_join`),
+     * kept current by presence notices. In a large room (`membersStale`) only `memberCount`
+     * stays current; `fetchMembers()` reads the whole list again.
+     */
+    members = [];
+    /** The room's member count (one per user in jwt mode, per connection in anonymous mode). */
+    memberCount = 0;
+    /** True once a presence `summary` came: `members` is no longer kept current. */
+    membersStale = false;
+    /** Who the server says you are in this room. */
+    you = null;
+    /** @internal */ options;
+    /** @internal */ phase = "offline";
+    /** @internal The id of the last message delivered (or `offset` of the first join). */
+    cursor = null;
+    /** @internal The `since` of the join in flight (null: a fresh join). */
+    since = null;
+    /** @internal A fresh join's history replay is still arriving. */
+    inHistory = false;
+    /** @internal The last history message delivered (history ids are below `cursor`). */
+    historyCursor = null;
+    /** @internal The `ref` of the join in flight. */
+    joinRef = null;
+    /** @internal A join retry timer (after `unavailable`). */
+    retryTimer = null;
+    /** @internal Settles the promise of `client.join` on the first `joined` or a refusal. */
+    firstJoin = null;
+    /** @internal */ typingSentAt = 0;
+    host;
+    /**
+     * Events held after the first `joined` until the next task: the join's promise settles
+     * in a microtask, and the frames after `joined` (a history replay) may be parsed in the
+     * same task; holding them lets `const room = await client.join(..); room.on(..)` see
+     * every message.
+     */
+    held = null;
+    /** @internal Rooms are made by `client.join`. */
+    constructor(host, name, options) {
+        super();
+        this.host = host;
+        this.name = name;
+        this.options = options;
+    }
+    /** The id of the last message delivered in this room (where a resume starts). */
+    get lastMessageId() {
+        return this.cursor;
+    }
+    /**
+     * Sends `text`. Resolves with the message id once the server acknowledges it. The send
+     * carries a random idempotency key; if the connection breaks first, it is sent again
+     * with the same key after the room is rejoined, so it is published once. Rejects with a
+     * RoomcastError carrying the protocol's code when the server refuses it (`too_large`,
+     * `rejected`, `forbidden`, ...), with `not_joined` when the room is left first, and with
+     * `closed` when the client is closed first.
+     */
+    send(text) {
+        return this.host.send(this, text);
+    }
+    /** Tells the others you are typing; throttled to one frame a second, dropped while not joined. */
+    typing() {
+        this.host.typing(this);
+    }
+    /** Leaves the room; resolves once the server confirms (or at once when not connected). */
+    leave() {
+        return this.host.leave(this);
+    }
+    /** Reads the whole member list, page by page (`members` requests), and keeps it in `members`. */
+    async fetchMembers() {
+        const all = [];
+        let after;
+        let count = 0;
+        for (;;) {
+            const page = await this.host.members(this, after);
+            all.push(...page.members);
+            count = page.memberCount;
+            if (page.next === undefined)
+                break;
+            after = page.next;
+        }
+        this.members = all;
+        this.memberCount = count;
+        this.membersStale = false;
+        return all;
+    }
+    /** @internal `joined`: the first page of members; a resume's `recovered` flag. */
+    onJoined(f) {
+        this.you = f.you;
+        this.members = f.members;
+        this.memberCount = f.member_count;
+        this.membersStale = false;
+        this.phase = "joined";
+        this.joinRef = null;
+        if (this.since === null) {
+            // A fresh join: live messages are those after `offset`; a history replay, older
+            // than it, comes first.
+            this.cursor = f.offset;
+            this.inHistory = (this.options.history ?? 0) > 0;
+            this.historyCursor = null;
+        }
+        else {
+            this.inHistory = false;
+            if (f.recovered === false)
+                this.deliver("gap", { since: this.since, offset: f.offset });
+        }
+        const first = this.firstJoin;
+        this.firstJoin = null;
+        if (first !== null) {
+            const held = [];
+            this.held = held;
+            setTimeout(() => {
+                if (this.held === held)
+                    this.held = null;
+                for (const deliver of held)
+                    deliver();
+            }, 0);
+            first.resolve(this);
+        }
+    }
+    /** Emits now, or after the events held since the first `joined` (see `held`). */
+    deliver(event, ...args) {
+        if (this.held !== null)
+            this.held.push(() => this.emit(event, ...args));
+        else
+            this.emit(event, ...args);
+    }
+    /** @internal One `message`: delivered when newer than the cursor (see the module comment). */
+    onMessage(f) {
+        if (this.phase !== "joined")
+            return;
+        const msg = { room: this.name, id: f.id, from: f.from, text: f.text, ts: f.ts, replay: f.replay };
+        if (f.replay && this.inHistory) {
+            if (this.historyCursor !== null && compareIds(f.id, this.historyCursor) <= 0)
+                return;
+            if (this.cursor !== null && compareIds(f.id, this.cursor) > 0) {
+                // Newer than `offset`: not history after all; the normal rule applies.
+                this.inHistory = false;
+            }
+            else {
+                this.historyCursor = f.id;
+                this.deliver("message", msg);
+                return;
+            }
+        }
+        if (!f.replay)
+            this.inHistory = false;
+        if (this.cursor !== null && compareIds(f.id, this.cursor) <= 0)
+            return;
+        this.cursor = f.id;
+        this.deliver("message", msg);
+    }
+    /** @internal A presence notice or summary. */
+    onPresence(f) {
+        if (this.phase !== "joined")
+            return;
+        if (f.event === "summary") {
+            this.memberCount = f.member_count;
+            this.membersStale = true;
+            this.deliver("presence", { event: "summary", memberCount: f.member_count, joins: f.joins, leaves: f.leaves });
+            return;
+        }
+        if (f.event === "join") {
+            this.members = [...this.members, f.user];
+            this.memberCount = f.member_count ?? this.memberCount + 1;
+        }
+        else {
+            const i = this.members.findIndex((m) => sameUser(m, f.user));
+            if (i >= 0)
+                this.members = [...this.members.slice(0, i), ...this.members.slice(i + 1)];
+            this.memberCount = f.member_count ?? Math.max(0, this.memberCount - 1);
+        }
+        this.deliver("presence", { event: f.event, user: f.user, memberCount: this.memberCount });
+    }
+    /** @internal A `typing` notice. */
+    onTyping(u) {
+        if (this.phase === "joined")
+            this.deliver("typing", { user: u });
+    }
+    /** @internal The membership ended for good. */
+    onLeft(reason) {
+        this.phase = "left";
+        if (this.retryTimer !== null)
+            clearTimeout(this.retryTimer);
+        this.retryTimer = null;
+        this.deliver("left", { reason });
+    }
+}
+/** The same member: by `id` in jwt mode, by name (and color) in anonymous mode. */
+function sameUser(a, b) {
+    if (a.id !== undefined || b.id !== undefined)
+        return a.id === b.id;
+    return a.name === b.name && a.color === b.color;
+}
