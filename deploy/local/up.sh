@@ -189,40 +189,17 @@ fds="$(ulimit -n)"
 [ "$fds" = unlimited ] && fds=200000
 MAXCONN=$(((fds - 200) / 2))
 [ "$MAXCONN" -gt 100000 ] && MAXCONN=100000
+servers=""
+for ((i = 1; i <= N; i++)); do
+    servers+="    server local-$i 127.0.0.1:$(eval echo "\$REPLICA_${i}_PORT") check port $(eval echo "\$REPLICA_${i}_ADMIN")"$'\n'
+done
+cfg="$(<"$LOCAL_DIR/haproxy.cfg.in")"
+cfg="${cfg//@MAXCONN@/$MAXCONN}"
+cfg="${cfg//@LB_PORT@/$LB_PORT}"
+cfg="${cfg//@CHECK_INTERVAL@/1s}"
+cfg="${cfg//@SERVERS@/${servers%$'\n'}}"
 {
-    cat <<CFG
-# written by deploy/local/up.sh: the local stand-in for a Kubernetes Service/LoadBalancer.
-global
-    maxconn $MAXCONN
-
-defaults
-    mode http
-    maxconn $MAXCONN
-    timeout connect 2s
-    timeout client 30s
-    timeout server 30s
-    # WebSockets: once upgraded, a connection may stay idle this long.
-    timeout tunnel 1h
-    timeout client-fin 5s
-    option redispatch
-    retries 2
-
-frontend chat
-    bind 127.0.0.1:$LB_PORT
-    default_backend roomcast
-
-backend roomcast
-    # Long-lived connections: send new ones to the replica with the fewest.
-    balance leastconn
-    # Like a readinessProbe: a draining or bus-less replica answers 503 and leaves rotation.
-    option httpchk
-    http-check send meth GET uri /readyz
-    http-check expect status 200
-    default-server inter 1s fall 1 rise 2
-CFG
-    for ((i = 1; i <= N; i++)); do
-        echo "    server local-$i 127.0.0.1:$(eval echo "\$REPLICA_${i}_PORT") check port $(eval echo "\$REPLICA_${i}_ADMIN")"
-    done
+    printf '%s\n' "$cfg"
     cat <<CFG
 
 listen stats

@@ -4,20 +4,15 @@
 
 import assert from "node:assert/strict";
 import { after, before, describe, it } from "node:test";
-import { RoomcastClient, RoomcastError } from "../dist/index.js";
-import { mintToken, sleep, startCluster, untilState, wrappedWebSocket } from "./harness.mjs";
+import { RoomcastError } from "../dist/index.js";
+import { clientPool, mintToken, sleep, startCluster, untilState, wrappedWebSocket } from "./harness.mjs";
 
 const SECRET = "test-secret-0123456789abcdef";
 const API_KEY = "test-api-key-0123456789";
 
 describe("jwt mode", () => {
   let cluster;
-  const clients = [];
-  const client = (url, opts) => {
-    const c = new RoomcastClient(url, { backoff: { minMs: 100, maxMs: 500 }, ...opts });
-    clients.push(c);
-    return c;
-  };
+  const { client, closeAll } = clientPool({ backoff: { minMs: 100, maxMs: 500 } });
   const token = (sub, ttlS) =>
     mintToken(SECRET, { sub, name: sub, exp: Math.floor(Date.now() / 1000) + ttlS });
 
@@ -34,7 +29,7 @@ describe("jwt mode", () => {
     });
   });
   after(async () => {
-    for (const c of clients) c.close();
+    closeAll();
     await cluster?.stop();
   });
 

@@ -5,23 +5,18 @@
 
 import assert from "node:assert/strict";
 import { after, before, describe, it } from "node:test";
-import { RoomcastClient, RoomcastError } from "../dist/index.js";
-import { collect, nextEvent, sleep, startCluster, waitFor, wrappedWebSocket } from "./harness.mjs";
+import { RoomcastError } from "../dist/index.js";
+import { clientPool, collect, nextEvent, sleep, startCluster, waitFor, wrappedWebSocket } from "./harness.mjs";
 
 describe("a healthy deployment", () => {
   let cluster;
-  const clients = [];
-  const client = (url, opts) => {
-    const c = new RoomcastClient(url, opts);
-    clients.push(c);
-    return c;
-  };
+  const { client, closeAll } = clientPool();
 
   before(async () => {
     cluster = await startCluster({ name: "basic", env: { ROOMCAST_HISTORY__SIZE: "5" } });
   });
   after(async () => {
-    for (const c of clients) c.close();
+    closeAll();
     await cluster?.stop();
   });
 

@@ -6,24 +6,17 @@
 
 import assert from "node:assert/strict";
 import { after, afterEach, before, describe, it } from "node:test";
-import { RoomcastClient } from "../dist/index.js";
-import { collect, sleep, startCluster, waitFor, wrappedWebSocket } from "./harness.mjs";
+import { clientPool, collect, sleep, startCluster, waitFor, wrappedWebSocket } from "./harness.mjs";
 
 describe("failover", () => {
   let cluster;
-  let clients = [];
-  const client = (url, opts) => {
-    const c = new RoomcastClient(url, { backoff: { minMs: 200, maxMs: 2000 }, ...opts });
-    clients.push(c);
-    return c;
-  };
+  const { client, closeAll } = clientPool({ backoff: { minMs: 200, maxMs: 2000 } });
 
   before(async () => {
     cluster = await startCluster({ name: "failover" });
   });
   afterEach(async () => {
-    for (const c of clients) c.close();
-    clients = [];
+    closeAll();
     // Bring back any replica a test stopped.
     for (let i = 0; i < cluster.replicas.length; i += 1) {
       const p = cluster.replicas[i].proc;

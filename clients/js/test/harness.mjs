@@ -1,7 +1,8 @@
 // Test harness: a real roomcast deployment as local processes on free loopback ports:
 // one redis-server, N gateway replicas (the release binary, configured by ROOMCAST_*
 // environment variables as docs/configuration.md describes) and haproxy in front of them
-// with health checks on each replica's /readyz, like deploy/local/up.sh.
+// with health checks on each replica's /readyz, configured as deploy/local/up.sh does it
+// (deploy/local/haproxy.cfg.in).
 //
 // Every process is tracked by pid and stopped by `cluster.stop()` (and, as a last resort,
 // when the test process exits). Logs go to a temporary directory, named when a start
@@ -14,10 +15,13 @@ import { createServer, connect as netConnect } from "node:net";
 import { tmpdir } from "node:os";
 import { dirname, join, resolve } from "node:path";
 import { fileURLToPath } from "node:url";
+import { RoomcastClient } from "../dist/index.js";
 
 const HERE = dirname(fileURLToPath(import.meta.url));
 /** The gateway binary: $ROOMCAST_BIN, else the repository's release build. */
 export const ROOMCAST_BIN = process.env.ROOMCAST_BIN ?? resolve(HERE, "../../../target/release/roomcast");
+/** haproxy's configuration, shared with deploy/local/up.sh. */
+const HAPROXY_TEMPLATE = resolve(HERE, "../../../deploy/local/haproxy.cfg.in");
 
 /** Every child still running, so an exiting test process can kill them. */
 const children = new Set();
@@ -189,31 +193,11 @@ export async function startCluster({ replicas = 2, env = {}, name = "rc" } = {})
     const servers = cluster.replicas
       .map((r) => `    server ${r.node} 127.0.0.1:${r.port} check port ${r.admin}`)
       .join("\n");
-    const cfg = `global
-    maxconn 4096
-
-defaults
-    mode http
-    timeout connect 2s
-    timeout client 30s
-    timeout server 30s
-    timeout tunnel 1h
-    timeout client-fin 5s
-    option redispatch
-    retries 2
-
-frontend chat
-    bind 127.0.0.1:${lbPort}
-    default_backend roomcast
-
-backend roomcast
-    balance leastconn
-    option httpchk
-    http-check send meth GET uri /readyz
-    http-check expect status 200
-    default-server inter 500ms fall 1 rise 2
-${servers}
-`;
+    const cfg = readFileSync(HAPROXY_TEMPLATE, "utf8")
+      .replaceAll("@MAXCONN@", "4096")
+      .replaceAll("@LB_PORT@", String(lbPort))
+      .replaceAll("@CHECK_INTERVAL@", "500ms")
+      .replace("@SERVERS@", servers);
     writeFileSync(join(dir, "haproxy.cfg"), cfg);
     cluster.haproxy = startProcess("haproxy", ["-db", "-f", join(dir, "haproxy.cfg")], {
       env: process.env,
@@ -329,6 +313,25 @@ export function wrappedWebSocket(hooks = {}) {
   }
   Wrapped.sockets = sockets;
   return Wrapped;
+}
+
+/**
+ * The clients of one test suite: `client(url, opts)` makes one (`defaults` under `opts`),
+ * `closeAll()` closes every one made so far.
+ */
+export function clientPool(defaults = {}) {
+  let made = [];
+  return {
+    client(url, opts = {}) {
+      const c = new RoomcastClient(url, { ...defaults, ...opts });
+      made.push(c);
+      return c;
+    },
+    closeAll() {
+      for (const c of made) c.close();
+      made = [];
+    },
+  };
 }
 
 /** Collects a room's messages; `waitCount(n)` waits until `n` arrived. */

@@ -7,17 +7,11 @@
 
 import assert from "node:assert/strict";
 import { after, before, describe, it } from "node:test";
-import { RoomcastClient } from "../dist/index.js";
-import { startCluster, waitFor } from "./harness.mjs";
+import { clientPool, startCluster, waitFor } from "./harness.mjs";
 
 describe("a large room", () => {
   let cluster;
-  const clients = [];
-  const client = (url, opts) => {
-    const c = new RoomcastClient(url, opts);
-    clients.push(c);
-    return c;
-  };
+  const { client, closeAll } = clientPool();
   /** `n` members named `${prefix}-i`, alternating between the two replicas. */
   const crowd = async (room, prefix, n) => {
     const rooms = [];
@@ -40,7 +34,7 @@ describe("a large room", () => {
     });
   });
   after(async () => {
-    for (const c of clients) c.close();
+    closeAll();
     await cluster?.stop();
   });
 
