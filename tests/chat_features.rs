@@ -259,3 +259,18 @@ async fn an_oversized_idem_key_is_refused() {
     );
     client.assert_silent(Duration::from_millis(200)).await;
 }
+
+/// `ping` is answered by `pong` at once, echoing its `ref`, joined to a room or not; it
+/// is answered on its own (no other frame), so a client can tell a live connection.
+#[tokio::test(flavor = "multi_thread")]
+async fn ping_is_answered_by_pong_with_its_ref() {
+    let c = Cluster::start(Bus::Memory, 1, defaults).await;
+    let mut client = c.client(0).await;
+    client.send_json(json!({"type": "ping", "ref": "p1"})).await;
+    let pong = client.expect("pong").await;
+    assert_eq!(pong, json!({"type": "pong", "ref": "p1"}));
+    client.join("a", "x").await;
+    client.send_json(json!({"type": "ping"})).await;
+    assert_eq!(client.expect("pong").await, json!({"type": "pong"}));
+    client.assert_silent(Duration::from_millis(200)).await;
+}

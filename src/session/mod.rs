@@ -474,6 +474,14 @@ impl Session {
             ClientFrame::Refresh { token, .. } if self.identity.is_some() => {
                 Box::pin(self.refresh(&token, reference.as_deref())).await
             }
+            ClientFrame::Ping { .. } => {
+                let pong = ServerFrame::Pong {
+                    reference: reference.as_deref(),
+                }
+                .encode();
+                self.handle.push(Out::Frame(Box::new(pong)));
+                Ok(())
+            }
             ClientFrame::Auth { .. } | ClientFrame::Refresh { .. } => Err(FrameError::new(
                 ErrorCode::BadRequest,
                 "auth.mode is anonymous on this gateway: no token is needed",

@@ -78,11 +78,18 @@ pub enum ClientFrame {
         #[serde(default, rename = "ref", skip_serializing_if = "Option::is_none")]
         reference: Option<String>,
     },
+    /// Is the connection alive? Answered by `pong` at once. For clients that cannot see
+    /// WebSocket pings (browsers' scripts) and want to notice a connection that died
+    /// silently.
+    Ping {
+        #[serde(default, rename = "ref", skip_serializing_if = "Option::is_none")]
+        reference: Option<String>,
+    },
 }
 
 /// The `type`s a client may send.
-pub const CLIENT_TYPES: [&str; 7] = [
-    "join", "leave", "send", "typing", "members", "auth", "refresh",
+pub const CLIENT_TYPES: [&str; 8] = [
+    "join", "leave", "send", "typing", "members", "auth", "refresh", "ping",
 ];
 
 /// Largest `limit` of a `members` request.
@@ -104,7 +111,8 @@ impl ClientFrame {
             | ClientFrame::Typing { reference, .. }
             | ClientFrame::Members { reference, .. }
             | ClientFrame::Auth { reference, .. }
-            | ClientFrame::Refresh { reference, .. } => reference.as_deref(),
+            | ClientFrame::Refresh { reference, .. }
+            | ClientFrame::Ping { reference } => reference.as_deref(),
         }
     }
 
@@ -341,6 +349,11 @@ pub enum ServerFrame<'a> {
         #[serde(rename = "ref", skip_serializing_if = "Option::is_none")]
         reference: Option<&'a str>,
         exp: u64,
+    },
+    /// The answer to `ping`.
+    Pong {
+        #[serde(rename = "ref", skip_serializing_if = "Option::is_none")]
+        reference: Option<&'a str>,
     },
     Error {
         code: ErrorCode,
