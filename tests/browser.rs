@@ -578,6 +578,52 @@ async fn pages_on_two_replicas_see_each_others_messages_and_their_own_node() {
     bob.close().await;
 }
 
+/// The page is built on the client library: it loads the library's modules from
+/// `/roomcast-client/` (the committed `tsc` build of `clients/js`), the bytes served are
+/// that build's, and the page's own script opens no WebSocket itself.
+#[tokio::test]
+async fn page_runs_on_the_client_library() {
+    let env = TwoReplicas::start().await;
+    let (alice, bob) = env.pages().await;
+    bob.close().await;
+    alice.join("alice", "lib").await;
+    let loaded = alice
+        .js(
+            "return performance.getEntriesByType('resource')
+                 .map(e => new URL(e.name).pathname)
+                 .filter(p => p.startsWith('/roomcast-client/'));",
+            Value::Null,
+        )
+        .await;
+    for module in ["index.js", "client.js", "room.js", "protocol.js"] {
+        assert!(
+            loaded
+                .as_array()
+                .is_some_and(|l| l.contains(&json!(format!("/roomcast-client/{module}")))),
+            "the page did not load the library's {module}: {loaded}"
+        );
+    }
+    let served = alice
+        .js(
+            "return Promise.all(['/roomcast-client/client.js', '/app.js'].map(
+                 u => fetch(u).then(r => r.text())));",
+            Value::Null,
+        )
+        .await;
+    let committed = include_str!("../src/web/roomcast-client/client.js");
+    assert_eq!(
+        served[0],
+        json!(committed),
+        "the served library is the committed build"
+    );
+    let app = served[1].as_str().expect("app.js text");
+    assert!(
+        !app.contains("new WebSocket") && app.contains("from './roomcast-client/index.js'"),
+        "app.js imports the library and opens no socket of its own"
+    );
+    alice.close().await;
+}
+
 #[tokio::test]
 async fn message_with_html_is_shown_as_text() {
     const EVIL: &str = "<img src=x onerror=alert(1)>";

@@ -10,6 +10,10 @@
 //
 // Reconnecting stops for good on close 4003 (the server API disconnected the user), and on
 // 4001/4002 (token refused or expired) when there is no `getToken` to get a new token.
+//
+// A connection that dies without a close (a network change, a frozen replica) is noticed
+// by a heartbeat: `ping` after a silence, and the connection is given up when nothing
+// comes back in time. In a browser, going back online cuts a pending backoff short.
 
 import { Emitter } from "./emitter.js";
 import { FATAL_JOIN_ERRORS, RETRY_SEND_ERRORS, RoomcastError, toErrorCode } from "./errors.js";
@@ -59,7 +63,10 @@ export interface ClientOptions {
   name?: string;
   /** Reconnect delays: `minMs` doubling up to `maxMs`, each randomised by ±50%. */
   backoff?: BackoffOptions;
-  /** The WebSocket constructor; default `globalThis.WebSocket`. */
+  /**
+   * The WebSocket constructor. Default: `globalThis.WebSocket`, looked up at each
+   * connection attempt (so a constructor installed later, e.g. by a test, is used).
+   */
   WebSocket?: WebSocketConstructor;
   /**
    * How long after its first attempt a send may still be retried (default 570,000 ms,
@@ -68,6 +75,22 @@ export interface ClientOptions {
    * `unavailable` instead (it may or may not have been published).
    */
   idempotencyTtlMs?: number;
+  /**
+   * Noticing a connection that died without a close (a network change, a frozen peer),
+   * which browsers may take minutes to report: after `idleMs` (default 25,000) without a
+   * frame from the server the client sends `ping`, and when nothing at all comes back
+   * within `timeoutMs` more (default 10,000) it drops the connection and reconnects
+   * (`reconnecting` with close code 1006). A connection that gets no `welcome` within
+   * `idleMs + timeoutMs` is dropped the same way. `false` turns this off.
+   */
+  heartbeat?: HeartbeatOptions | false;
+}
+
+export interface HeartbeatOptions {
+  /** Silence after which the client sends `ping`. */
+  idleMs?: number;
+  /** How long it then waits for any frame before it gives the connection up. */
+  timeoutMs?: number;
 }
 
 export type ConnectionState = "connecting" | "connected" | "reconnecting" | "closed";
@@ -80,17 +103,50 @@ export interface StateChange {
   error?: RoomcastError;
   /** With `connected`: the replica's node id (`welcome`). */
   node?: string;
+  /** With `connecting`/`reconnecting` after an attempt ended: the wait before the next one, ms. */
+  retryInMs?: number;
 }
+
+/** jwt mode: the server's notice that the connection token expires in `inMs` ms. */
+export interface ExpiringEvent {
+  inMs: number;
+}
+
+/** jwt mode: the server took a renewed token (`refresh`); `exp` is its expiry, Unix seconds. */
+export interface RefreshedEvent {
+  exp: number;
+}
+
+/**
+ * What an `error` event is about: `"server"`, an `error` frame that answers nothing the
+ * library sent; `"auth"`, the server refused the `auth` frame other than as `unauthorized`
+ * (`bad_request`: the gateway is in anonymous mode and needs no token); `"refresh"`, the
+ * server refused a renewed token; `"getToken"`, the `getToken` option threw or rejected;
+ * `"socket"`, no WebSocket could be created.
+ */
+export type ErrorSource = "server" | "auth" | "refresh" | "getToken" | "socket";
 
 export interface ClientEvents {
   state: [ConnectionState, StateChange];
-  /** An `error` frame that answers nothing the library sent, or a failed token refresh. */
-  error: [RoomcastError];
+  /**
+   * jwt mode: an `expiring` notice came. With `getToken` the library renews the token
+   * (a `refreshed` event, or an `error` event from `"getToken"`/`"refresh"`); without it
+   * the connection closes at the token's `exp` (4002) and the client stops.
+   */
+  expiring: [ExpiringEvent];
+  /** jwt mode: a renewed token was accepted. */
+  refreshed: [RefreshedEvent];
+  /** Informational (the client carries on); see `ErrorSource`. */
+  error: [RoomcastError, ErrorSource];
 }
 
 export const DEFAULT_BACKOFF_MIN_MS = 500;
 export const DEFAULT_BACKOFF_MAX_MS = 10_000;
 export const DEFAULT_IDEMPOTENCY_TTL_MS = 570_000;
+export const DEFAULT_HEARTBEAT_IDLE_MS = 25_000;
+export const DEFAULT_HEARTBEAT_TIMEOUT_MS = 10_000;
+/** The close code reported for a connection given up for silence (as browsers report a lost one). */
+const CLOSE_ABNORMAL = 1006;
 /** Wait before retrying a join refused with `unavailable` (or `rate_limited`, `internal`). */
 const JOIN_RETRY_MS = 2000;
 /** First and largest wait before retrying a send refused with `unavailable`/`rate_limited`. */
@@ -99,6 +155,7 @@ const SEND_RETRY_MAX_MS = 10_000;
 /** The `ref` of `auth` and `typing` frames (errors for `typing` are ignored). */
 const AUTH_REF = "auth";
 const TYPING_REF = "typing";
+const PING_REF = "ping";
 /** Close codes that mean "this token or this user is not welcome". */
 const CLOSE_UNAUTHORIZED = 4001;
 const CLOSE_EXPIRED = 4002;
@@ -135,10 +192,17 @@ export function backoffDelay(attempt: number, minMs: number, maxMs: number, rand
 export class RoomcastClient extends Emitter<ClientEvents> {
   private readonly url: string;
   private readonly opts: ClientOptions;
-  private readonly Ctor: WebSocketConstructor;
   private readonly minMs: number;
   private readonly maxMs: number;
   private readonly idemTtlMs: number;
+  /** `[idleMs, timeoutMs]`, or null: no heartbeat. */
+  private readonly heartbeat: readonly [number, number] | null;
+  private watchdog: ReturnType<typeof setTimeout> | null = null;
+  /** When the current connection was opened, and when it last received a frame. */
+  private openedAt = 0;
+  private lastHeard = 0;
+  /** When the unanswered `ping` went (null: none in flight). */
+  private pingSentAt: number | null = null;
   private stateNow: ConnectionState = "closed";
   private nodeId: string | null = null;
   private ws: WebSocketLike | null = null;
@@ -173,14 +237,17 @@ export class RoomcastClient extends Emitter<ClientEvents> {
     super();
     this.url = url;
     this.opts = options;
-    const Ctor = options.WebSocket ?? (globalThis as unknown as { WebSocket?: WebSocketConstructor }).WebSocket;
-    if (Ctor === undefined) {
+    if (this.webSocketConstructor() === undefined) {
       throw new TypeError("no global WebSocket here: pass the `WebSocket` option (e.g. the `ws` package)");
     }
-    this.Ctor = Ctor;
     this.minMs = Math.max(1, options.backoff?.minMs ?? DEFAULT_BACKOFF_MIN_MS);
     this.maxMs = Math.max(this.minMs, options.backoff?.maxMs ?? DEFAULT_BACKOFF_MAX_MS);
     this.idemTtlMs = options.idempotencyTtlMs ?? DEFAULT_IDEMPOTENCY_TTL_MS;
+    const hb = options.heartbeat;
+    this.heartbeat =
+      hb === false
+        ? null
+        : [Math.max(1, hb?.idleMs ?? DEFAULT_HEARTBEAT_IDLE_MS), Math.max(1, hb?.timeoutMs ?? DEFAULT_HEARTBEAT_TIMEOUT_MS)];
     this.token = options.token ?? null;
     this.host = {
       send: (room, text) => this.roomSend(room, text),
@@ -211,6 +278,7 @@ export class RoomcastClient extends Emitter<ClientEvents> {
     const p = new Promise<void>((resolve, reject) => this.connectWaiters.push({ resolve, reject }));
     if (!this.started) {
       this.started = true;
+      onlineEvents()?.addEventListener("online", this.onOnline);
       this.setState("connecting", {});
       void this.open();
     }
@@ -246,6 +314,11 @@ export class RoomcastClient extends Emitter<ClientEvents> {
   }
 
   // ---------- the connection ----------
+
+  /** The `WebSocket` option, else the global one as it is now. */
+  private webSocketConstructor(): WebSocketConstructor | undefined {
+    return this.opts.WebSocket ?? (globalThis as unknown as { WebSocket?: WebSocketConstructor }).WebSocket;
+  }
 
   private setState(s: ConnectionState, change: StateChange): void {
     this.stateNow = s;
@@ -293,27 +366,35 @@ export class RoomcastClient extends Emitter<ClientEvents> {
       token = await this.tokenForConnect();
     } catch (err) {
       if (gen !== this.generation || this.stoppedBy !== null) return;
-      this.emit("error", new RoomcastError("unauthorized", `getToken failed: ${String(err)}`));
+      this.emit("error", new RoomcastError("unauthorized", `getToken failed: ${String(err)}`), "getToken");
       this.scheduleReconnect({});
       return;
     }
     if (gen !== this.generation || this.stoppedBy !== null) return;
     let ws: WebSocketLike;
     try {
-      ws = new this.Ctor(this.url);
+      const Ctor = this.webSocketConstructor();
+      if (Ctor === undefined) throw new TypeError("no global WebSocket");
+      ws = new Ctor(this.url);
     } catch (err) {
-      this.emit("error", new RoomcastError("bad_request", `cannot open a WebSocket to ${this.url}: ${String(err)}`));
+      this.emit("error", new RoomcastError("bad_request", `cannot open a WebSocket to ${this.url}: ${String(err)}`), "socket");
       this.scheduleReconnect({});
       return;
     }
     this.ws = ws;
     this.ready = false;
+    this.openedAt = this.lastHeard = Date.now();
+    this.pingSentAt = null;
+    this.armWatchdog();
     ws.onopen = () => {
       // jwt mode: the token goes as the first frame (never in the URL, so never in logs).
       if (this.ws === ws && token !== null) ws.send(JSON.stringify({ type: "auth", token, ref: AUTH_REF }));
     };
     ws.onmessage = (ev) => {
-      if (this.ws === ws && typeof ev.data === "string") this.onFrame(ev.data);
+      if (this.ws !== ws) return;
+      this.lastHeard = Date.now();
+      this.pingSentAt = null;
+      if (typeof ev.data === "string") this.onFrame(ev.data);
     };
     ws.onclose = (ev) => {
       if (this.ws === ws) this.onDisconnected(ev.code);
@@ -328,6 +409,7 @@ export class RoomcastClient extends Emitter<ClientEvents> {
     const ws = this.ws;
     this.ws = null;
     this.ready = false;
+    this.disarmWatchdog();
     if (ws !== null) {
       ws.onopen = ws.onmessage = ws.onclose = ws.onerror = null;
     }
@@ -371,11 +453,63 @@ export class RoomcastClient extends Emitter<ClientEvents> {
     this.leaving.clear();
   }
 
+  private disarmWatchdog(): void {
+    if (this.watchdog !== null) clearTimeout(this.watchdog);
+    this.watchdog = null;
+  }
+
+  /** Sets the heartbeat's timer for the next thing due on the current connection. */
+  private armWatchdog(): void {
+    this.disarmWatchdog();
+    if (this.heartbeat === null || this.ws === null) return;
+    const [idle, timeout] = this.heartbeat;
+    let due: number;
+    if (!this.ready) due = this.openedAt + idle + timeout;
+    else if (this.pingSentAt === null) due = this.lastHeard + idle;
+    else due = this.pingSentAt + timeout;
+    this.watchdog = setTimeout(() => this.onWatchdog(), Math.max(0, due - Date.now()));
+  }
+
+  /** The heartbeat's timer: send `ping` after a silence, give up after an unanswered one. */
+  private onWatchdog(): void {
+    this.watchdog = null;
+    const ws = this.ws;
+    if (ws === null || this.stoppedBy !== null || this.heartbeat === null) return;
+    const [idle, timeout] = this.heartbeat;
+    const now = Date.now();
+    const silent = !this.ready
+      ? now - this.openedAt >= idle + timeout
+      : this.pingSentAt !== null && now - this.pingSentAt >= timeout;
+    if (silent) {
+      // Nothing came back: the connection is dead though no close said so. Give it up.
+      this.onDisconnected(CLOSE_ABNORMAL);
+      try {
+        ws.close(1000);
+      } catch {
+        // already closing
+      }
+      return;
+    }
+    if (this.ready && this.pingSentAt === null && now - this.lastHeard >= idle) {
+      if (this.sendFrame({ type: "ping", ref: PING_REF })) this.pingSentAt = now;
+    }
+    this.armWatchdog();
+  }
+
+  /** The browser is back online: a reconnect waiting for its backoff goes now. */
+  private readonly onOnline = (): void => {
+    if (this.reconnectTimer === null || this.stoppedBy !== null) return;
+    clearTimeout(this.reconnectTimer);
+    this.reconnectTimer = null;
+    this.attempt = 0;
+    void this.open();
+  };
+
   private scheduleReconnect(change: StateChange): void {
     if (this.stoppedBy !== null || this.reconnectTimer !== null) return;
     const delay = backoffDelay(this.attempt, this.minMs, this.maxMs);
     this.attempt += 1;
-    this.setState(this.everConnected ? "reconnecting" : "connecting", change);
+    this.setState(this.everConnected ? "reconnecting" : "connecting", { ...change, retryInMs: delay });
     this.reconnectTimer = setTimeout(() => void this.open(), delay);
   }
 
@@ -383,6 +517,8 @@ export class RoomcastClient extends Emitter<ClientEvents> {
   private stop(err: RoomcastError, closeCode: number | null): void {
     this.stoppedBy = err;
     this.generation += 1;
+    onlineEvents()?.removeEventListener("online", this.onOnline);
+    this.disarmWatchdog();
     if (this.reconnectTimer !== null) clearTimeout(this.reconnectTimer);
     this.reconnectTimer = null;
     const ws = this.ws;
@@ -446,10 +582,12 @@ export class RoomcastClient extends Emitter<ClientEvents> {
         this.onError(f);
         break;
       case "expiring":
+        this.emit("expiring", { inMs: f.in_ms });
         void this.onExpiring();
         break;
       case "refreshed":
         if (f.ref !== undefined) this.refs.delete(f.ref);
+        this.emit("refreshed", { exp: f.exp });
         break;
     }
   }
@@ -459,14 +597,16 @@ export class RoomcastClient extends Emitter<ClientEvents> {
     this.attempt = 0;
     this.nodeId = node;
     this.everConnected = true;
+    this.armWatchdog();
     this.forbiddenMessage = null;
+    // The joins go first, so that `connected` listeners find every room `joining`.
+    for (const room of this.rooms.values()) {
+      if (room.phase !== "left") this.sendJoin(room);
+    }
     this.setState("connected", { node });
     const waiters = this.connectWaiters;
     this.connectWaiters = [];
     for (const w of waiters) w.resolve();
-    for (const room of this.rooms.values()) {
-      if (room.phase !== "left") this.sendJoin(room);
-    }
   }
 
   private sendJoin(room: Room): void {
@@ -549,18 +689,19 @@ export class RoomcastClient extends Emitter<ClientEvents> {
   private onError(f: ErrorFrame): void {
     const code = toErrorCode(f.code);
     const err = new RoomcastError(code, f.message);
-    if (f.ref === TYPING_REF) return; // a typing notice nobody needs
+    if (f.ref === TYPING_REF || f.ref === PING_REF) return; // a notice, or a gateway without `ping`: it answered
     if (f.ref === AUTH_REF || (code === "unauthorized" && !this.ready)) {
-      // The token was refused (bad, expired): get another, or stop. In anonymous mode an
-      // `auth` frame is simply not understood: nothing to do.
+      // The token was refused (bad, expired): get another, or stop. A gateway in anonymous
+      // mode answers `bad_request` (no token is needed): the application may want to know.
       if (code === "unauthorized") this.onTokenRefused(err);
+      else this.emit("error", err, "auth");
       return;
     }
     const info = f.ref !== undefined ? this.refs.get(f.ref) : undefined;
     if (info === undefined || f.ref === undefined) {
       // Not an answer to anything in flight: before close 4003 the server says why.
       if (code === "forbidden") this.forbiddenMessage = f.message;
-      this.emit("error", err);
+      this.emit("error", err, "server");
       return;
     }
     this.refs.delete(f.ref);
@@ -583,7 +724,7 @@ export class RoomcastClient extends Emitter<ClientEvents> {
         info.reject(err);
         return;
       case "refresh":
-        this.emit("error", err);
+        this.emit("error", err, "refresh");
         return;
     }
   }
@@ -670,7 +811,7 @@ export class RoomcastClient extends Emitter<ClientEvents> {
       this.tokenRefused = false;
       this.sendFrame({ type: "refresh", token, ref: this.nextRef("r", { kind: "refresh" }) });
     } catch (err) {
-      this.emit("error", new RoomcastError("unauthorized", `getToken failed: ${String(err)}`));
+      this.emit("error", new RoomcastError("unauthorized", `getToken failed: ${String(err)}`), "getToken");
     } finally {
       if (gen === this.generation) this.refreshing = false;
     }
@@ -767,6 +908,13 @@ export class RoomcastClient extends Emitter<ClientEvents> {
       }
     });
   }
+}
+
+/** Where a browser says it is back online (`online` events), if anywhere. */
+function onlineEvents(): Pick<EventTarget, "addEventListener" | "removeEventListener"> | null {
+  const g = globalThis as { addEventListener?: unknown; removeEventListener?: unknown };
+  const isTarget = typeof g.addEventListener === "function" && typeof g.removeEventListener === "function";
+  return isTarget ? (globalThis as unknown as EventTarget) : null;
 }
 
 export type { User };

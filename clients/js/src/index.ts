@@ -5,6 +5,8 @@ export {
   backoffDelay,
   DEFAULT_BACKOFF_MAX_MS,
   DEFAULT_BACKOFF_MIN_MS,
+  DEFAULT_HEARTBEAT_IDLE_MS,
+  DEFAULT_HEARTBEAT_TIMEOUT_MS,
   DEFAULT_IDEMPOTENCY_TTL_MS,
 } from "./client.js";
 export type {
@@ -12,6 +14,10 @@ export type {
   ClientEvents,
   ClientOptions,
   ConnectionState,
+  ErrorSource,
+  ExpiringEvent,
+  HeartbeatOptions,
+  RefreshedEvent,
   StateChange,
   WebSocketConstructor,
   WebSocketLike,
@@ -19,12 +25,14 @@ export type {
 export { Room } from "./room.js";
 export type {
   GapEvent,
+  JoinedEvent,
   JoinOptions,
   LeftEvent,
   MembersPage,
   Message,
   PresenceEvent,
   RoomEvents,
+  RoomState,
   SendResult,
   TypingEvent,
 } from "./room.js";

@@ -1,4 +1,4 @@
-// One joined room: the application's handle (`send`, `typing`, `leave`, `members`, events)
+// One joined room: the application's handle (`send`, `typing`, `leave`, members, events)
 // and the room's resume state (its cursor, the id of the last message delivered).
 //
 // Delivery rule: a message is handed to the application only when its id is newer than the
@@ -68,7 +68,24 @@ export interface LeftEvent {
   reason: string;
 }
 
+/**
+ * The server confirmed a join (`joined`): the first join (`resumed: false`), or a rejoin
+ * after a reconnect (`resumed: true`; a `gap` event follows when it could not recover every
+ * message). It carries the member list as `joined` gave it: its first page (`members`, at
+ * most `presence.members_in_join`), the room's count, and where the next page starts
+ * (`membersNext`, null when `members` is the whole list; see `room.fetchMembersPage`).
+ * Presence events after it tell every change since.
+ */
+export interface JoinedEvent {
+  resumed: boolean;
+  you: User;
+  members: User[];
+  memberCount: number;
+  membersNext: string | null;
+}
+
 export interface RoomEvents {
+  joined: [JoinedEvent];
   message: [Message];
   presence: [PresenceEvent];
   typing: [TypingEvent];
@@ -98,8 +115,12 @@ export interface RoomHost {
   members(room: Room, after: string | undefined): Promise<MembersPage>;
 }
 
-/** @internal Where a room stands on the current connection. */
-export type RoomPhase = "offline" | "joining" | "joined" | "left";
+/**
+ * Where a room stands on the current connection: `joining` (a join is in flight),
+ * `joined`, `offline` (not connected, or waiting to retry a join; it is joined again when
+ * it can be), `left` (for good: after `leave()`, a removal or a refused rejoin).
+ */
+export type RoomState = "offline" | "joining" | "joined" | "left";
 
 export const TYPING_INTERVAL_MS = 1000;
 
@@ -116,11 +137,16 @@ export class Room extends Emitter<RoomEvents> {
   memberCount = 0;
   /** True once a presence `summary` came: `members` is no longer kept current. */
   membersStale = false;
+  /**
+   * Where the member list goes on after `members`: the `members_next` of the last `joined`
+   * (pass it to `fetchMembersPage`), or null when `members` was the whole list.
+   */
+  membersNext: string | null = null;
   /** Who the server says you are in this room. */
   you: User | null = null;
 
   /** @internal */ readonly options: JoinOptions;
-  /** @internal */ phase: RoomPhase = "offline";
+  /** @internal */ phase: RoomState = "offline";
   /** @internal The id of the last message delivered (or `offset` of the first join). */
   cursor: string | null = null;
   /** @internal The `since` of the join in flight (null: a fresh join). */
@@ -153,6 +179,11 @@ export class Room extends Emitter<RoomEvents> {
     this.options = options;
   }
 
+  /** Where the room stands on the current connection (see `RoomState`). */
+  get state(): RoomState {
+    return this.phase;
+  }
+
   /** The id of the last message delivered in this room (where a resume starts). */
   get lastMessageId(): string | null {
     return this.cursor;
@@ -180,13 +211,24 @@ export class Room extends Emitter<RoomEvents> {
     return this.host.leave(this);
   }
 
+  /**
+   * Reads one page of the member list (a `members` request): from the start, or from
+   * `after` (`membersNext`, or the `next` of the previous page). `members`, `memberCount`
+   * and `membersNext` stay as they are: merging pages is the caller's. Rejects with
+   * `not_joined` while the room is not joined, `unavailable` when the connection closes
+   * first, or the server's code (e.g. `bad_request` for a cursor it does not take).
+   */
+  fetchMembersPage(after?: string): Promise<MembersPage> {
+    return this.host.members(this, after);
+  }
+
   /** Reads the whole member list, page by page (`members` requests), and keeps it in `members`. */
   async fetchMembers(): Promise<User[]> {
     const all: User[] = [];
     let after: string | undefined;
     let count = 0;
     for (;;) {
-      const page = await this.host.members(this, after);
+      const page = await this.fetchMembersPage(after);
       all.push(...page.members);
       count = page.memberCount;
       if (page.next === undefined) break;
@@ -195,6 +237,7 @@ export class Room extends Emitter<RoomEvents> {
     this.members = all;
     this.memberCount = count;
     this.membersStale = false;
+    this.membersNext = null;
     return all;
   }
 
@@ -204,8 +247,18 @@ export class Room extends Emitter<RoomEvents> {
     this.members = f.members;
     this.memberCount = f.member_count;
     this.membersStale = false;
+    this.membersNext = f.members_next ?? null;
     this.phase = "joined";
     this.joinRef = null;
+    const first = this.firstJoin;
+    this.firstJoin = null;
+    // The first join's events are held (see `held`) until listeners can be added.
+    const held: Array<() => void> | null = first !== null ? [] : null;
+    if (held !== null) this.held = held;
+    const resumed = this.since !== null;
+    this.deliver("joined", {
+      resumed, you: f.you, members: f.members, memberCount: f.member_count, membersNext: this.membersNext,
+    });
     if (this.since === null) {
       // A fresh join: live messages are those after `offset`; a history replay, older
       // than it, comes first.
@@ -216,11 +269,7 @@ export class Room extends Emitter<RoomEvents> {
       this.inHistory = false;
       if (f.recovered === false) this.deliver("gap", { since: this.since, offset: f.offset });
     }
-    const first = this.firstJoin;
-    this.firstJoin = null;
-    if (first !== null) {
-      const held: Array<() => void> = [];
-      this.held = held;
+    if (first !== null && held !== null) {
       setTimeout(() => {
         if (this.held === held) this.held = null;
         for (const deliver of held) deliver();

@@ -1,5 +1,6 @@
 // Failover scenarios (Redis + 2 replicas + haproxy): the replica a client is on drains
-// (SIGTERM, close 1001) or crashes (SIGKILL) while another client sends steadily; the
+// (SIGTERM, close 1001), crashes (SIGKILL) or freezes (SIGSTOP: the connection stays open
+// and silent, so the client's heartbeat must notice) while another client sends steadily; the
 // client reconnects through haproxy, resumes with `since`, and the application sees every
 // message exactly once, in order. A send in flight when its replica crashes is acked once
 // after the reconnect, through its idempotency key.
@@ -28,11 +29,11 @@ describe("failover", () => {
   });
 
   /**
-   * A receiver through haproxy, a sender directly on the other replica sending `count`
-   * messages one after another; `disrupt(i)` hits the receiver's replica after `afterMs`.
+   * A receiver through haproxy, a sender directly on the other replica sending 40
+   * messages one after another; `disrupt(i)` hits the receiver's replica (index i) 0.7 s in.
    */
-  async function steadyTraffic(room, signal) {
-    const receiver = client(cluster.lbUrl, { name: "receiver" });
+  async function steadyTraffic(room, disrupt, receiverOptions = {}) {
+    const receiver = client(cluster.lbUrl, { name: "receiver", ...receiverOptions });
     await receiver.connect();
     const victim = cluster.replicaOf(receiver.node);
     assert.ok(victim >= 0, `receiver on an unknown node ${receiver.node}`);
@@ -54,7 +55,7 @@ describe("failover", () => {
       }
     })();
     await sleep(700);
-    await cluster.kill(victim, signal);
+    await disrupt(victim);
     await sending;
     await got.waitCount(count, 30_000);
     await sleep(300); // nothing more may come
@@ -66,7 +67,7 @@ describe("failover", () => {
   }
 
   it("drain (SIGTERM): reconnects through haproxy and delivers every message once, in order", async () => {
-    const states = await steadyTraffic("drain", "SIGTERM");
+    const states = await steadyTraffic("drain", (i) => cluster.kill(i, "SIGTERM"));
     assert.ok(
       states.some(([s, code]) => s === "reconnecting" && code === 1001),
       `expected a reconnect after close 1001, got ${JSON.stringify(states)}`,
@@ -74,8 +75,27 @@ describe("failover", () => {
   });
 
   it("crash (SIGKILL): reconnects and delivers every acknowledged message once, in order", async () => {
-    const states = await steadyTraffic("crash", "SIGKILL");
+    const states = await steadyTraffic("crash", (i) => cluster.kill(i, "SIGKILL"));
     assert.ok(states.some(([s]) => s === "reconnecting"), JSON.stringify(states));
+  });
+
+  it("freeze (SIGSTOP): the heartbeat notices the silent connection; every message once, in order", async () => {
+    // A frozen replica keeps its TCP connections open and says nothing: only the client's
+    // heartbeat (ping, no answer) can tell. haproxy's health check takes it out of rotation.
+    let frozen = null;
+    try {
+      const freeze = (i) => {
+        frozen = cluster.replicas[i].proc.child;
+        frozen.kill("SIGSTOP");
+      };
+      const states = await steadyTraffic("freeze", freeze, { heartbeat: { idleMs: 1000, timeoutMs: 1000 } });
+      assert.ok(
+        states.some(([s, code]) => s === "reconnecting" && code === 1006),
+        `expected a reconnect after the heartbeat gave up (1006), got ${JSON.stringify(states)}`,
+      );
+    } finally {
+      frozen?.kill("SIGCONT");
+    }
   });
 
   it("a send in flight when its replica crashes is acked exactly once after the reconnect", async () => {

@@ -10,6 +10,10 @@
 //
 // Reconnecting stops for good on close 4003 (the server API disconnected the user), and on
 // 4001/4002 (token refused or expired) when there is no `getToken` to get a new token.
+//
+// A connection that dies without a close (a network change, a frozen replica) is noticed
+// by a heartbeat: `ping` after a silence, and the connection is given up when nothing
+// comes back in time. In a browser, going back online cuts a pending backoff short.
 import { Emitter } from "./emitter.js";
 import { FATAL_JOIN_ERRORS, RETRY_SEND_ERRORS, RoomcastError, toErrorCode } from "./errors.js";
 import { idemKey, parseServerFrame, tokenExp } from "./protocol.js";
@@ -17,6 +21,10 @@ import { Room, TYPING_INTERVAL_MS } from "./room.js";
 export const DEFAULT_BACKOFF_MIN_MS = 500;
 export const DEFAULT_BACKOFF_MAX_MS = 10_000;
 export const DEFAULT_IDEMPOTENCY_TTL_MS = 570_000;
+export const DEFAULT_HEARTBEAT_IDLE_MS = 25_000;
+export const DEFAULT_HEARTBEAT_TIMEOUT_MS = 10_000;
+/** The close code reported for a connection given up for silence (as browsers report a lost one). */
+const CLOSE_ABNORMAL = 1006;
 /** Wait before retrying a join refused with `unavailable` (or `rate_limited`, `internal`). */
 const JOIN_RETRY_MS = 2000;
 /** First and largest wait before retrying a send refused with `unavailable`/`rate_limited`. */
@@ -25,6 +33,7 @@ const SEND_RETRY_MAX_MS = 10_000;
 /** The `ref` of `auth` and `typing` frames (errors for `typing` are ignored). */
 const AUTH_REF = "auth";
 const TYPING_REF = "typing";
+const PING_REF = "ping";
 /** Close codes that mean "this token or this user is not welcome". */
 const CLOSE_UNAUTHORIZED = 4001;
 const CLOSE_EXPIRED = 4002;
@@ -37,10 +46,17 @@ export function backoffDelay(attempt, minMs, maxMs, random = Math.random) {
 export class RoomcastClient extends Emitter {
     url;
     opts;
-    Ctor;
     minMs;
     maxMs;
     idemTtlMs;
+    /** `[idleMs, timeoutMs]`, or null: no heartbeat. */
+    heartbeat;
+    watchdog = null;
+    /** When the current connection was opened, and when it last received a frame. */
+    openedAt = 0;
+    lastHeard = 0;
+    /** When the unanswered `ping` went (null: none in flight). */
+    pingSentAt = null;
     stateNow = "closed";
     nodeId = null;
     ws = null;
@@ -74,14 +90,17 @@ export class RoomcastClient extends Emitter {
         super();
         this.url = url;
         this.opts = options;
-        const Ctor = options.WebSocket ?? globalThis.WebSocket;
-        if (Ctor === undefined) {
+        if (this.webSocketConstructor() === undefined) {
             throw new TypeError("no global WebSocket here: pass the `WebSocket` option (e.g. the `ws` package)");
         }
-        this.Ctor = Ctor;
         this.minMs = Math.max(1, options.backoff?.minMs ?? DEFAULT_BACKOFF_MIN_MS);
         this.maxMs = Math.max(this.minMs, options.backoff?.maxMs ?? DEFAULT_BACKOFF_MAX_MS);
         this.idemTtlMs = options.idempotencyTtlMs ?? DEFAULT_IDEMPOTENCY_TTL_MS;
+        const hb = options.heartbeat;
+        this.heartbeat =
+            hb === false
+                ? null
+                : [Math.max(1, hb?.idleMs ?? DEFAULT_HEARTBEAT_IDLE_MS), Math.max(1, hb?.timeoutMs ?? DEFAULT_HEARTBEAT_TIMEOUT_MS)];
         this.token = options.token ?? null;
         this.host = {
             send: (room, text) => this.roomSend(room, text),
@@ -111,6 +130,7 @@ export class RoomcastClient extends Emitter {
         const p = new Promise((resolve, reject) => this.connectWaiters.push({ resolve, reject }));
         if (!this.started) {
             this.started = true;
+            onlineEvents()?.addEventListener("online", this.onOnline);
             this.setState("connecting", {});
             void this.open();
         }
@@ -146,6 +166,10 @@ export class RoomcastClient extends Emitter {
         this.stop(new RoomcastError("closed", "the client was closed"), 1000);
     }
     // ---------- the connection ----------
+    /** The `WebSocket` option, else the global one as it is now. */
+    webSocketConstructor() {
+        return this.opts.WebSocket ?? globalThis.WebSocket;
+    }
     setState(s, change) {
         this.stateNow = s;
         this.emit("state", s, change);
@@ -196,7 +220,7 @@ export class RoomcastClient extends Emitter {
         catch (err) {
             if (gen !== this.generation || this.stoppedBy !== null)
                 return;
-            this.emit("error", new RoomcastError("unauthorized", `getToken failed: ${String(err)}`));
+            this.emit("error", new RoomcastError("unauthorized", `getToken failed: ${String(err)}`), "getToken");
             this.scheduleReconnect({});
             return;
         }
@@ -204,22 +228,32 @@ export class RoomcastClient extends Emitter {
             return;
         let ws;
         try {
-            ws = new this.Ctor(this.url);
+            const Ctor = this.webSocketConstructor();
+            if (Ctor === undefined)
+                throw new TypeError("no global WebSocket");
+            ws = new Ctor(this.url);
         }
         catch (err) {
-            this.emit("error", new RoomcastError("bad_request", `cannot open a WebSocket to ${this.url}: ${String(err)}`));
+            this.emit("error", new RoomcastError("bad_request", `cannot open a WebSocket to ${this.url}: ${String(err)}`), "socket");
             this.scheduleReconnect({});
             return;
         }
         this.ws = ws;
         this.ready = false;
+        this.openedAt = this.lastHeard = Date.now();
+        this.pingSentAt = null;
+        this.armWatchdog();
         ws.onopen = () => {
             // jwt mode: the token goes as the first frame (never in the URL, so never in logs).
             if (this.ws === ws && token !== null)
                 ws.send(JSON.stringify({ type: "auth", token, ref: AUTH_REF }));
         };
         ws.onmessage = (ev) => {
-            if (this.ws === ws && typeof ev.data === "string")
+            if (this.ws !== ws)
+                return;
+            this.lastHeard = Date.now();
+            this.pingSentAt = null;
+            if (typeof ev.data === "string")
                 this.onFrame(ev.data);
         };
         ws.onclose = (ev) => {
@@ -235,6 +269,7 @@ export class RoomcastClient extends Emitter {
         const ws = this.ws;
         this.ws = null;
         this.ready = false;
+        this.disarmWatchdog();
         if (ws !== null) {
             ws.onopen = ws.onmessage = ws.onclose = ws.onerror = null;
         }
@@ -283,18 +318,77 @@ export class RoomcastClient extends Emitter {
                 done();
         this.leaving.clear();
     }
+    disarmWatchdog() {
+        if (this.watchdog !== null)
+            clearTimeout(this.watchdog);
+        this.watchdog = null;
+    }
+    /** Sets the heartbeat's timer for the next thing due on the current connection. */
+    armWatchdog() {
+        this.disarmWatchdog();
+        if (this.heartbeat === null || this.ws === null)
+            return;
+        const [idle, timeout] = this.heartbeat;
+        let due;
+        if (!this.ready)
+            due = this.openedAt + idle + timeout;
+        else if (this.pingSentAt === null)
+            due = this.lastHeard + idle;
+        else
+            due = this.pingSentAt + timeout;
+        this.watchdog = setTimeout(() => this.onWatchdog(), Math.max(0, due - Date.now()));
+    }
+    /** The heartbeat's timer: send `ping` after a silence, give up after an unanswered one. */
+    onWatchdog() {
+        this.watchdog = null;
+        const ws = this.ws;
+        if (ws === null || this.stoppedBy !== null || this.heartbeat === null)
+            return;
+        const [idle, timeout] = this.heartbeat;
+        const now = Date.now();
+        const silent = !this.ready
+            ? now - this.openedAt >= idle + timeout
+            : this.pingSentAt !== null && now - this.pingSentAt >= timeout;
+        if (silent) {
+            // Nothing came back: the connection is dead though no close said so. Give it up.
+            this.onDisconnected(CLOSE_ABNORMAL);
+            try {
+                ws.close(1000);
+            }
+            catch {
+                // already closing
+            }
+            return;
+        }
+        if (this.ready && this.pingSentAt === null && now - this.lastHeard >= idle) {
+            if (this.sendFrame({ type: "ping", ref: PING_REF }))
+                this.pingSentAt = now;
+        }
+        this.armWatchdog();
+    }
+    /** The browser is back online: a reconnect waiting for its backoff goes now. */
+    onOnline = () => {
+        if (this.reconnectTimer === null || this.stoppedBy !== null)
+            return;
+        clearTimeout(this.reconnectTimer);
+        this.reconnectTimer = null;
+        this.attempt = 0;
+        void this.open();
+    };
     scheduleReconnect(change) {
         if (this.stoppedBy !== null || this.reconnectTimer !== null)
             return;
         const delay = backoffDelay(this.attempt, this.minMs, this.maxMs);
         this.attempt += 1;
-        this.setState(this.everConnected ? "reconnecting" : "connecting", change);
+        this.setState(this.everConnected ? "reconnecting" : "connecting", { ...change, retryInMs: delay });
         this.reconnectTimer = setTimeout(() => void this.open(), delay);
     }
     /** Stops for good: closes the connection, rejects everything pending with `err`. */
     stop(err, closeCode) {
         this.stoppedBy = err;
         this.generation += 1;
+        onlineEvents()?.removeEventListener("online", this.onOnline);
+        this.disarmWatchdog();
         if (this.reconnectTimer !== null)
             clearTimeout(this.reconnectTimer);
         this.reconnectTimer = null;
@@ -362,11 +456,13 @@ export class RoomcastClient extends Emitter {
                 this.onError(f);
                 break;
             case "expiring":
+                this.emit("expiring", { inMs: f.in_ms });
                 void this.onExpiring();
                 break;
             case "refreshed":
                 if (f.ref !== undefined)
                     this.refs.delete(f.ref);
+                this.emit("refreshed", { exp: f.exp });
                 break;
         }
     }
@@ -375,16 +471,18 @@ export class RoomcastClient extends Emitter {
         this.attempt = 0;
         this.nodeId = node;
         this.everConnected = true;
+        this.armWatchdog();
         this.forbiddenMessage = null;
+        // The joins go first, so that `connected` listeners find every room `joining`.
+        for (const room of this.rooms.values()) {
+            if (room.phase !== "left")
+                this.sendJoin(room);
+        }
         this.setState("connected", { node });
         const waiters = this.connectWaiters;
         this.connectWaiters = [];
         for (const w of waiters)
             w.resolve();
-        for (const room of this.rooms.values()) {
-            if (room.phase !== "left")
-                this.sendJoin(room);
-        }
     }
     sendJoin(room) {
         if (room.phase === "joining" || room.phase === "joined" || room.phase === "left")
@@ -478,13 +576,15 @@ export class RoomcastClient extends Emitter {
     onError(f) {
         const code = toErrorCode(f.code);
         const err = new RoomcastError(code, f.message);
-        if (f.ref === TYPING_REF)
-            return; // a typing notice nobody needs
+        if (f.ref === TYPING_REF || f.ref === PING_REF)
+            return; // a notice, or a gateway without `ping`: it answered
         if (f.ref === AUTH_REF || (code === "unauthorized" && !this.ready)) {
-            // The token was refused (bad, expired): get another, or stop. In anonymous mode an
-            // `auth` frame is simply not understood: nothing to do.
+            // The token was refused (bad, expired): get another, or stop. A gateway in anonymous
+            // mode answers `bad_request` (no token is needed): the application may want to know.
             if (code === "unauthorized")
                 this.onTokenRefused(err);
+            else
+                this.emit("error", err, "auth");
             return;
         }
         const info = f.ref !== undefined ? this.refs.get(f.ref) : undefined;
@@ -492,7 +592,7 @@ export class RoomcastClient extends Emitter {
             // Not an answer to anything in flight: before close 4003 the server says why.
             if (code === "forbidden")
                 this.forbiddenMessage = f.message;
-            this.emit("error", err);
+            this.emit("error", err, "server");
             return;
         }
         this.refs.delete(f.ref);
@@ -516,7 +616,7 @@ export class RoomcastClient extends Emitter {
                 info.reject(err);
                 return;
             case "refresh":
-                this.emit("error", err);
+                this.emit("error", err, "refresh");
                 return;
         }
     }
@@ -610,7 +710,7 @@ export class RoomcastClient extends Emitter {
             this.sendFrame({ type: "refresh", token, ref: this.nextRef("r", { kind: "refresh" }) });
         }
         catch (err) {
-            this.emit("error", new RoomcastError("unauthorized", `getToken failed: ${String(err)}`));
+            this.emit("error", new RoomcastError("unauthorized", `getToken failed: ${String(err)}`), "getToken");
         }
         finally {
             if (gen === this.generation)
@@ -715,4 +815,10 @@ export class RoomcastClient extends Emitter {
             }
         });
     }
+}
+/** Where a browser says it is back online (`online` events), if anywhere. */
+function onlineEvents() {
+    const g = globalThis;
+    const isTarget = typeof g.addEventListener === "function" && typeof g.removeEventListener === "function";
+    return isTarget ? globalThis : null;
 }

@@ -1,4 +1,4 @@
-// One joined room: the application's handle (`send`, `typing`, `leave`, `members`, events)
+// One joined room: the application's handle (`send`, `typing`, `leave`, members, events)
 // and the room's resume state (its cursor, the id of the last message delivered).
 //
 // Delivery rule: a message is handed to the application only when its id is newer than the
@@ -26,6 +26,11 @@ export class Room extends Emitter {
     memberCount = 0;
     /** True once a presence `summary` came: `members` is no longer kept current. */
     membersStale = false;
+    /**
+     * Where the member list goes on after `members`: the `members_next` of the last `joined`
+     * (pass it to `fetchMembersPage`), or null when `members` was the whole list.
+     */
+    membersNext = null;
     /** Who the server says you are in this room. */
     you = null;
     /** @internal */ options;
@@ -60,6 +65,10 @@ export class Room extends Emitter {
         this.name = name;
         this.options = options;
     }
+    /** Where the room stands on the current connection (see `RoomState`). */
+    get state() {
+        return this.phase;
+    }
     /** The id of the last message delivered in this room (where a resume starts). */
     get lastMessageId() {
         return this.cursor;
@@ -83,13 +92,23 @@ export class Room extends Emitter {
     leave() {
         return this.host.leave(this);
     }
+    /**
+     * Reads one page of the member list (a `members` request): from the start, or from
+     * `after` (`membersNext`, or the `next` of the previous page). `members`, `memberCount`
+     * and `membersNext` stay as they are: merging pages is the caller's. Rejects with
+     * `not_joined` while the room is not joined, `unavailable` when the connection closes
+     * first, or the server's code (e.g. `bad_request` for a cursor it does not take).
+     */
+    fetchMembersPage(after) {
+        return this.host.members(this, after);
+    }
     /** Reads the whole member list, page by page (`members` requests), and keeps it in `members`. */
     async fetchMembers() {
         const all = [];
         let after;
         let count = 0;
         for (;;) {
-            const page = await this.host.members(this, after);
+            const page = await this.fetchMembersPage(after);
             all.push(...page.members);
             count = page.memberCount;
             if (page.next === undefined)
@@ -99,6 +118,7 @@ export class Room extends Emitter {
         this.members = all;
         this.memberCount = count;
         this.membersStale = false;
+        this.membersNext = null;
         return all;
     }
     /** @internal `joined`: the first page of members; a resume's `recovered` flag. */
@@ -107,8 +127,19 @@ export class Room extends Emitter {
         this.members = f.members;
         this.memberCount = f.member_count;
         this.membersStale = false;
+        this.membersNext = f.members_next ?? null;
         this.phase = "joined";
         this.joinRef = null;
+        const first = this.firstJoin;
+        this.firstJoin = null;
+        // The first join's events are held (see `held`) until listeners can be added.
+        const held = first !== null ? [] : null;
+        if (held !== null)
+            this.held = held;
+        const resumed = this.since !== null;
+        this.deliver("joined", {
+            resumed, you: f.you, members: f.members, memberCount: f.member_count, membersNext: this.membersNext,
+        });
         if (this.since === null) {
             // A fresh join: live messages are those after `offset`; a history replay, older
             // than it, comes first.
@@ -121,11 +152,7 @@ export class Room extends Emitter {
             if (f.recovered === false)
                 this.deliver("gap", { since: this.since, offset: f.offset });
         }
-        const first = this.firstJoin;
-        this.firstJoin = null;
-        if (first !== null) {
-            const held = [];
-            this.held = held;
+        if (first !== null && held !== null) {
             setTimeout(() => {
                 if (this.held === held)
                     this.held = null;
