@@ -20,14 +20,20 @@ export interface JoinedFrame {
   offset: string;
   recovered?: boolean;
 }
-export interface MessageFrame {
-  type: "message";
+/** A chat message (as the application gets it, and as the `message` frame carries it). */
+export interface Message {
   room: string;
+  /** The message id, `"<ms>-<seq>"`: ordered within its room. */
   id: string;
   from: User;
   text: string;
+  /** Publish time, Unix milliseconds. */
   ts: number;
+  /** Part of a join's history replay or of a resume's catch-up, not live. */
   replay: boolean;
+}
+export interface MessageFrame extends Message {
+  type: "message";
 }
 export interface PresenceFrame {
   type: "presence";

@@ -14,7 +14,7 @@
 import { Emitter } from "./emitter.js";
 import type { RoomcastError } from "./errors.js";
 import { compareIds } from "./protocol.js";
-import type { JoinedFrame, MessageFrame, PresenceFrame, SummaryFrame, User } from "./protocol.js";
+import type { JoinedFrame, Message, MessageFrame, PresenceFrame, SummaryFrame, User } from "./protocol.js";
 
 /** Options of `client.join`. */
 export interface JoinOptions {
@@ -26,18 +26,7 @@ export interface JoinOptions {
   token?: string;
 }
 
-/** A chat message. */
-export interface Message {
-  room: string;
-  /** The message id, `"<ms>-<seq>"`: ordered within its room. */
-  id: string;
-  from: User;
-  text: string;
-  /** Publish time, Unix milliseconds. */
-  ts: number;
-  /** Part of a join's history replay or of a resume's catch-up, not live. */
-  replay: boolean;
-}
+export type { Message };
 
 /** Someone joined or left (`user`), or a large room's summary. */
 export type PresenceEvent =
