@@ -377,7 +377,14 @@ async fn slow_consumer_counts_disconnect_reason_slow_consumer() {
     let big = "x".repeat(30 * 1024);
     let mut cut = false;
     // Batches of 8 keep the flooder's own acks and messages (16 frames) under its queue.
-    for batch in 0..200 {
+    // The disconnect is counted once the session has finished closing (up to 3 s after
+    // the cut: the close frame's grace, then reading until the peer closes), so keep
+    // flooding until it shows, not for a fixed number of batches.
+    let deadline = std::time::Instant::now() + Duration::from_secs(60);
+    for batch in 0.. {
+        if std::time::Instant::now() > deadline {
+            break;
+        }
         let texts: Vec<String> = (0..8).map(|k| format!("{batch}-{k} {big}")).collect();
         flooder.send_many(room, &texts).await;
         flooder.discard_pending();
