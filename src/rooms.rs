@@ -59,6 +59,10 @@ pub(crate) trait Closer: Send + Sync {
     /// Closes every connection of the user (4003) whose token `sub` is `user`, or whose
     /// local member key is in `members`, telling each `reason` first; returns how many.
     fn close_user(&self, user: &str, members: &HashSet<u64>, reason: Option<&str>) -> u64;
+    /// Closes the connections whose local member keys are in `members` with 1013
+    /// `resume`: they missed messages this replica could not catch up, and get them by
+    /// resuming. Returns how many.
+    fn close_to_resume(&self, members: &HashSet<u64>) -> u64;
 }
 
 /// What a control request (disconnect, kick) did across the replicas.
@@ -986,7 +990,22 @@ impl Rooms {
                         }
                     }
                 }
-                Err(e) => warn!(%room, error = %e, "catch-up failed"),
+                Err(e) => {
+                    // Live messages will move the room past what it missed, and nothing
+                    // else replays it: its members get it by resuming with `since`.
+                    let members: HashSet<u64> = self
+                        .inner
+                        .rooms
+                        .get(&*room)
+                        .map(|r| r.members.keys().copied().collect())
+                        .unwrap_or_default();
+                    let closed = self
+                        .inner
+                        .closer
+                        .get()
+                        .map_or(0, |c| c.close_to_resume(&members));
+                    warn!(%room, error = %e, closed, "catch-up failed; its members were closed to resume");
+                }
             }
         }
         info!(

@@ -210,3 +210,34 @@ async fn a_receive_loop_that_falls_behind_recovers_every_message() {
     let ack = bob.send(ROOM, "after").await;
     assert_eq!(id_of(&alice.next_message().await), id_of(&ack));
 }
+
+/// A room this replica cannot catch up after its bus reconnects (here: its log was made
+/// unreadable) has its members closed with 1013 `resume`, since live messages would move
+/// them past what they missed and nothing would replay it; resuming with `since` does.
+/// Members of the other rooms stay connected and keep chatting.
+#[tokio::test(flavor = "multi_thread")]
+async fn members_of_a_room_that_cannot_catch_up_are_closed_to_resume() {
+    let c = Cluster::start(Bus::Redis, 1, defaults).await;
+    let mut alice = c.client(0).await;
+    alice.join("broken", "alice").await;
+    let mut bob = c.client(0).await;
+    bob.join("fine", "bob").await;
+    alice.send("broken", "before").await;
+    alice.next_message().await;
+
+    let redis = c.redis();
+    redis
+        .redis_cmd(&["SET", "roomcast:{broken}:log", "not a stream"])
+        .await;
+    // Drop the replica's subscriber connection: it reconnects, resubscribes, catches up.
+    redis.redis_cmd(&["CLIENT", "KILL", "TYPE", "pubsub"]).await;
+
+    let closed = alice.wait_closed(Duration::from_secs(30)).await;
+    assert_eq!(
+        closed.close,
+        Some((1013, "resume".to_string())),
+        "alice's room could not be caught up"
+    );
+    let ack = bob.send("fine", "still here").await;
+    assert_eq!(id_of(&bob.next_message().await), id_of(&ack));
+}

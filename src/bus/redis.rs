@@ -489,12 +489,38 @@ impl RedisBus {
             )
             .await?;
         let acked = acked.as_i64().unwrap_or(0);
-        if acked < i64::from(want) {
-            return Err(BusError::Unavailable(format!(
-                "{acked} of {want} replicas confirmed the write (redis.replica_acks)"
-            )));
+        if acked >= i64::from(want) {
+            return Ok(());
         }
-        Ok(())
+        // The count may be stale: after a failover the new master's replicas were never
+        // counted (it starts with none), or the master lost one. Ask the node that
+        // answered WAIT how many it has now: at most those are waited for.
+        if let Some(live) = self.replicas_of(key).await {
+            if let Ok(mut map) = self.inner.connected_replicas.lock() {
+                map.insert(master, live);
+            }
+            let want_now = live.min(self.inner.replica_acks);
+            if acked >= i64::from(want_now) {
+                return Ok(());
+            }
+        }
+        Err(BusError::Unavailable(format!(
+            "{acked} of {want} replicas confirmed the write (redis.replica_acks)"
+        )))
+    }
+
+    /// How many replicas the master owning `key` has connected now (`ROLE`), if it says.
+    async fn replicas_of(&self, key: &str) -> Option<u32> {
+        let role = self.command("ROLE", key, Vec::new()).await.ok()?;
+        let Value::Array(parts) = role else {
+            return None;
+        };
+        match (parts.first().and_then(Value::as_str), parts.get(2)) {
+            (Some(kind), Some(Value::Array(replicas))) if kind == "master" => {
+                u32::try_from(replicas.len()).ok()
+            }
+            _ => None,
+        }
     }
 
     /// SADD or SREM of `room` in `node`'s room set (its own slot, its own command).

@@ -142,6 +142,22 @@ impl Closer for SessionCloser {
         }
         closed
     }
+
+    fn close_to_resume(&self, members: &std::collections::HashSet<u64>) -> u64 {
+        let Some(env) = self.0.upgrade() else {
+            return 0;
+        };
+        let mut closed = 0;
+        for key in members {
+            if let Some(session) = env.sessions.open.get(key)
+                && !session.ctl.is_closed()
+            {
+                session.close(DisconnectReason::Resync);
+                closed += 1;
+            }
+        }
+        closed
+    }
 }
 
 /// One session as others see it: its outbound side and its control handle.

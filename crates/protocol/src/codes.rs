@@ -94,6 +94,9 @@ pub enum DisconnectReason {
     TokenExpired,
     /// The server removed this user (server API).
     Forbidden,
+    /// The replica could not catch up a room it had missed messages of (after a bus
+    /// reconnect or failover): its members must resume with `since` to get them.
+    Resync,
 }
 
 /// One row of the disconnect table.
@@ -107,7 +110,7 @@ pub struct Disconnect {
 }
 
 impl DisconnectReason {
-    pub const ALL: [DisconnectReason; 10] = [
+    pub const ALL: [DisconnectReason; 11] = [
         DisconnectReason::Client,
         DisconnectReason::Drain,
         DisconnectReason::SlowConsumer,
@@ -118,6 +121,7 @@ impl DisconnectReason {
         DisconnectReason::Unauthorized,
         DisconnectReason::TokenExpired,
         DisconnectReason::Forbidden,
+        DisconnectReason::Resync,
     ];
 
     /// The table: close code, close reason text and metric label of each reason.
@@ -133,6 +137,7 @@ impl DisconnectReason {
             DisconnectReason::Unauthorized => (Some((4001, "unauthorized")), "unauthorized"),
             DisconnectReason::TokenExpired => (Some((4002, "token expired")), "token_expired"),
             DisconnectReason::Forbidden => (Some((4003, "forbidden")), "forbidden"),
+            DisconnectReason::Resync => (Some((1013, "resume")), "resync"),
         };
         Disconnect { close, label }
     }
