@@ -1468,3 +1468,73 @@ mod tests {
         std::fs::remove_dir_all(dir).ok();
     }
 }
+
+#[cfg(test)]
+mod proptests {
+    use proptest::prelude::*;
+
+    use super::allows;
+
+    /// Room names from a small alphabet (so patterns and rooms often overlap), valid
+    /// per `roomcast_protocol::validate_room`.
+    fn room() -> impl Strategy<Value = String> {
+        "[ab:.-]{1,6}"
+    }
+
+    /// A pattern's text without any `*`.
+    fn literal() -> impl Strategy<Value = String> {
+        "[ab:.-]{0,6}"
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(256))]
+
+        #[test]
+        fn an_exact_pattern_matches_only_its_room(pattern in literal(), room in room()) {
+            prop_assert_eq!(allows(Some(std::slice::from_ref(&pattern)), &room), pattern == room);
+        }
+
+        #[test]
+        fn a_prefix_pattern_matches_exactly_the_rooms_it_starts(prefix in literal(), room in room()) {
+            let pattern = format!("{prefix}*");
+            prop_assert_eq!(allows(Some(&[pattern]), &room), room.starts_with(&prefix));
+        }
+
+        #[test]
+        fn a_star_that_is_not_last_is_no_wildcard(
+            before in literal(),
+            after in "[ab:.-]{1,6}",
+            room in room(),
+        ) {
+            // `a*b` is no glob: no valid room (no room has a `*`) matches it, whatever
+            // surrounds the star.
+            let pattern = format!("{before}*{after}");
+            prop_assert!(!allows(Some(&[pattern]), &room));
+            let prefix_pattern = format!("{before}*{after}*");
+            prop_assert!(!allows(Some(&[prefix_pattern]), &room));
+        }
+
+        #[test]
+        fn a_list_allows_what_any_of_its_patterns_allows(
+            patterns in prop::collection::vec(prop_oneof![literal(), literal().prop_map(|p| format!("{p}*"))], 0..4),
+            room in room(),
+        ) {
+            let any = patterns.iter().any(|p| allows(Some(std::slice::from_ref(p)), &room));
+            prop_assert_eq!(allows(Some(&patterns), &room), any);
+            // No list: every room; an empty list: none.
+            prop_assert!(allows(None, &room));
+            prop_assert!(!allows(Some(&[]), &room));
+        }
+
+        #[test]
+        fn a_matching_room_stays_matched_when_more_patterns_are_added(
+            patterns in prop::collection::vec(literal(), 0..3),
+            extra in literal(),
+            room in room(),
+        ) {
+            let mut more = patterns.clone();
+            more.push(extra);
+            prop_assert!(!allows(Some(&patterns), &room) || allows(Some(&more), &room));
+        }
+    }
+}

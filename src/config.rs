@@ -621,7 +621,13 @@ impl Config {
         if self.presence.refresh.is_zero() {
             return Err(invalid("presence.refresh", "must be more than 0"));
         }
-        if self.presence.ttl <= self.presence.refresh * 2 {
+        // Checked: a huge `presence.refresh` from the file is refused, not an overflow.
+        if self
+            .presence
+            .refresh
+            .checked_mul(2)
+            .is_none_or(|twice| self.presence.ttl <= twice)
+        {
             return Err(invalid(
                 "presence.ttl",
                 "must be more than twice presence.refresh",
@@ -1023,6 +1029,27 @@ fn redact_url_password(url: &str) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_huge_presence_refresh_is_refused_not_an_overflow() {
+        // Found while writing the `config` fuzz target: twice this overflowed `Duration` (a panic
+        // at start instead of exit 64 naming the key).
+        let mut cfg = Config::default();
+        cfg.presence.refresh = Duration::from_secs(u64::MAX / 2 + 1);
+        cfg.presence.ttl = Duration::MAX;
+        let err = cfg.validate().unwrap_err().to_string();
+        assert!(err.contains("presence.ttl"), "{err}");
+        // As written in a file (crates/fuzz/seeds/config/huge-presence-refresh.toml).
+        let cfg: Config = config::Config::builder()
+            .add_source(config::File::from_str(
+                "[presence]\nrefresh = \"10000000000000000000s\"\n",
+                config::FileFormat::Toml,
+            ))
+            .build()
+            .and_then(|c| c.try_deserialize())
+            .expect("a huge duration still loads");
+        assert!(cfg.validate().is_err());
+    }
 
     #[test]
     fn defaults_are_valid() {

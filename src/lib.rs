@@ -27,6 +27,8 @@
 //! - `server`: wiring of one gateway, listeners, background tasks, the drain ([`run`]).
 //! - [`shutdown`]: the process signal handling (SIGTERM/SIGINT).
 //! - [`probe`]: the end-to-end probe (`roomcast probe`).
+//! - `fuzzing` (hidden): entry points for the fuzz targets in `crates/fuzz`, forwarding to
+//!   the private decoders of outside data; not an API.
 //!
 //! # Public API
 //! [`run`] a gateway on [`Listeners`] you bound, with a [`Config`] (usually from
@@ -62,6 +64,9 @@ mod web;
 pub mod api_cli;
 pub mod probe;
 pub mod shutdown;
+
+#[doc(hidden)]
+pub mod fuzzing;
 
 pub use auth::{TokenRequest, mint_hs256};
 pub use config::{Config, RedisMode};

@@ -1125,11 +1125,7 @@ impl Rooms {
                     state.seq = seq;
                     state.count = count;
                 }
-                // The room's size counting this member: after a join, before a leave.
-                let size = match event {
-                    PresenceEvent::Join => count,
-                    PresenceEvent::Leave => count + 1,
-                };
+                let size = presence_size(event, count);
                 if size > self.inner.policy.notify_max_members {
                     // A large room: told in the next summary.
                     match event {
@@ -1225,8 +1221,18 @@ fn message_frame(
     .encode()
 }
 
+/// The room's size counting the member a presence event is about: after a join, before
+/// a leave. `count` comes from the bus (outside data): a corrupt one saturates instead of
+/// overflowing.
+pub(crate) fn presence_size(event: PresenceEvent, count: u64) -> u64 {
+    match event {
+        PresenceEvent::Join => count,
+        PresenceEvent::Leave => count.saturating_add(1),
+    }
+}
+
 /// Encodes one history entry as a `message` frame flagged as a replay.
-fn replay_frame(room: &str, id: MsgId, payload: &Bytes) -> Option<(MsgId, Utf8Bytes)> {
+pub(crate) fn replay_frame(room: &str, id: MsgId, payload: &Bytes) -> Option<(MsgId, Utf8Bytes)> {
     match Envelope::decode(payload) {
         Ok(Envelope::Message { from, text, ts, .. }) => {
             Some((id, message_frame(room, id, &from, &text, ts, true)))
@@ -1244,6 +1250,16 @@ mod tests {
     use super::*;
     use crate::bus::memory::MemoryBus;
     use std::sync::atomic::AtomicUsize;
+
+    #[test]
+    fn a_corrupt_presence_count_from_the_bus_saturates() {
+        // A leave's size is the count plus the leaver: a count of u64::MAX (a corrupt or
+        // hostile bus value) overflowed (a panic with overflow checks, a wrap to 0 that
+        // sent a large room's leave as a notice without).
+        assert_eq!(presence_size(PresenceEvent::Leave, u64::MAX), u64::MAX);
+        assert_eq!(presence_size(PresenceEvent::Leave, 2), 3);
+        assert_eq!(presence_size(PresenceEvent::Join, 2), 2);
+    }
 
     /// A member that counts what it is handed.
     #[derive(Default)]

@@ -701,3 +701,275 @@ mod tests {
         assert_eq!(ctl.reason(), DisconnectReason::SlowConsumer);
     }
 }
+
+#[cfg(test)]
+mod proptests {
+    use std::collections::HashMap;
+    use std::sync::OnceLock;
+
+    use proptest::prelude::*;
+
+    use super::*;
+
+    const ROOMS: [&str; 3] = ["a", "b", "c"];
+
+    /// One queue item, as the session and the rooms push them (any order: routing must
+    /// hold up whatever arrives).
+    #[derive(Debug, Clone)]
+    enum Op {
+        Own(u8),
+        Ping,
+        Message {
+            room: usize,
+            id: u64,
+        },
+        Presence {
+            room: usize,
+            pseq: u64,
+        },
+        Hold(usize),
+        Release {
+            room: usize,
+            cursor: u64,
+            replay: Vec<u64>,
+            presence: u64,
+        },
+        Abort(usize),
+        Left(usize),
+        Removed(usize),
+    }
+
+    fn op() -> impl Strategy<Value = Op> {
+        let room = 0..ROOMS.len();
+        prop_oneof![
+            1 => any::<u8>().prop_map(Op::Own),
+            1 => Just(Op::Ping),
+            8 => (room.clone(), 0..16u64).prop_map(|(room, id)| Op::Message { room, id }),
+            4 => (room.clone(), 0..8u64).prop_map(|(room, pseq)| Op::Presence { room, pseq }),
+            3 => room.clone().prop_map(Op::Hold),
+            3 => (room.clone(), 0..10u64, prop::collection::vec(0..16u64, 0..4), 0..8u64)
+                .prop_map(|(room, cursor, mut replay, presence)| {
+                    replay.sort_unstable();
+                    Op::Release { room, cursor, replay, presence }
+                }),
+            1 => room.clone().prop_map(Op::Abort),
+            1 => room.clone().prop_map(Op::Left),
+            1 => room.prop_map(Op::Removed),
+        ]
+    }
+
+    fn id(n: u64) -> MsgId {
+        // Several ids per millisecond, in the same order as `n`.
+        MsgId {
+            ms: n / 3,
+            seq: n % 3,
+        }
+    }
+
+    fn left(room: &str, removed: bool) -> String {
+        if removed {
+            format!(r#"{{"type":"left","room":"{room}","reason":"removed"}}"#)
+        } else {
+            format!(r#"{{"type":"left","room":"{room}"}}"#)
+        }
+    }
+
+    /// The queue items of `ops`, one name allocation per room (as `Rooms::name` gives).
+    fn items(ops: &[Op], names: &[Arc<str>]) -> Vec<Out> {
+        let shared = |room: usize, text: String, id: Option<MsgId>, ts_us: u64, pseq: u64| {
+            Out::Room(Arc::new(RoomFrame {
+                room: names[room].clone(),
+                frame: Utf8Bytes::from(text),
+                id,
+                ts_us,
+                pseq,
+                deflated: OnceLock::new(),
+            }))
+        };
+        ops.iter()
+            .map(|op| match op.clone() {
+                Op::Own(n) => Out::Frame(Box::new(Utf8Bytes::from(format!("own:{n}")))),
+                Op::Ping => Out::Ping,
+                Op::Message { room, id: n } => {
+                    let text = format!("m:{}:{n}", ROOMS[room]);
+                    shared(room, text, Some(id(n)), 1000 + n, 0)
+                }
+                Op::Presence { room, pseq } => {
+                    shared(room, format!("p:{}:{pseq}", ROOMS[room]), None, 0, pseq)
+                }
+                Op::Hold(room) => Out::Hold(Box::new(names[room].clone())),
+                Op::Release {
+                    room,
+                    cursor,
+                    replay,
+                    presence,
+                } => Out::Release(Box::new(Release {
+                    room: names[room].clone(),
+                    joined: Utf8Bytes::from(format!("joined:{}:{presence}", ROOMS[room])),
+                    replay: replay
+                        .iter()
+                        .map(|&n| (id(n), Utf8Bytes::from(format!("r:{}:{n}", ROOMS[room]))))
+                        .collect(),
+                    cursor: id(cursor),
+                    presence,
+                })),
+                Op::Abort(room) => Out::Abort(Box::new(names[room].clone())),
+                Op::Left(room) => Out::Left(Box::new(names[room].clone())),
+                Op::Removed(room) => Out::Removed(Box::new(names[room].clone())),
+            })
+            .collect()
+    }
+
+    /// The writer's routing as the module documents it, written plainly: what it
+    /// writes (text, publish time) and whether it closed the session.
+    fn model(ops: &[Op], max_held: usize) -> (Vec<(String, u64)>, bool) {
+        enum State {
+            Held(Vec<Op>),
+            Joined { cursor: u64, presence: u64 },
+        }
+        fn deliver(op: &Op, cursor: &mut u64, presence: u64, out: &mut Vec<(String, u64)>) {
+            match *op {
+                // A message newer than everything written for the room.
+                Op::Message { room, id } if id > *cursor => {
+                    *cursor = id;
+                    out.push((format!("m:{}:{id}", ROOMS[room]), 1000 + id));
+                }
+                // Presence that `joined` does not reflect yet (0: not sequenced).
+                Op::Presence { room, pseq } if pseq == 0 || pseq > presence => {
+                    out.push((format!("p:{}:{pseq}", ROOMS[room]), 0));
+                }
+                _ => {}
+            }
+        }
+        let mut rooms: HashMap<usize, State> = HashMap::new();
+        let mut out = Vec::new();
+        let mut closed = false;
+        for op in ops {
+            match op {
+                Op::Own(n) => out.push((format!("own:{n}"), 0)),
+                Op::Ping => out.push((String::new(), 0)),
+                Op::Message { room, .. } | Op::Presence { room, .. } => match rooms.get_mut(room) {
+                    None => {}
+                    Some(State::Held(held)) if held.len() >= max_held => closed = true,
+                    Some(State::Held(held)) => held.push(op.clone()),
+                    Some(State::Joined { cursor, presence }) => {
+                        deliver(op, cursor, *presence, &mut out);
+                    }
+                },
+                Op::Hold(room) => {
+                    rooms.insert(*room, State::Held(Vec::new()));
+                }
+                Op::Release {
+                    room,
+                    cursor,
+                    replay,
+                    presence,
+                } => {
+                    let Some(state) = rooms.remove(room) else {
+                        continue;
+                    };
+                    out.push((format!("joined:{}:{presence}", ROOMS[*room]), 0));
+                    for n in replay {
+                        out.push((format!("r:{}:{n}", ROOMS[*room]), 1));
+                    }
+                    let mut cursor = replay.iter().copied().fold(*cursor, u64::max);
+                    let held = match state {
+                        State::Held(held) => held,
+                        State::Joined { .. } => Vec::new(),
+                    };
+                    for op in &held {
+                        deliver(op, &mut cursor, *presence, &mut out);
+                    }
+                    rooms.insert(
+                        *room,
+                        State::Joined {
+                            cursor,
+                            presence: *presence,
+                        },
+                    );
+                }
+                Op::Abort(room) => {
+                    rooms.remove(room);
+                }
+                Op::Left(room) => {
+                    rooms.remove(room);
+                    out.push((left(ROOMS[*room], false), 0));
+                }
+                Op::Removed(room) => {
+                    if rooms.remove(room).is_some() {
+                        out.push((left(ROOMS[*room], true), 0));
+                    }
+                }
+            }
+        }
+        (out, closed)
+    }
+
+    /// Routes `ops` through one writer state.
+    fn route_all(ops: &[Op], max_held: usize) -> (Vec<(String, u64)>, bool) {
+        let names: Vec<Arc<str>> = ROOMS.iter().map(|r| Arc::from(*r)).collect();
+        let ctl = SessionCtl::default();
+        let mut rooms = RoomMap::default();
+        let mut frames = VecDeque::new();
+        for out in items(ops, &names) {
+            route(out, &mut rooms, &mut frames, max_held, &ctl);
+        }
+        let written = frames
+            .into_iter()
+            .map(|(f, ts)| (f.to_string(), ts))
+            .collect();
+        (written, ctl.is_closed())
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(256))]
+
+        #[test]
+        fn routing_writes_what_the_documented_rules_say(
+            ops in prop::collection::vec(op(), 0..40),
+            max_held in 1..6usize,
+        ) {
+            prop_assert_eq!(route_all(&ops, max_held), model(&ops, max_held));
+        }
+
+        #[test]
+        fn a_room_frame_is_written_only_inside_a_join_in_order_without_duplicates(
+            ops in prop::collection::vec(op(), 0..40),
+        ) {
+            let (written, closed) = route_all(&ops, 64);
+            prop_assert!(!closed);
+            // Per room: the `joined` being answered (its presence) and the newest
+            // message id written since.
+            let mut open: HashMap<String, (u64, Option<u64>)> = HashMap::new();
+            for (text, _) in &written {
+                let parts: Vec<&str> = text.split(':').collect();
+                match parts.as_slice() {
+                    ["joined", room, presence] => {
+                        open.insert(room.to_string(), (presence.parse().unwrap(), None));
+                    }
+                    ["r", room, n] => {
+                        let (_, newest) = open.get_mut(*room).expect("replay inside a join");
+                        let n: u64 = n.parse().unwrap();
+                        *newest = Some(newest.map_or(n, |m| m.max(n)));
+                    }
+                    ["m", room, n] => {
+                        let (_, newest) = open.get_mut(*room).expect("message inside a join");
+                        let n: u64 = n.parse().unwrap();
+                        prop_assert!(newest.is_none_or(|m| n > m), "{text} repeats or reorders");
+                        *newest = Some(n);
+                    }
+                    ["p", room, pseq] => {
+                        let (presence, _) = open.get(*room).expect("presence inside a join");
+                        let pseq: u64 = pseq.parse().unwrap();
+                        prop_assert!(pseq == 0 || pseq > *presence, "{text}: joined reflects it");
+                    }
+                    _ if text.starts_with(r#"{"type":"left""#) => {
+                        let room = text.split('"').nth(7).expect("left names its room");
+                        open.remove(room);
+                    }
+                    _ => {}
+                }
+            }
+        }
+    }
+}

@@ -99,3 +99,92 @@ mod tests {
         assert!(serde_json::from_str::<MsgId>("\"17\"").is_err());
     }
 }
+
+#[cfg(test)]
+mod proptests {
+    use std::cmp::Ordering;
+
+    use proptest::prelude::*;
+
+    use super::*;
+
+    /// The client library's `compareIds` (clients/js/src/protocol.ts): `<ms>-<seq>` of
+    /// 1-20 digits each, compared as big integers, `ms` first; anything else as strings.
+    fn compare_ids(a: &str, b: &str) -> Ordering {
+        fn parse_id(id: &str) -> Option<(u128, u128)> {
+            let (ms, seq) = id.split_once('-')?;
+            let digits =
+                |s: &str| (1..=20).contains(&s.len()) && s.bytes().all(|b| b.is_ascii_digit());
+            if !digits(ms) || !digits(seq) {
+                return None;
+            }
+            Some((ms.parse().ok()?, seq.parse().ok()?))
+        }
+        match (parse_id(a), parse_id(b)) {
+            (Some(pa), Some(pb)) => pa.cmp(&pb),
+            _ => a.cmp(b),
+        }
+    }
+
+    /// Ids that often share `ms` (and sometimes `seq`), so ties are exercised, plus the
+    /// extremes.
+    fn id() -> impl Strategy<Value = MsgId> {
+        let part = prop_oneof![0..4u64, any::<u64>(), Just(u64::MAX)];
+        (part.clone(), part).prop_map(|(ms, seq)| MsgId { ms, seq })
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(256))]
+
+        #[test]
+        fn ordering_agrees_with_ms_then_seq(a in id(), b in id()) {
+            prop_assert_eq!(a.cmp(&b), (a.ms, a.seq).cmp(&(b.ms, b.seq)));
+            prop_assert_eq!(a == b, a.ms == b.ms && a.seq == b.seq);
+        }
+
+        #[test]
+        fn display_then_parse_is_identity(id in id()) {
+            let text = id.to_string();
+            prop_assert_eq!(text.parse::<MsgId>(), Ok(id));
+            // Canonical: decimal digits without sign or leading zeros, one dash.
+            let (ms, seq) = text.split_once('-').expect("one dash");
+            prop_assert_eq!(ms, id.ms.to_string());
+            prop_assert_eq!(seq, id.seq.to_string());
+            let json = serde_json::to_string(&id).expect("serialises");
+            prop_assert_eq!(serde_json::from_str::<MsgId>(&json).ok(), Some(id));
+        }
+
+        #[test]
+        fn wire_form_sorts_like_the_client_library(a in id(), b in id()) {
+            prop_assert_eq!(compare_ids(&a.to_string(), &b.to_string()), a.cmp(&b));
+        }
+
+        #[test]
+        fn what_the_client_library_reads_parses_to_the_same_id(ms in "[0-9]{1,20}", seq in "[0-9]{1,20}") {
+            // Any id the client can compare and that fits u64 reads the same here.
+            let text = format!("{ms}-{seq}");
+            if let (Ok(ms), Ok(seq)) = (ms.parse::<u64>(), seq.parse::<u64>()) {
+                prop_assert_eq!(text.parse::<MsgId>(), Ok(MsgId { ms, seq }));
+            } else {
+                prop_assert_eq!(text.parse::<MsgId>(), Err(InvalidId));
+            }
+        }
+
+        #[test]
+        fn next_is_the_following_offset(id in id(), now in prop_oneof![0..4u64, any::<u64>()]) {
+            prop_assume!(id.seq < u64::MAX);
+            let next = id.next(now);
+            prop_assert!(next > id);
+            prop_assert_eq!(next.ms, id.ms.max(now));
+            prop_assert_eq!(next.seq, if now > id.ms { 0 } else { id.seq + 1 });
+        }
+
+        #[test]
+        fn parse_never_panics_and_accepts_only_ids(text in "[-+0-9a ]{0,24}") {
+            if let Ok(id) = text.parse::<MsgId>() {
+                prop_assert!(text.contains('-'));
+                prop_assert_eq!(id.to_string().parse::<MsgId>(), Ok(id));
+            }
+        }
+    }
+}

@@ -119,3 +119,42 @@ mod tests {
         assert!(color_for("bob").starts_with('#'));
     }
 }
+
+#[cfg(test)]
+mod proptests {
+    use proptest::prelude::*;
+
+    use super::*;
+
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(256))]
+
+        #[test]
+        fn a_room_is_valid_iff_1_to_64_allowed_characters(room in "[a-c.:_ *é-]{0,3}|[a-z]{60,70}") {
+            let allowed = room.chars().all(|c| c.is_ascii_alphanumeric() || ".:_-".contains(c));
+            let expected = (1..=MAX_ROOM_CHARS).contains(&room.len()) && allowed;
+            prop_assert_eq!(validate_room(&room).is_ok(), expected);
+            prop_assert_eq!(is_valid_room(&room), expected);
+        }
+
+        #[test]
+        fn a_normalized_name_is_trimmed_printable_and_stable(name in "\\PC{0,40}|[ a\\x07é]{0,40}") {
+            if let Ok(n) = normalize_name(&name) {
+                prop_assert_eq!(n.as_str(), name.trim());
+                prop_assert!((1..=MAX_NAME_CHARS).contains(&n.chars().count()));
+                prop_assert!(!n.chars().any(char::is_control));
+                prop_assert_eq!(normalize_name(&n), Ok(n.clone()));
+            } else {
+                let t = name.trim();
+                let count = t.chars().count();
+                prop_assert!(count == 0 || count > MAX_NAME_CHARS || t.chars().any(char::is_control));
+            }
+        }
+
+        #[test]
+        fn a_color_is_one_of_the_palette(name in "\\PC{0,20}") {
+            prop_assert!(PALETTE.contains(&color_for(&name)));
+            prop_assert_eq!(User::new(name.clone()).color, color_for(&name));
+        }
+    }
+}
