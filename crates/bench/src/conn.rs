@@ -80,6 +80,9 @@ struct Conn {
     ever_ready: bool,
     /// Whether this connection's first session was counted in `Recorder::sessions`.
     counted_session: bool,
+    /// When the last session closed (reset once every room is joined again): the start
+    /// of the resume gap.
+    closed_at: Option<Instant>,
 }
 
 /// Runs one connection until the run stops (or, without `--resume`, until it closes) and
@@ -100,6 +103,7 @@ pub async fn run(
         seq: 0,
         ever_ready: false,
         counted_session: false,
+        closed_at: None,
     };
     c.main().await;
     if !c.ever_ready {
@@ -156,7 +160,11 @@ impl Conn {
                     }
                     if reason != "connect error" {
                         rec.disconnects.fetch_add(1, Ordering::Relaxed);
+                        rec.tick(|b| b.disconnects += 1);
                         rec.close(reason);
+                        if self.ever_ready {
+                            self.closed_at.get_or_insert_with(Instant::now);
+                        }
                     }
                     if !self.shared.resume {
                         return;
@@ -233,8 +241,8 @@ impl Conn {
         let mut joined = vec![false; self.spec.rooms.len()];
         let mut pending_joins = self.spec.rooms.len();
         let mut all_joined = false;
-        // ref (sequence) -> slot of sends waiting for their ack.
-        let mut pending: HashMap<u64, usize> = HashMap::new();
+        // ref (sequence) -> slot of sends waiting for their ack, and when each was written.
+        let mut pending: HashMap<u64, (usize, Instant)> = HashMap::new();
         if !self.counted_session {
             self.counted_session = true;
             rec.sessions.fetch_add(1, Ordering::Relaxed);
@@ -298,11 +306,12 @@ impl Conn {
                     };
                     let room = &shared.room_names[self.spec.rooms[cmd.slot].room];
                     let frame = wire::send(protocol, room, &payload.render(shared.size), &self.seq.to_string());
-                    pending.insert(self.seq, cmd.slot);
+                    pending.insert(self.seq, (cmd.slot, Instant::now()));
                     rec.in_flight.fetch_add(1, Ordering::Relaxed);
                     if let Some(s) = rec.steps.get(cmd.step as usize) {
                         s.sent.fetch_add(1, Ordering::Relaxed);
                     }
+                    rec.tick(|b| b.sent += 1);
                     if let Err(e) = ws.send(Message::text(frame)).await {
                         break End::Closed(format!("error: {e}"));
                     }
@@ -345,6 +354,9 @@ impl Conn {
                         }
                         Event::Joined { room, offset, recovered, members_listed, member_count } => {
                             rec.joined_size(members_listed, member_count);
+                            if recovered == Some(false) {
+                                rec.tick(|b| b.unrecovered += 1);
+                            }
                             if let Some(slot) = self.slot_of(&room) {
                                 self.spec.rooms[slot].joined(offset, recovered);
                                 if !joined[slot] {
@@ -353,6 +365,9 @@ impl Conn {
                                 }
                                 if pending_joins == 0 && !all_joined {
                                     all_joined = true;
+                                    if let Some(t) = self.closed_at.take() {
+                                        rec.resumed(t.elapsed().as_micros() as u64);
+                                    }
                                     if !self.ever_ready {
                                         self.ever_ready = true;
                                         rec.ready.fetch_add(1, Ordering::Relaxed);
@@ -385,11 +400,13 @@ impl Conn {
                             let slot = reference
                                 .and_then(|r| r.parse::<u64>().ok())
                                 .and_then(|r| pending.remove(&r));
-                            if let Some(slot) = slot {
+                            if let Some((slot, written)) = slot {
+                                rec.answered(written.elapsed().as_micros() as u64);
                                 rec.in_flight.fetch_sub(1, Ordering::Relaxed);
                                 rec.acked.fetch_add(1, Ordering::Relaxed);
+                                rec.tick(|b| b.acked += 1);
                                 if let Some(id) = id {
-                                    rec.room(self.spec.rooms[slot].room).observe(id);
+                                    rec.room(self.spec.rooms[slot].room).ack(id);
                                 }
                             }
                             None
@@ -402,9 +419,11 @@ impl Conn {
                                 }
                                 Some(r) => {
                                     if let Ok(seq) = r.parse::<u64>()
-                                        && pending.remove(&seq).is_some()
+                                        && let Some((_, written)) = pending.remove(&seq)
                                     {
+                                        rec.answered(written.elapsed().as_micros() as u64);
                                         rec.in_flight.fetch_sub(1, Ordering::Relaxed);
+                                        rec.refused(&code);
                                     }
                                 }
                                 None => {}

@@ -2,7 +2,10 @@
 //! were published to it, learnt from acks and deliveries. Every member keeps its join offset,
 //! its cursor (the last id it received) and how many distinct messages after its join it got.
 //! At the end a member's expected count is the number of room ids after its join offset;
-//! what is missing is lost, what came twice (or went backwards) is duplicated.
+//! what is missing is lost, what came twice (or went backwards) is duplicated. With
+//! `--resume` members also keep the ids they received, so a loss can be split into
+//! acknowledged messages (a broken promise) and messages whose sender never got an ack
+//! (its connection broke, or Redis died, with the send in flight).
 
 use std::collections::BTreeSet;
 use std::ops::Bound;
@@ -13,12 +16,20 @@ use roomcast_protocol::MsgId;
 #[derive(Default, Debug)]
 pub struct RoomLedger {
     pub ids: BTreeSet<MsgId>,
+    /// Ids the publisher got an `ack` for.
+    pub acked: BTreeSet<MsgId>,
 }
 
 impl RoomLedger {
     /// Records an id seen in an ack or a delivery.
     pub fn observe(&mut self, id: MsgId) {
         self.ids.insert(id);
+    }
+
+    /// Records an id from an `ack`.
+    pub fn ack(&mut self, id: MsgId) {
+        self.ids.insert(id);
+        self.acked.insert(id);
     }
 
     /// Number of ids strictly after `offset`.
@@ -62,6 +73,8 @@ pub struct MemberLedger {
     /// from a duplicate.
     dense: bool,
     holes: BTreeSet<u64>,
+    /// Every id received after the join offset, when tracked ([`MemberLedger::track_ids`]).
+    seen: Option<BTreeSet<MsgId>>,
 }
 
 impl MemberLedger {
@@ -77,7 +90,14 @@ impl MemberLedger {
             unrecovered: 0,
             dense,
             holes: BTreeSet::new(),
+            seen: None,
         }
+    }
+
+    /// Keeps the ids received, so [`MemberLedger::lost_acked`] can tell which were lost.
+    pub fn track_ids(mut self) -> Self {
+        self.seen = Some(BTreeSet::new());
+        self
     }
 
     /// Applies a `joined` answer. The first one fixes the join offset.
@@ -127,7 +147,25 @@ impl MemberLedger {
                 self.cursor = Some(id);
             }
         }
+        if let Some(seen) = self.seen.as_mut() {
+            seen.insert(id);
+        }
         true
+    }
+
+    /// Of the messages lost ([`MemberLedger::lost`]), those whose publisher got an `ack`;
+    /// `None` when ids are not tracked.
+    pub fn lost_acked(&self, room: &RoomLedger) -> Option<u64> {
+        let seen = self.seen.as_ref()?;
+        let Some(offset) = self.join_offset else {
+            return Some(0);
+        };
+        Some(
+            room.acked
+                .range((Bound::Excluded(offset), Bound::Unbounded))
+                .filter(|id| !seen.contains(id))
+                .count() as u64,
+        )
     }
 
     /// Messages of the room this member should have received but did not.
@@ -178,6 +216,23 @@ mod tests {
         assert_eq!(m.reordered, 1);
         assert_eq!(m.duplicated, 1);
         assert_eq!(m.lost(&room), 1);
+    }
+
+    #[test]
+    fn lost_messages_are_split_by_ack() {
+        let mut room = RoomLedger::default();
+        room.ack(id(1, 0));
+        room.ack(id(2, 0));
+        room.observe(id(3, 0));
+        room.ack(id(4, 0));
+        let mut m = MemberLedger::new(0, false, false).track_ids();
+        m.joined(Some(id(0, 0)), None);
+        m.deliver(id(1, 0));
+        m.deliver(id(4, 0));
+        assert_eq!(m.lost(&room), 2);
+        assert_eq!(m.lost_acked(&room), Some(1), "2-0 was acked, 3-0 was not");
+        let untracked = MemberLedger::new(0, false, false);
+        assert_eq!(untracked.lost_acked(&room), None);
     }
 
     #[test]

@@ -252,6 +252,13 @@ pub struct BenchArgs {
     /// `wire_bytes` (then the compressed bytes), `compressed_frames`, `decoded_bytes`.
     #[arg(long)]
     pub deflate: bool,
+
+    /// Add a `timeline` to the report: per interval of wall-clock time (e.g. `100ms`),
+    /// sends, acks, refused sends, deliveries (with the newest send time among them),
+    /// disconnects, resumes and `recovered: false` answers. For scripts that inject a
+    /// fault at a known instant and want to see when delivery came back.
+    #[arg(long, value_parser = parse_duration)]
+    pub timeline: Option<Duration>,
 }
 
 /// The workload: who is in which room and who publishes.
@@ -285,7 +292,13 @@ fn plan(args: &BenchArgs) -> anyhow::Result<Plan> {
         for (m, slot) in slots.iter_mut().enumerate() {
             let c = (room * members + m) % n;
             *slot = conns[c].len();
-            conns[c].push(MemberLedger::new(room, m < p, dense));
+            let ledger = MemberLedger::new(room, m < p, dense);
+            // With --resume, keep the ids received to tell acked losses from the rest.
+            conns[c].push(if args.resume {
+                ledger.track_ids()
+            } else {
+                ledger
+            });
         }
     }
     let mut publishers = Vec::with_capacity(r * p);
@@ -386,7 +399,7 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<()> {
         s => net::parse_source_ips(s)?,
     };
     let rooms_per_conn = plan.conns.iter().map(Vec::len).max().unwrap_or(0);
-    let rec = Arc::new(Recorder::new(steps.len(), args.rooms));
+    let rec = Arc::new(Recorder::new(steps.len(), args.rooms).with_timeline(args.timeline));
     let probe = ServerProbe::new(args.server_pids.clone());
     let before_connect = probe.sample();
 
@@ -664,6 +677,7 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<()> {
         .map(|(i, name)| RoomReport {
             room: name.clone(),
             messages: rec.room(i).ids.len() as u64,
+            lost_acked: args.resume.then_some(0),
             ..RoomReport::default()
         })
         .collect();
@@ -674,8 +688,12 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<()> {
             continue;
         }
         r.members_joined += 1;
-        let lost = m.lost(&rec.room(m.room));
+        let (lost, lost_acked) = {
+            let room = rec.room(m.room);
+            (m.lost(&room), m.lost_acked(&room))
+        };
         r.lost += lost;
+        r.lost_acked = r.lost_acked.zip(lost_acked).map(|(a, b)| a + b);
         r.duplicated += m.duplicated;
         r.reordered += m.reordered;
         r.unrecovered += m.unrecovered;
@@ -742,6 +760,10 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<()> {
         deflate: args.deflate.then(|| rec.wire.snapshot()),
         open_at_end,
         rooms_detail: rooms,
+        timeline: rec.timeline.as_ref().map(|t| report::TimelineReport {
+            interval_ms: t.interval_ms(),
+            buckets: t.buckets(),
+        }),
     };
     let mut failures = report.failures(steps.iter().any(|r| *r > 0.0));
     if args.fail_on_disconnect && report.totals.disconnects > 0 {

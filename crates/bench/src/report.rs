@@ -6,7 +6,7 @@ use std::sync::atomic::Ordering;
 use serde::Serialize;
 
 use super::deflate::WireCounts;
-use super::stats::{FrameCounts, Recorder, ServerSample, Summary};
+use super::stats::{Bucket, FrameCounts, Recorder, ServerSample, Summary};
 use super::wire::FrameKind;
 use super::wire::Protocol;
 
@@ -159,6 +159,8 @@ pub struct RoomReport {
     pub members_not_joined: u64,
     pub members_with_gaps: u64,
     pub lost: u64,
+    /// Of `lost`, messages whose publisher got an ack (`--resume` only).
+    pub lost_acked: Option<u64>,
     pub duplicated: u64,
     pub reordered: u64,
     pub unrecovered: u64,
@@ -169,6 +171,14 @@ pub struct RoomReport {
 pub struct Totals {
     pub sent: u64,
     pub acked: u64,
+    /// Sends answered with an error (`unavailable` while the bus is down, `rate_limited`,
+    /// ...): refused, not published, so never expected by anyone and never lost. Also in
+    /// `errors_by_code`, with the refused joins.
+    pub refused: u64,
+    pub refused_by_code: BTreeMap<String, u64>,
+    /// Time from writing a send until its answer (`ack` or error), microseconds: how long a
+    /// sender waits to learn whether its message was published.
+    pub answer_us: Summary,
     /// Sends whose connection closed before the ack (with --resume, these may or may not
     /// have been published; either way members' ledgers stay exact).
     pub unacked: u64,
@@ -178,6 +188,11 @@ pub struct Totals {
     /// Missing deliveries over all members (a member expects every message published to its
     /// room after it joined).
     pub lost: u64,
+    /// Of `lost`, messages whose publisher got an `ack`: the promise is that these are 0.
+    /// The rest were sent without an ack (the connection or Redis went away with the send
+    /// in flight, so it may or may not have been published). `--resume` only (members then
+    /// keep the ids they received); `null` otherwise.
+    pub lost_acked: Option<u64>,
     pub duplicated: u64,
     pub reordered: u64,
     /// Resumes answered `recovered: false` (counted as a failure).
@@ -188,6 +203,9 @@ pub struct Totals {
     pub join_errors: u64,
     pub disconnects: u64,
     pub reconnects: u64,
+    /// `--resume`: time from a connection's close until all its rooms were joined again
+    /// (count = resumes; max = the slowest, e.g. the last client of a killed replica).
+    pub resume_us: Summary,
     pub foreign_messages: u64,
     pub errors_by_code: BTreeMap<String, u64>,
     pub closes_by_reason: BTreeMap<String, u64>,
@@ -421,6 +439,9 @@ impl Totals {
                 .map(|s| s.sent.load(Ordering::Relaxed))
                 .sum(),
             acked: rec.acked.load(Ordering::Relaxed),
+            refused: rec.refused.load(Ordering::Relaxed),
+            refused_by_code: rec.refused_by_code(),
+            answer_us: rec.answer_summary(),
             unacked: rec.unacked.load(Ordering::Relaxed),
             skipped_sends: rec.skipped_sends.load(Ordering::Relaxed),
             deliveries: rec
@@ -429,6 +450,7 @@ impl Totals {
                 .map(|s| s.deliveries.load(Ordering::Relaxed))
                 .sum(),
             lost: sum(|r| r.lost),
+            lost_acked: rooms.iter().map(|r| r.lost_acked).sum::<Option<u64>>(),
             duplicated: sum(|r| r.duplicated),
             reordered: sum(|r| r.reordered),
             unrecovered: sum(|r| r.unrecovered),
@@ -438,6 +460,7 @@ impl Totals {
             join_errors: rec.join_errors.load(Ordering::Relaxed),
             disconnects: rec.disconnects.load(Ordering::Relaxed),
             reconnects: rec.reconnects.load(Ordering::Relaxed),
+            resume_us: rec.resume_summary(),
             foreign_messages: rec.foreign.load(Ordering::Relaxed),
             errors_by_code: rec.errors(),
             closes_by_reason: rec.closes(),
@@ -512,6 +535,16 @@ pub struct Report {
     /// Connections that joined and were still open when the run stopped them.
     pub open_at_end: usize,
     pub rooms_detail: Vec<RoomReport>,
+    /// `--timeline` only.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub timeline: Option<TimelineReport>,
+}
+
+/// `--timeline`: the run in fixed intervals of wall-clock time (see [`Bucket`]).
+#[derive(Serialize, Debug)]
+pub struct TimelineReport {
+    pub interval_ms: u64,
+    pub buckets: Vec<Bucket>,
 }
 
 fn ms(us: u64) -> String {
@@ -654,12 +687,15 @@ impl Report {
         }
         let t = &self.totals;
         println!(
-            "messages: sent {}, acked {}, unacked {}, skipped {}, deliveries {}",
-            t.sent, t.acked, t.unacked, t.skipped_sends, t.deliveries
+            "messages: sent {}, acked {}, refused {}, unacked {}, skipped {}, deliveries {}",
+            t.sent, t.acked, t.refused, t.unacked, t.skipped_sends, t.deliveries
         );
         println!(
-            "loss: lost {}, duplicated {}, reordered {}, unrecovered {}, members not joined {}{}",
+            "loss: lost {}{}, duplicated {}, reordered {}, unrecovered {}, members not joined {}{}",
             t.lost,
+            t.lost_acked
+                .map(|a| format!(" ({a} of them acked)"))
+                .unwrap_or_default(),
             t.duplicated,
             t.reordered,
             t.unrecovered,
@@ -686,6 +722,15 @@ impl Report {
             t.errors_by_code,
             t.closes_by_reason
         );
+        if t.resume_us.count > 0 {
+            println!(
+                "resumes: {}, close to rejoined p50 {} ms, p99 {} ms, max {} ms",
+                t.resume_us.count,
+                ms(t.resume_us.p50),
+                ms(t.resume_us.p99),
+                ms(t.resume_us.max)
+            );
+        }
         let frames: Vec<String> = t
             .frames_by_type
             .iter()

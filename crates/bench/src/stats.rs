@@ -59,6 +59,9 @@ pub struct Recorder {
     pub reconnects: AtomicU64,
     pub disconnects: AtomicU64,
     pub acked: AtomicU64,
+    /// Sends answered with an error (`unavailable`, `rate_limited`, ...): refused, so not
+    /// published (see `docs/protocol.md`), and never counted as lost.
+    pub refused: AtomicU64,
     /// Sends whose connection closed before the ack arrived.
     pub unacked: AtomicU64,
     /// Sends the pacer scheduled while the connection was down or not joined.
@@ -84,8 +87,16 @@ pub struct Recorder {
     /// Time between the pacer scheduling a send and the connection writing it.
     send_lag: Mutex<Histogram<u64>>,
     errors: Mutex<BTreeMap<String, u64>>,
+    /// Refused sends by error code.
+    refused_codes: Mutex<BTreeMap<String, u64>>,
     closes: Mutex<BTreeMap<String, u64>>,
     first_connect_error: Mutex<Option<String>>,
+    /// `--resume`: time from a connection's close until all its rooms were joined again.
+    resume_gap: Mutex<Histogram<u64>>,
+    /// Time from writing a send until its answer (ack or error).
+    answer: Mutex<Histogram<u64>>,
+    /// `--timeline`: the run in fixed intervals of wall-clock time.
+    pub timeline: Option<Timeline>,
 }
 
 impl Recorder {
@@ -100,6 +111,7 @@ impl Recorder {
             reconnects: AtomicU64::new(0),
             disconnects: AtomicU64::new(0),
             acked: AtomicU64::new(0),
+            refused: AtomicU64::new(0),
             unacked: AtomicU64::new(0),
             skipped_sends: AtomicU64::new(0),
             in_flight: AtomicU64::new(0),
@@ -114,9 +126,58 @@ impl Recorder {
             wire: Arc::default(),
             send_lag: Mutex::new(histogram()),
             errors: Mutex::new(BTreeMap::new()),
+            refused_codes: Mutex::new(BTreeMap::new()),
             closes: Mutex::new(BTreeMap::new()),
             first_connect_error: Mutex::new(None),
+            resume_gap: Mutex::new(histogram()),
+            answer: Mutex::new(histogram()),
+            timeline: None,
         }
+    }
+
+    /// Keeps a [`Timeline`] of `interval` buckets (`--timeline`).
+    pub fn with_timeline(mut self, interval: Option<std::time::Duration>) -> Self {
+        self.timeline = interval.map(Timeline::new);
+        self
+    }
+
+    /// Adds to the timeline's bucket of now (no-op without `--timeline`).
+    pub fn tick(&self, f: impl FnOnce(&mut Bucket)) {
+        if let Some(t) = &self.timeline {
+            t.tick(super::wire::now_us(), f);
+        }
+    }
+
+    /// Counts a send the server refused with an error `code`.
+    pub fn refused(&self, code: &str) {
+        self.refused.fetch_add(1, Ordering::Relaxed);
+        *lock(&self.refused_codes)
+            .entry(code.to_string())
+            .or_default() += 1;
+        self.tick(|b| b.refused += 1);
+    }
+
+    pub fn refused_by_code(&self) -> BTreeMap<String, u64> {
+        lock(&self.refused_codes).clone()
+    }
+
+    /// Records one resume: `gap_us` from the close until every room was joined again.
+    pub fn resumed(&self, gap_us: u64) {
+        lock(&self.resume_gap).saturating_record(gap_us.max(1));
+        self.tick(|b| b.resumed += 1);
+    }
+
+    /// Records how long a send waited for its answer (ack or error).
+    pub fn answered(&self, wait_us: u64) {
+        lock(&self.answer).saturating_record(wait_us.max(1));
+    }
+
+    pub fn answer_summary(&self) -> Summary {
+        Summary::of(&lock(&self.answer))
+    }
+
+    pub fn resume_summary(&self) -> Summary {
+        Summary::of(&lock(&self.resume_gap))
     }
 
     /// Records one delivery of a bench message.
@@ -127,6 +188,13 @@ impl Recorder {
             return;
         };
         s.deliveries.fetch_add(1, Ordering::Relaxed);
+        if let Some(t) = &self.timeline {
+            let sent_ms = now_us.saturating_sub(latency_us) / 1000;
+            t.tick(now_us, |b| {
+                b.deliveries += 1;
+                b.newest_sent_ms = b.newest_sent_ms.max(sent_ms);
+            });
+        }
         let latency_us = latency_us.max(1);
         lock(&s.latency).saturating_record(latency_us);
         if cross {
@@ -310,6 +378,73 @@ pub fn ws_header_bytes(payload: usize) -> u64 {
         0..=125 => 2,
         126..=65_535 => 4,
         _ => 10,
+    }
+}
+
+/// `--timeline`: counters per fixed interval of wall-clock time, so a script that injects a
+/// fault at a known instant can see when sends were refused, when deliveries stopped and
+/// when they came back.
+pub struct Timeline {
+    /// Unix time of the first bucket's start, µs.
+    start_us: u64,
+    interval_us: u64,
+    buckets: Mutex<Vec<Bucket>>,
+}
+
+/// One interval of the [`Timeline`].
+#[derive(Serialize, Debug, Clone, Default, PartialEq, Eq)]
+pub struct Bucket {
+    /// Unix time of the interval's start, milliseconds.
+    pub t_ms: u64,
+    /// Sends written.
+    pub sent: u64,
+    pub acked: u64,
+    /// Sends answered with an error.
+    pub refused: u64,
+    /// Deliveries of bench messages received in the interval.
+    pub deliveries: u64,
+    /// The newest send time (Unix ms) among those deliveries, 0 when none: the first
+    /// interval after a fault whose value is past the fault is when delivery came back.
+    pub newest_sent_ms: u64,
+    /// Connections that closed.
+    pub disconnects: u64,
+    /// Connections that had all their rooms joined again after a close (`--resume`).
+    pub resumed: u64,
+    /// `joined` answers with `recovered: false`.
+    pub unrecovered: u64,
+}
+
+impl Timeline {
+    pub fn new(interval: std::time::Duration) -> Self {
+        let interval_us = (interval.as_micros() as u64).max(1_000);
+        let now = super::wire::now_us();
+        Timeline {
+            start_us: now - now % interval_us,
+            interval_us,
+            buckets: Mutex::new(Vec::new()),
+        }
+    }
+
+    pub fn interval_ms(&self) -> u64 {
+        self.interval_us / 1000
+    }
+
+    /// Applies `f` to the bucket of `now_us` (created, with the empty ones before it).
+    pub fn tick(&self, now_us: u64, f: impl FnOnce(&mut Bucket)) {
+        let i = (now_us.saturating_sub(self.start_us) / self.interval_us) as usize;
+        let mut b = lock(&self.buckets);
+        while b.len() <= i {
+            let t_ms = (self.start_us + b.len() as u64 * self.interval_us) / 1000;
+            b.push(Bucket {
+                t_ms,
+                ..Bucket::default()
+            });
+        }
+        f(&mut b[i]);
+    }
+
+    pub fn buckets(&self) -> Vec<Bucket> {
+        lock(&self.buckets).clone()
     }
 }
 
@@ -568,6 +703,41 @@ fn io_field(io: &str, name: &str) -> Option<u64> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn timeline_buckets_fill_the_intervals_in_between() {
+        let t = Timeline::new(std::time::Duration::from_millis(100));
+        let start = t.start_us;
+        t.tick(start + 10_000, |b| b.sent += 1);
+        t.tick(start + 250_000, |b| {
+            b.deliveries += 1;
+            b.newest_sent_ms = 7;
+        });
+        let b = t.buckets();
+        assert_eq!(b.len(), 3, "intervals 0, 1 (empty) and 2");
+        assert_eq!((b[0].sent, b[1].sent, b[2].deliveries), (1, 0, 1));
+        assert_eq!(b[2].t_ms, (start + 200_000) / 1000);
+        assert_eq!(b[2].newest_sent_ms, 7);
+    }
+
+    #[test]
+    fn refused_sends_are_counted_by_code() {
+        let rec = Recorder::new(1, 1).with_timeline(Some(std::time::Duration::from_secs(1)));
+        rec.refused("unavailable");
+        rec.refused("unavailable");
+        rec.refused("rate_limited");
+        assert_eq!(rec.refused.load(Ordering::Relaxed), 3);
+        assert_eq!(rec.refused_by_code()["unavailable"], 2);
+        let refused: u64 = rec
+            .timeline
+            .as_ref()
+            .unwrap()
+            .buckets()
+            .iter()
+            .map(|b| b.refused)
+            .sum();
+        assert_eq!(refused, 3);
+    }
 
     #[test]
     fn reads_cpu_ticks_after_the_command_name() {
