@@ -7,8 +7,9 @@
 # `docker build` there (it lays out what the COPY lines copy and runs the RUN steps).
 #
 # Stage 1 compiles the release binary of the gateway (package roomcast, binary roomcast).
-# The workspace is roomcast (src/), roomcast-protocol (crates/protocol) and roomcast-bench
-# (crates/bench, the load generator: not in the image). Cargo loads every member's manifest,
+# The workspace is roomcast (src/), roomcast-protocol (crates/protocol), roomcast-bench
+# (crates/bench, the load generator) and roomcast-hostile (crates/hostile, hostile test
+# clients); neither of the last two is in the image. Cargo loads every member's manifest,
 # and the file of every target a manifest declares explicitly must exist (crates/bench:
 # [lib], [[bin]] roomcast-bench, [[bench]] kernel_floor), so the dependency graph is first built against the manifests and dummy sources:
 # that layer is reused as long as no manifest and Cargo.lock change; editing src/ or
@@ -27,13 +28,15 @@ WORKDIR /build
 COPY Cargo.toml Cargo.lock ./
 COPY crates/protocol/Cargo.toml crates/protocol/
 COPY crates/bench/Cargo.toml crates/bench/
-RUN mkdir -p src crates/protocol/src crates/bench/src crates/bench/benches \
+COPY crates/hostile/Cargo.toml crates/hostile/
+RUN mkdir -p src crates/protocol/src crates/bench/src crates/bench/benches crates/hostile/src \
     && echo 'fn main() {}' > src/main.rs \
     && echo '//! placeholder used to build dependencies' > src/lib.rs \
     && echo '//! placeholder used to build dependencies' > crates/protocol/src/lib.rs \
     && echo '//! placeholder used to build dependencies' > crates/bench/src/lib.rs \
     && echo 'fn main() {}' > crates/bench/src/main.rs \
     && echo 'fn main() {}' > crates/bench/benches/kernel_floor.rs \
+    && echo 'fn main() {}' > crates/hostile/src/main.rs \
     && cargo build --release --locked -p roomcast \
     && rm -rf src crates/protocol/src \
         target/release/roomcast target/release/roomcast.d \
