@@ -21,6 +21,12 @@
 //! layer uses [`Verifier::verify`] for connection tokens, [`Verifier::verify_room_token`]
 //! for the room tokens of private rooms and [`allows`] for the `rooms`/`publish`
 //! patterns. [`mint_hs256`] makes development tokens (`roomcast token`).
+//!
+//! A room pattern is a room name, or a prefix of one followed by a single `*` as its last
+//! character (`team-*`; `*` alone is every room). Nothing else is a wildcard, and no room
+//! name contains `*`, so a pattern like `team-**` or `a*b` could never match: a token
+//! carrying one is refused ([`AuthError::BadRoomPattern`]) instead of silently granting
+//! nothing, and `roomcast token` will not mint one.
 
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -90,6 +96,10 @@ pub(crate) enum AuthError {
     WrongSubject,
     /// A room token for another room.
     WrongRoom,
+    /// A `rooms` or `publish` pattern that is neither a room name nor a prefix ending in
+    /// one `*` (see [`valid_pattern`]), e.g. `team-**`, `a*b` or `""`: it could match no
+    /// room, so the token is refused rather than silently granting less than meant.
+    BadRoomPattern,
 }
 
 impl AuthError {
@@ -108,6 +118,9 @@ impl AuthError {
             AuthError::MissingName => "token has no valid name",
             AuthError::WrongSubject => "token is for another user",
             AuthError::WrongRoom => "token is for another room",
+            AuthError::BadRoomPattern => {
+                "token has a malformed rooms or publish pattern (a room name, or a prefix ending in one *)"
+            }
         }
     }
 
@@ -168,8 +181,21 @@ struct RawClaims {
     room: Option<String>,
 }
 
+/// Whether `pattern` is a well-formed room pattern: a room name
+/// ([`roomcast_protocol::rules::is_valid_room`]), or a prefix of room-name characters (possibly
+/// empty) followed by one `*` as its last character. [`Verifier::verify`] refuses a token
+/// with any other pattern ([`AuthError::BadRoomPattern`]).
+pub(crate) fn valid_pattern(pattern: &str) -> bool {
+    match pattern.strip_suffix('*') {
+        Some("") => true,
+        Some(prefix) => roomcast_protocol::rules::is_valid_room(prefix),
+        None => roomcast_protocol::rules::is_valid_room(pattern),
+    }
+}
+
 /// Whether `room` matches one of `patterns` (a room name, or a prefix ending in `*`);
-/// absent patterns allow every room.
+/// absent patterns allow every room. A malformed pattern (see [`valid_pattern`]; verified
+/// tokens have none) matches no valid room.
 pub(crate) fn allows(patterns: Option<&[String]>, room: &str) -> bool {
     let Some(patterns) = patterns else {
         return true;
@@ -249,7 +275,8 @@ impl Verifier {
     }
 
     /// Verifies a connection token: signature, `exp`/`nbf` (with the leeway), `iss` and
-    /// `aud` when configured, a non-empty `sub` and a valid `name`.
+    /// `aud` when configured, a non-empty `sub`, a valid `name` and well-formed `rooms`
+    /// and `publish` patterns ([`valid_pattern`]).
     pub(crate) async fn verify(&self, token: &str) -> Result<Claims, AuthError> {
         let raw = self.verify_raw(token, false).await?;
         let sub = raw
@@ -261,6 +288,10 @@ impl Verifier {
             .as_deref()
             .and_then(|n| roomcast_protocol::normalize_name(n).ok())
             .ok_or(AuthError::MissingName)?;
+        let mut patterns = raw.rooms.iter().chain(&raw.publish).flatten();
+        if !patterns.all(|p| valid_pattern(p)) {
+            return Err(AuthError::BadRoomPattern);
+        }
         Ok(Claims {
             sub,
             name,
@@ -729,6 +760,13 @@ pub fn mint_hs256(jwt: &JwtConfig, request: &TokenRequest) -> anyhow::Result<Str
     }
     let name = roomcast_protocol::normalize_name(&request.name)
         .map_err(|_| anyhow::anyhow!("--name: a display name is 1-32 printable characters"))?;
+    for (flag, patterns) in [("--rooms", &request.rooms), ("--publish", &request.publish)] {
+        if let Some(bad) = patterns.iter().flatten().find(|p| !valid_pattern(p)) {
+            anyhow::bail!(
+                "{flag}: {bad:?} is not a room pattern (a room name, or a prefix ending in one *)"
+            );
+        }
+    }
     let now = SystemTime::now()
         .duration_since(UNIX_EPOCH)
         .map(|d| d.as_secs())
@@ -776,6 +814,8 @@ mod tests {
         #[serde(skip_serializing_if = "Option::is_none")]
         rooms: Option<Vec<String>>,
         #[serde(skip_serializing_if = "Option::is_none")]
+        publish: Option<Vec<String>>,
+        #[serde(skip_serializing_if = "Option::is_none")]
         room: Option<String>,
     }
 
@@ -792,6 +832,7 @@ mod tests {
             Extra {
                 name: Some("  Alice ".into()),
                 rooms: Some(vec!["lobby".into(), "team-*".into()]),
+                publish: None,
                 room: None,
             },
             js::Duration::from_hours(1),
@@ -1102,6 +1143,7 @@ mod tests {
             AuthError::MissingName,
             AuthError::WrongSubject,
             AuthError::WrongRoom,
+            AuthError::BadRoomPattern,
         ] {
             assert_eq!(e.metric_label(), "unauthorized");
             assert!(!e.expired());
@@ -1356,6 +1398,88 @@ mod tests {
         assert!(allows(Some(&p(&["*"])), "x"));
     }
 
+    #[test]
+    fn a_pattern_is_a_room_name_or_a_prefix_ending_in_one_star() {
+        for good in [
+            "lobby",
+            "team-*",
+            "*",
+            "a.b_c:d-e",
+            &"r".repeat(64),
+            &format!("{}*", "r".repeat(64)),
+        ] {
+            assert!(valid_pattern(good), "{good:?}");
+        }
+        for bad in [
+            "team-**",
+            "**",
+            "*team",
+            "a*b",
+            "a*b*",
+            "",
+            "team room",
+            "team/*",
+            "t\u{e9}am-*",
+            &"r".repeat(65),
+            &format!("{}*", "r".repeat(65)),
+        ] {
+            assert!(!valid_pattern(bad), "{bad:?}");
+        }
+    }
+
+    #[tokio::test]
+    async fn a_token_with_a_malformed_room_pattern_is_refused() {
+        let v = verifier(with_secret());
+        for bad in ["team-**", "a*b", ""] {
+            let mut c = claims();
+            c.custom.rooms = Some(vec!["lobby".into(), bad.into()]);
+            assert_eq!(
+                v.verify(&hs(SECRET.as_bytes(), c)).await,
+                Err(AuthError::BadRoomPattern),
+                "rooms {bad:?}"
+            );
+            let mut c = claims();
+            c.custom.publish = Some(vec![bad.into()]);
+            assert_eq!(
+                v.verify(&hs(SECRET.as_bytes(), c)).await,
+                Err(AuthError::BadRoomPattern),
+                "publish {bad:?}"
+            );
+        }
+        // Well-formed patterns, and absent or empty lists, are accepted as before.
+        let mut c = claims();
+        c.custom.rooms = Some(vec!["*".into()]);
+        c.custom.publish = Some(vec![]);
+        let accepted = v.verify(&hs(SECRET.as_bytes(), c)).await.unwrap();
+        assert_eq!(accepted.rooms, Some(vec!["*".to_string()]));
+        assert_eq!(accepted.publish, Some(vec![]));
+        let reason = AuthError::BadRoomPattern.reason();
+        assert!(
+            reason.contains("pattern") && !reason.contains("team-"),
+            "{reason}"
+        );
+    }
+
+    #[test]
+    fn a_malformed_pattern_is_not_minted() {
+        let request = |rooms: &[&str], publish: &[&str]| TokenRequest {
+            sub: "u7".into(),
+            name: "Bob".into(),
+            rooms: Some(rooms.iter().map(|s| s.to_string()).collect()),
+            publish: Some(publish.iter().map(|s| s.to_string()).collect()),
+            ttl: Duration::from_secs(60),
+        };
+        let err = mint_hs256(&with_secret(), &request(&["lobby", "team-**"], &[]))
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("--rooms") && err.contains("team-**"), "{err}");
+        let err = mint_hs256(&with_secret(), &request(&["team-*"], &["a*b"]))
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("--publish") && err.contains("a*b"), "{err}");
+        assert!(mint_hs256(&with_secret(), &request(&["team-*", "*"], &["lobby"])).is_ok());
+    }
+
     #[tokio::test]
     async fn minted_tokens_verify_here_and_with_another_library() {
         let request = TokenRequest {
@@ -1473,7 +1597,7 @@ mod tests {
 mod proptests {
     use proptest::prelude::*;
 
-    use super::allows;
+    use super::{allows, valid_pattern};
 
     /// Room names from a small alphabet (so patterns and rooms often overlap), valid
     /// per `roomcast_protocol::validate_room`.
@@ -1512,6 +1636,34 @@ mod proptests {
             prop_assert!(!allows(Some(&[pattern]), &room));
             let prefix_pattern = format!("{before}*{after}*");
             prop_assert!(!allows(Some(&[prefix_pattern]), &room));
+        }
+
+        #[test]
+        fn a_star_anywhere_but_once_at_the_end_makes_a_pattern_malformed(
+            before in literal(),
+            after in "[ab:.*-]{0,6}",
+        ) {
+            // `team-**`, `a*b`, `*a*`: refused in a token rather than matching nothing.
+            let pattern = format!("{before}*{after}");
+            prop_assert_eq!(valid_pattern(&pattern), after.is_empty());
+        }
+
+        #[test]
+        fn refusing_malformed_patterns_takes_away_no_room(pattern in "[ab:.* -]{0,8}", room in room()) {
+            // A pattern that is not well-formed never matched a valid room, so refusing
+            // the token only makes a silent "nothing" explicit.
+            if !valid_pattern(&pattern) {
+                prop_assert!(!allows(Some(std::slice::from_ref(&pattern)), &room));
+            }
+        }
+
+        #[test]
+        fn every_room_and_prefix_pattern_is_well_formed(room in room()) {
+            prop_assert!(valid_pattern(&room));
+            let prefix = format!("{room}*");
+            prop_assert!(valid_pattern(&prefix));
+            prop_assert!(allows(Some(std::slice::from_ref(&room)), &room));
+            prop_assert!(allows(Some(&[prefix]), &room));
         }
 
         #[test]

@@ -12,6 +12,16 @@ use serde::{Deserialize, Serialize};
 /// Exit status for a configuration error (`EX_USAGE` from sysexits.h).
 pub const EXIT_CONFIG: i32 = 64;
 
+/// The longest value any duration key takes: 10 years (`10years`; humantime's year is
+/// 365.25 days). Every duration ends up added to a clock: an `Instant` deadline (the
+/// drain), a timer's next tick (`heartbeat.interval`, `presence.summary_interval`),
+/// milliseconds since an epoch (`presence.ttl`, `auth.timeout`, token expiry with
+/// `auth.jwt.leeway`), a Redis expiry (`history.ttl`, `api.kick_ttl`). A duration past
+/// the clock's range there panics or wraps around, so a larger value is refused at start,
+/// naming its key. Ten years is far beyond any useful setting and keeps `now - leeway`
+/// (the JWT library's check) above the Unix epoch.
+pub(crate) const MAX_DURATION: Duration = Duration::from_secs(10 * 31_557_600);
+
 /// A configuration problem, naming the key at fault.
 #[derive(Debug, thiserror::Error)]
 pub enum ConfigError {
@@ -575,6 +585,17 @@ impl Config {
 
     /// Checks the values that types alone cannot, naming the first key at fault.
     pub fn validate(&self) -> Result<(), ConfigError> {
+        for (key, value) in self.durations() {
+            if value > MAX_DURATION {
+                return Err(invalid(
+                    key,
+                    format!(
+                        "must be at most {} (a longer time overflows the clock)",
+                        humantime::format_duration(MAX_DURATION)
+                    ),
+                ));
+            }
+        }
         let l = &self.limits;
         let positive: [(&'static str, usize); 5] = [
             ("limits.max_text_bytes", l.max_text_bytes),
@@ -783,6 +804,30 @@ impl Config {
             return Err(invalid("hooks.publish.timeout", "must be more than 0"));
         }
         Ok(())
+    }
+
+    /// Every duration key with its value, in the order of the keys' documentation; each is
+    /// bounded by [`MAX_DURATION`].
+    fn durations(&self) -> [(&'static str, Duration); 17] {
+        [
+            ("server.header_timeout", self.server.header_timeout),
+            ("redis.replica_ack_timeout", self.redis.replica_ack_timeout),
+            ("history.ttl", self.history.ttl),
+            ("presence.ttl", self.presence.ttl),
+            ("presence.refresh", self.presence.refresh),
+            ("presence.summary_interval", self.presence.summary_interval),
+            ("heartbeat.interval", self.heartbeat.interval),
+            ("heartbeat.timeout", self.heartbeat.timeout),
+            ("drain.propagation_delay", self.drain.propagation_delay),
+            ("drain.spread", self.drain.spread),
+            ("drain.timeout", self.drain.timeout),
+            ("auth.timeout", self.auth.timeout),
+            ("auth.refresh_notice", self.auth.refresh_notice),
+            ("auth.jwt.leeway", self.auth.jwt.leeway),
+            ("api.idempotency_ttl", self.api.idempotency_ttl),
+            ("api.kick_ttl", self.api.kick_ttl),
+            ("hooks.publish.timeout", self.hooks.publish.timeout),
+        ]
     }
 
     /// The `redis.mode` combinations: each mode's own keys present, the others' absent.
@@ -1142,6 +1187,70 @@ mod tests {
         cfg.drain.spread = cfg.drain.timeout + Duration::from_secs(1);
         let err = cfg.validate().unwrap_err().to_string();
         assert!(err.contains("drain.spread"), "{err}");
+    }
+
+    #[test]
+    fn a_huge_drain_timeout_is_refused_not_an_overflow() {
+        // The drain's deadline is `now + drain.timeout`: past the clock's range that
+        // panicked at SIGTERM instead of exiting 64 at start.
+        let mut cfg = Config::default();
+        cfg.drain.timeout = MAX_DURATION;
+        cfg.validate().expect("the bound itself is fine");
+        for huge in [MAX_DURATION + Duration::from_secs(1), Duration::MAX] {
+            cfg.drain.timeout = huge;
+            let err = cfg.validate().unwrap_err().to_string();
+            assert!(
+                err.starts_with("invalid configuration: drain.timeout: must be at most 10years"),
+                "{err}"
+            );
+        }
+        // As written in a file: loads (humantime takes it), then is refused.
+        let cfg: Config = config::Config::builder()
+            .add_source(config::File::from_str(
+                "[drain]\ntimeout = \"10000000000000000000s\"\n",
+                config::FileFormat::Toml,
+            ))
+            .build()
+            .and_then(|c| c.try_deserialize())
+            .expect("a huge duration still loads");
+        let err = cfg.validate().unwrap_err().to_string();
+        assert!(err.contains("drain.timeout"), "{err}");
+    }
+
+    #[test]
+    fn every_duration_key_is_bounded_naming_itself() {
+        // Found from the serialized defaults, so a duration key added later without a
+        // bound fails here: every value that reads as a humantime duration.
+        let defaults = serde_json::to_value(Config::default()).unwrap();
+        let pointer = |key: &str| format!("/{}", key.replace('.', "/"));
+        let mut found: Vec<String> = known_keys()
+            .into_iter()
+            .filter(|key| {
+                defaults
+                    .pointer(&pointer(key))
+                    .and_then(|v| v.as_str())
+                    .is_some_and(|v| humantime::parse_duration(v).is_ok())
+            })
+            .collect();
+        found.sort();
+        let mut bounded: Vec<String> = Config::default()
+            .durations()
+            .iter()
+            .map(|(key, _)| key.to_string())
+            .collect();
+        bounded.sort();
+        assert_eq!(found, bounded);
+        let too_long = humantime::format_duration(MAX_DURATION + Duration::from_secs(1));
+        for key in bounded {
+            let mut value = defaults.clone();
+            *value.pointer_mut(&pointer(&key)).unwrap() = too_long.to_string().into();
+            let cfg: Config = serde_json::from_value(value).unwrap();
+            let err = cfg.validate().unwrap_err().to_string();
+            assert!(
+                err.starts_with(&format!("invalid configuration: {key}: must be at most")),
+                "{key}: {err}"
+            );
+        }
     }
 
     #[test]

@@ -557,14 +557,23 @@ async fn drain(state: &AppState) {
     );
     tokio::time::sleep(cfg.propagation_delay).await;
     state.inner.accepting.store(false, Ordering::Release);
-    let deadline = Instant::now() + cfg.timeout;
+    // `drain.timeout` is at most `config::MAX_DURATION`, but `Instant + Duration` panics
+    // past the clock's range, and a panic here would skip the drain: such a deadline is
+    // "none" in practice, 30 years away (as tokio's own far future), never a panic.
+    let now = Instant::now();
+    let deadline = now
+        .checked_add(cfg.timeout)
+        .or_else(|| now.checked_add(Duration::from_secs(30 * 365 * 86_400)))
+        .unwrap_or(now);
 
     let handles = sessions.handles();
     let n = handles.len();
     if n > 0 {
-        let slots = (cfg.spread.as_millis() / 50).max(1) as usize;
+        let slots = usize::try_from(cfg.spread.as_millis() / 50)
+            .unwrap_or(usize::MAX)
+            .max(1);
         let batches = n.min(slots);
-        let interval = cfg.spread / batches as u32;
+        let interval = cfg.spread / u32::try_from(batches).unwrap_or(u32::MAX);
         for i in 0..batches {
             for handle in &handles[i * n / batches..(i + 1) * n / batches] {
                 handle.close(DisconnectReason::Drain);

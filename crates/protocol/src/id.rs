@@ -1,6 +1,12 @@
 //! Message ids: the room offset the bus assigns to each message atomically with the
 //! publish, written `"<ms>-<seq>"` (the Redis stream id format; the memory bus uses the
 //! same). Ids of one room are totally ordered: `ms` first, then `seq`.
+//!
+//! The text form is canonical: each part is `0` or decimal digits without a leading zero
+//! or a sign, at most `u64::MAX`. Parsing accepts exactly what [`MsgId`]'s `Display`
+//! writes, so an id read back is written byte for byte as it came (`"05-1"` or `"+5-1"`
+//! would otherwise parse to the id written `"5-1"`, and two spellings of one offset could
+//! reach a cursor, a log line or an idempotency record).
 
 use std::fmt;
 use std::str::FromStr;
@@ -18,7 +24,9 @@ pub struct InvalidId;
 
 impl fmt::Display for InvalidId {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str("a message id looks like \"<ms>-<seq>\"")
+        f.write_str(
+            "a message id looks like \"<ms>-<seq>\": two decimal numbers without sign or leading zeros",
+        )
     }
 }
 
@@ -50,13 +58,24 @@ impl fmt::Display for MsgId {
 impl FromStr for MsgId {
     type Err = InvalidId;
 
+    /// Accepts only the canonical form (see the module docs).
     fn from_str(s: &str) -> Result<Self, Self::Err> {
         let (ms, seq) = s.split_once('-').ok_or(InvalidId)?;
         Ok(MsgId {
-            ms: ms.parse().map_err(|_| InvalidId)?,
-            seq: seq.parse().map_err(|_| InvalidId)?,
+            ms: parse_part(ms)?,
+            seq: parse_part(seq)?,
         })
     }
+}
+
+/// One part of an id: `0`, or ASCII digits without a leading zero, that fits `u64`.
+/// (`u64::from_str` alone would also take a leading `+` and leading zeros.)
+fn parse_part(s: &str) -> Result<u64, InvalidId> {
+    let digits = !s.is_empty() && s.bytes().all(|b| b.is_ascii_digit());
+    if !digits || (s.len() > 1 && s.starts_with('0')) {
+        return Err(InvalidId);
+    }
+    s.parse().map_err(|_| InvalidId)
 }
 
 impl serde::Serialize for MsgId {
@@ -89,6 +108,50 @@ mod tests {
         assert_eq!(MsgId { ms: 5, seq: 3 }.next(5), MsgId { ms: 5, seq: 4 });
         assert_eq!(MsgId { ms: 5, seq: 3 }.next(4), MsgId { ms: 5, seq: 4 });
         assert_eq!(MsgId { ms: 5, seq: 3 }.next(9), MsgId { ms: 9, seq: 0 });
+    }
+
+    #[test]
+    fn only_the_canonical_form_parses() {
+        for bad in [
+            "+5-1",
+            "5-+1",
+            "-5-1",
+            "5--1",
+            "05-1",
+            "5-01",
+            "00-0",
+            "0-00",
+            "007-7",
+            " 5-1",
+            "5-1 ",
+            "5 -1",
+            "5-1-2",
+            "-",
+            "",
+            "5-",
+            "-1",
+            "1_0-0",
+            "\u{0661}-0",
+            "0x5-1",
+            "18446744073709551616-0",
+            "0-18446744073709551616",
+        ] {
+            assert_eq!(bad.parse::<MsgId>(), Err(InvalidId), "{bad:?}");
+            assert!(
+                serde_json::from_str::<MsgId>(&format!("{bad:?}")).is_err(),
+                "{bad:?}"
+            );
+        }
+        for good in [
+            "0-0",
+            "0-7",
+            "5-0",
+            "10-10",
+            "18446744073709551615-18446744073709551615",
+        ] {
+            let id: MsgId = good.parse().expect(good);
+            assert_eq!(id.to_string(), good);
+        }
     }
 
     #[test]
@@ -161,12 +224,16 @@ mod proptests {
 
         #[test]
         fn what_the_client_library_reads_parses_to_the_same_id(ms in "[0-9]{1,20}", seq in "[0-9]{1,20}") {
-            // Any id the client can compare and that fits u64 reads the same here.
+            // Any canonical id the client can compare and that fits u64 reads the same
+            // here. The client also reads non-canonical digits (`"05-1"` as 5 and 1),
+            // which the gateway never writes and refuses to read.
             let text = format!("{ms}-{seq}");
-            if let (Ok(ms), Ok(seq)) = (ms.parse::<u64>(), seq.parse::<u64>()) {
-                prop_assert_eq!(text.parse::<MsgId>(), Ok(MsgId { ms, seq }));
-            } else {
-                prop_assert_eq!(text.parse::<MsgId>(), Err(InvalidId));
+            let canonical = |p: &str| p == "0" || !p.starts_with('0');
+            match (ms.parse::<u64>(), seq.parse::<u64>()) {
+                (Ok(m), Ok(s)) if canonical(&ms) && canonical(&seq) => {
+                    prop_assert_eq!(text.parse::<MsgId>(), Ok(MsgId { ms: m, seq: s }));
+                }
+                _ => prop_assert_eq!(text.parse::<MsgId>(), Err(InvalidId)),
             }
         }
 
@@ -184,6 +251,30 @@ mod proptests {
             if let Ok(id) = text.parse::<MsgId>() {
                 prop_assert!(text.contains('-'));
                 prop_assert_eq!(id.to_string().parse::<MsgId>(), Ok(id));
+                // Canonical: what is accepted is written back byte for byte.
+                prop_assert_eq!(id.to_string(), text);
+            }
+        }
+
+        #[test]
+        fn an_accepted_id_is_written_back_byte_for_byte(
+            ms in prop_oneof!["0", "[1-9][0-9]{0,2}", "[+0-9][0-9]{0,20}"],
+            seq in prop_oneof!["0", "[1-9][0-9]{0,2}", "[+0-9][0-9]{0,20}"],
+        ) {
+            // Parts at and near the canonical form: leading zeros, a `+`, past u64::MAX.
+            let text = format!("{ms}-{seq}");
+            let canonical = |p: &str| {
+                p.bytes().all(|b| b.is_ascii_digit())
+                    && (p == "0" || !p.starts_with('0'))
+                    && p.parse::<u64>().is_ok()
+            };
+            let expected = canonical(&ms) && canonical(&seq);
+            match text.parse::<MsgId>() {
+                Ok(id) => {
+                    prop_assert!(expected, "accepted {}", text);
+                    prop_assert_eq!(id.to_string(), text);
+                }
+                Err(InvalidId) => prop_assert!(!expected, "refused {}", text),
             }
         }
     }
