@@ -43,8 +43,11 @@ pub(crate) struct Shared {
     pub max_frames_per_conn: usize,
     pub max_frame: usize,
     pub bomb: Arc<Vec<u8>>,
-    /// Frames written so far (all workers).
+    /// Hostile frames written so far (all workers): one per step, a fragmented message
+    /// counting once; what `--frames` counts.
     pub sent: AtomicU64,
+    /// Frames written on the wire so far (every fragment and interleaved ping counts).
+    pub wire_sent: AtomicU64,
     pub connections: AtomicU64,
     pub target_frames: u64,
     pub deadline: Instant,
@@ -59,7 +62,10 @@ impl Shared {
 /// Counts of one worker (merged at the end).
 #[derive(Default)]
 pub(crate) struct Counts {
+    /// Steps written whole, by kind (a fragmented message counts once).
     pub frames: BTreeMap<&'static str, u64>,
+    /// Wire frames written, by the kind of the step they belong to.
+    pub wire_frames: BTreeMap<&'static str, u64>,
     pub handshakes: BTreeMap<String, u64>,
     pub errors: BTreeMap<String, u64>,
     pub closes: BTreeMap<String, u64>,
@@ -86,6 +92,7 @@ fn merge<K: Ord>(into: &mut BTreeMap<K, u64>, from: BTreeMap<K, u64>) {
 impl Counts {
     pub(crate) fn merge(&mut self, o: Counts) {
         merge(&mut self.frames, o.frames);
+        merge(&mut self.wire_frames, o.wire_frames);
         merge(&mut self.handshakes, o.handshakes);
         merge(&mut self.errors, o.errors);
         merge(&mut self.closes, o.closes);
@@ -453,7 +460,8 @@ pub(crate) async fn run(shared: &Shared, rng: &mut StdRng, counts: &mut Counts) 
     let (stop_tx, stop_rx) = oneshot::channel();
     let mut read_task = tokio::spawn(reader(rd, rest, stop_rx));
 
-    // The frames: non-fatal kinds, and half the time a fatal one last.
+    // The steps: non-fatal kinds, and half the time a fatal one last. A step counts as
+    // sent once all its wire frames are written.
     let paced = rng.random_bool(0.1);
     let n = if paced {
         rng.random_range(1..=30)
@@ -476,8 +484,8 @@ pub(crate) async fn run(shared: &Shared, rng: &mut StdRng, counts: &mut Counts) 
         for chunk in &step.chunks {
             match tokio::time::timeout(IO_TIMEOUT, wr.write_all(chunk)).await {
                 Ok(Ok(())) => {
-                    bump(&mut counts.frames, kind.as_str(), 1);
-                    shared.sent.fetch_add(1, Ordering::Relaxed);
+                    bump(&mut counts.wire_frames, kind.as_str(), 1);
+                    shared.wire_sent.fetch_add(1, Ordering::Relaxed);
                 }
                 Ok(Err(e)) => {
                     bump(&mut counts.write_errors, io_kind(&e), 1);
@@ -489,6 +497,8 @@ pub(crate) async fn run(shared: &Shared, rng: &mut StdRng, counts: &mut Counts) 
                 }
             }
         }
+        bump(&mut counts.frames, kind.as_str(), 1);
+        shared.sent.fetch_add(1, Ordering::Relaxed);
         if step.fatal {
             break;
         }

@@ -4,9 +4,12 @@
 //! `docs/protocol.md`; mutated ones start from those and change values, types, fields or
 //! characters.
 //!
-//! Each generator returns a [`Step`]: the wire chunks to write (each counts as one frame)
-//! and whether the gateway is expected to end the connection after it (a protocol
-//! violation, an oversized frame, a close frame).
+//! Each generator returns a [`Step`]: one hostile input (a whole frame, a fragmented
+//! message with the pings between its fragments, or a short sequence of frames that
+//! breaks a rule), as the wire chunks to write (one frame each), and whether the gateway is
+//! expected to end the connection after it (a protocol violation, an oversized frame, a
+//! close frame). The mix is by step: a fragmented message counts once in it, however many
+//! frames it takes on the wire.
 
 use std::io::Write;
 
@@ -35,10 +38,14 @@ pub(crate) enum Kind {
     Mutated,
     /// Random JSON, and pathological JSON (deep nesting, huge numbers, lone surrogates).
     RandomJson,
+    /// A text frame that is not JSON: random bytes made valid UTF-8 (invalid sequences
+    /// replaced by U+FFFD), random characters from all of Unicode (controls, astral,
+    /// noncharacters), or a soup of JSON tokens.
+    RandomText,
     /// A binary frame of random bytes.
     Binary,
     /// A message split over continuation frames (legal), sometimes with a ping between
-    /// fragments or a UTF-8 character split across two.
+    /// fragments or a UTF-8 character split across two. One step, several wire frames.
     Fragmented,
     /// Ping and unsolicited pong with payloads up to 125 bytes (legal).
     Control,
@@ -66,16 +73,20 @@ pub(crate) enum Kind {
 }
 
 impl Kind {
-    pub(crate) const NON_FATAL: [Kind; 6] = [
+    pub(crate) const NON_FATAL: [Kind; 7] = [
         Kind::Valid,
         Kind::Mutated,
         Kind::RandomJson,
+        Kind::RandomText,
         Kind::Binary,
         Kind::Fragmented,
         Kind::Control,
     ];
-    /// Weights of [`Kind::NON_FATAL`] (percent).
-    const NON_FATAL_WEIGHTS: [u32; 6] = [25, 30, 20, 8, 10, 7];
+    /// Weights of [`Kind::NON_FATAL`] (percent of steps): random and mutated text
+    /// (mutated, random JSON, random text) two thirds, the legal frames of other shapes
+    /// (binary, fragmented messages, pings and pongs) a fifth, valid frames the rest, so
+    /// the gateway also gets past the parser into joins, sends and rate limits.
+    const NON_FATAL_WEIGHTS: [u32; 7] = [12, 35, 19, 12, 8, 6, 8];
     pub(crate) const FATAL: [Kind; 8] = [
         Kind::BadFragments,
         Kind::Oversized,
@@ -92,6 +103,7 @@ impl Kind {
             Kind::Valid => "valid",
             Kind::Mutated => "mutated",
             Kind::RandomJson => "random_json",
+            Kind::RandomText => "random_text",
             Kind::Binary => "binary",
             Kind::Fragmented => "fragmented",
             Kind::Control => "control",
@@ -235,6 +247,10 @@ pub(crate) fn generate(kind: Kind, ctx: &Ctx, rng: &mut StdRng) -> Step {
         Kind::RandomJson => {
             fatal = false;
             frames = vec![Frame::new(OP_TEXT, random_json_text(rng))];
+        }
+        Kind::RandomText => {
+            fatal = false;
+            frames = vec![Frame::new(OP_TEXT, random_text(rng))];
         }
         Kind::Binary => {
             fatal = false;
@@ -577,6 +593,38 @@ fn random_json_text(rng: &mut StdRng) -> Vec<u8> {
     }
 }
 
+/// Text that is not JSON (but is UTF-8, so the gateway must read it as a frame and refuse
+/// it, not end the connection).
+fn random_text(rng: &mut StdRng) -> Vec<u8> {
+    match rng.random_range(0..4) {
+        // Random bytes as text: invalid sequences become U+FFFD.
+        0 | 1 => {
+            let bytes = random_bytes_in(rng, 0..=2048);
+            String::from_utf8_lossy(&bytes).into_owned().into_bytes()
+        }
+        // Characters from anywhere in Unicode (surrogates are not chars: skipped).
+        2 => {
+            let n = rng.random_range(0..=512);
+            (0..n)
+                .filter_map(|_| char::from_u32(rng.random_range(0..=0x10_ffff)))
+                .collect::<String>()
+                .into_bytes()
+        }
+        // A soup of JSON tokens and protocol words.
+        _ => {
+            let tokens = [
+                "{", "}", "[", "]", ":", ",", "\"", "\\", "type", "join", "send", "room", "null",
+                "true", "1e9", "-", " ", "\n", "\\u0000", "\u{0}", "😀",
+            ];
+            let n = rng.random_range(0..=200);
+            (0..n)
+                .map(|_| *tokens.choose(rng).unwrap_or(&"{"))
+                .collect::<String>()
+                .into_bytes()
+        }
+    }
+}
+
 /// Splits `data` into `k` non-empty pieces (k at most data.len()).
 fn split(data: &[u8], k: usize, rng: &mut StdRng) -> Vec<Vec<u8>> {
     if data.len() < 2 || k < 2 {
@@ -614,9 +662,10 @@ fn fragmented(rng: &mut StdRng) -> Vec<Frame> {
         2 => (OP_TEXT, mutated(rng)),
         _ => (OP_TEXT, valid_frame(rng).to_string().into_bytes()),
     };
-    // Many tiny fragments now and then (at most 64, so they do not crowd out the rest).
-    let k = if rng.random_bool(0.1) {
-        data.len().min(64)
+    // Many tiny fragments now and then (at most 32): usually 2 to 8, so a fragmented
+    // message is about 6 wire frames.
+    let k = if rng.random_bool(0.05) {
+        data.len().min(32)
     } else {
         rng.random_range(2..=8)
     };
@@ -626,7 +675,7 @@ fn fragmented(rng: &mut StdRng) -> Vec<Frame> {
     for (i, p) in pieces.into_iter().enumerate() {
         let opcode = if i == 0 { op } else { OP_CONT };
         frames.push(Frame::new(opcode, p).fin(i == last));
-        if i != last && rng.random_bool(0.2) {
+        if i != last && rng.random_bool(0.15) {
             frames.push(Frame::new(OP_PING, b"mid".to_vec()));
         }
     }
@@ -852,6 +901,35 @@ mod tests {
                 assert!(step.chunks.iter().all(|c| !c.is_empty()), "{kind:?}");
             }
         }
+    }
+
+    #[test]
+    fn random_and_mutated_text_is_most_of_the_mix() {
+        let mut rng = StdRng::seed_from_u64(4);
+        let n = 100_000;
+        let text = (0..n)
+            .filter(|_| {
+                matches!(
+                    Kind::pick_non_fatal(&mut rng),
+                    Kind::Mutated | Kind::RandomJson | Kind::RandomText
+                )
+            })
+            .count();
+        assert!(text * 100 > n * 60, "{text} of {n}");
+        assert_eq!(Kind::NON_FATAL_WEIGHTS.iter().sum::<u32>(), 100);
+    }
+
+    #[test]
+    fn random_text_is_utf8_and_a_fragmented_message_a_few_frames() {
+        let mut rng = StdRng::seed_from_u64(5);
+        let ctx = ctx();
+        for _ in 0..2000 {
+            assert!(String::from_utf8(random_text(&mut rng)).is_ok());
+        }
+        let frames: usize = (0..2000)
+            .map(|_| generate(Kind::Fragmented, &ctx, &mut rng).chunks.len())
+            .sum();
+        assert!(frames < 2000 * 9, "{frames} wire frames in 2000 messages");
     }
 
     #[test]

@@ -6,8 +6,10 @@
 //! opening handshakes, and ends connections every way a client can: close frames,
 //! half-closed sockets (shutdown of the write side), abrupt resets, abandoned sockets.
 //!
-//! It stops by itself after `--frames` frames or `--max-time`, whichever comes first, and
-//! reports the frames sent by kind, the gateway's answers (error frames by code, close
+//! It stops by itself after `--frames` frames or `--max-time`, whichever comes first (a
+//! fragmented message counts as one frame, its continuation frames and the pings between
+//! them are counted apart as wire frames), and reports the frames sent by kind (share of
+//! the mix, and wire frames), the gateway's answers (error frames by code, close
 //! frames by code) and how connections ended. Whether the gateway survived is the
 //! caller's to check (`scripts/hostile`: processes alive, `/healthz`, normal clients lose
 //! nothing, RSS back after the run).
@@ -20,7 +22,7 @@ mod conn;
 mod frames;
 
 use std::collections::BTreeMap;
-use std::net::{IpAddr, Ipv4Addr, SocketAddr};
+use std::net::SocketAddr;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
@@ -32,6 +34,7 @@ use rand::rngs::StdRng;
 use tokio::time::Instant;
 
 use conn::{Counts, Shared, Target};
+use frames::Kind;
 
 /// Send random, mutated and malformed WebSocket frames to roomcast gateways from many
 /// connections, and report what the gateways answered.
@@ -43,7 +46,8 @@ struct Args {
     #[arg(long = "url", required = true, value_delimiter = ',')]
     urls: Vec<String>,
 
-    /// Frames to send in all; the run stops once this many were written.
+    /// Frames to send in all; the run stops once this many were written. A fragmented
+    /// message (or a rule-breaking sequence of frames) counts as one.
     #[arg(long, default_value_t = 100_000)]
     frames: u64,
 
@@ -64,8 +68,9 @@ struct Args {
     #[arg(long, default_value_t = frames::DEFAULT_MAX_FRAME)]
     max_frame_bytes: usize,
 
-    /// Loopback source addresses to connect from, `127.0.0.A-127.0.0.B` (many addresses
-    /// keep short-lived connections clear of ephemeral port exhaustion).
+    /// Loopback source addresses to connect from, `127.0.0.A-127.0.0.B` or a comma list
+    /// (many addresses keep short-lived connections clear of ephemeral port exhaustion);
+    /// parsed as roomcast-bench's `--source-ips`.
     #[arg(long, default_value = "127.0.0.2-127.0.0.62")]
     source_ips: String,
 
@@ -92,23 +97,6 @@ fn parse_duration(s: &str) -> Result<Duration, String> {
         "h" => Ok(Duration::from_secs(n * 3600)),
         _ => Err(format!("not a duration (use ms, s, m or h): {s}")),
     }
-}
-
-fn parse_sources(s: &str) -> anyhow::Result<Vec<IpAddr>> {
-    let (a, b) = s.split_once('-').unwrap_or((s, s));
-    let a: Ipv4Addr = a
-        .trim()
-        .parse()
-        .with_context(|| format!("--source-ips: {a}"))?;
-    let b: Ipv4Addr = b
-        .trim()
-        .parse()
-        .with_context(|| format!("--source-ips: {b}"))?;
-    let (a, b) = (u32::from(a), u32::from(b));
-    if b < a || b - a > 65_536 {
-        bail!("--source-ips: not a range: {s}");
-    }
-    Ok((a..=b).map(|x| IpAddr::V4(Ipv4Addr::from(x))).collect())
 }
 
 async fn parse_target(url: &str) -> anyhow::Result<Target> {
@@ -145,6 +133,40 @@ fn table(title: &str, map: &BTreeMap<impl AsRef<str> + Ord, u64>) -> String {
     s
 }
 
+/// The mix: per kind, the frames sent (steps: a fragmented message counts once) and their
+/// share, and the wire frames (every fragment and interleaved ping) and theirs.
+fn mix_table(frames: &BTreeMap<&'static str, u64>, wire: &BTreeMap<&'static str, u64>) -> String {
+    let total: u64 = frames.values().sum();
+    let wire_total: u64 = wire.values().sum();
+    let row = |kind: &str, n: u64, w: u64| {
+        let share = |x: u64, of: u64| 100.0 * x as f64 / of.max(1) as f64;
+        format!(
+            "  {kind:<30} {n:>10} {:>6.1}% {w:>12} {:>6.1}%\n",
+            share(n, total),
+            share(w, wire_total)
+        )
+    };
+    let mut s = String::from("frames sent by kind (a fragmented message counts once):\n");
+    s += &format!(
+        "  {:<30} {:>10} {:>7} {:>12} {:>7}\n",
+        "kind", "frames", "share", "wire frames", "share"
+    );
+    let mut rows: Vec<_> = frames.iter().collect();
+    rows.sort_by(|a, b| b.1.cmp(a.1).then(a.0.cmp(b.0)));
+    for (k, n) in rows {
+        s += &row(k, *n, wire.get(k).copied().unwrap_or(0));
+    }
+    s += &row("all", total, wire_total);
+    let text_kinds = [Kind::Mutated, Kind::RandomJson, Kind::RandomText].map(Kind::as_str);
+    let text: u64 = text_kinds.iter().filter_map(|k| frames.get(k)).sum();
+    s += &format!(
+        "  random and mutated text ({}): {:.1}% of the frames\n",
+        text_kinds.join(", "),
+        100.0 * text as f64 / total.max(1) as f64
+    );
+    s
+}
+
 fn to_json<K: AsRef<str> + Ord>(map: &BTreeMap<K, u64>) -> serde_json::Value {
     serde_json::Value::Object(
         map.iter()
@@ -160,7 +182,8 @@ async fn main() -> anyhow::Result<()> {
     for u in &args.urls {
         targets.push(parse_target(u).await?);
     }
-    let sources = parse_sources(&args.source_ips)?;
+    let sources =
+        roomcast_bench::net::parse_source_ips(&args.source_ips).context("--source-ips")?;
     let started = Instant::now();
     let shared = Arc::new(Shared {
         targets,
@@ -170,6 +193,7 @@ async fn main() -> anyhow::Result<()> {
         // 16 MiB of zeros: about 16 KiB on the wire, a thousand times the frame limit.
         bomb: Arc::new(frames::deflate_bomb(16 << 20)),
         sent: AtomicU64::new(0),
+        wire_sent: AtomicU64::new(0),
         connections: AtomicU64::new(0),
         target_frames: args.frames,
         deadline: started + args.max_time,
@@ -193,8 +217,9 @@ async fn main() -> anyhow::Result<()> {
                 let sent = shared.sent.load(Ordering::Relaxed);
                 let secs = started.elapsed().as_secs_f64();
                 eprintln!(
-                    "[hostile] {secs:.0}s: {sent} frames ({:.0}/s), {} connections",
+                    "[hostile] {secs:.0}s: {sent} frames ({:.0}/s; {} on the wire), {} connections",
                     sent as f64 / secs.max(0.001),
+                    shared.wire_sent.load(Ordering::Relaxed),
                     shared.connections.load(Ordering::Relaxed)
                 );
             }
@@ -228,10 +253,11 @@ async fn main() -> anyhow::Result<()> {
     progress.abort();
     let secs = started.elapsed().as_secs_f64();
     let sent = shared.sent.load(Ordering::Relaxed);
+    let wire_sent = shared.wire_sent.load(Ordering::Relaxed);
     let complete = sent >= args.frames;
 
     let mut text = format!(
-        "roomcast-hostile: {sent} frames in {secs:.1} s ({:.0}/s) over {} connections ({} upgraded, {} with permessage-deflate){}\n\n",
+        "roomcast-hostile: {sent} frames ({wire_sent} on the wire) in {secs:.1} s ({:.0}/s) over {} connections ({} upgraded, {} with permessage-deflate){}\n\n",
         sent as f64 / secs.max(0.001),
         total.connections,
         total.upgraded,
@@ -242,7 +268,16 @@ async fn main() -> anyhow::Result<()> {
             "; STOPPED EARLY (--max-time)"
         }
     );
-    text += &table("frames sent by kind", &total.frames);
+    text += &mix_table(&total.frames, &total.wire_frames);
+    let kinds_missing: Vec<&str> = Kind::NON_FATAL
+        .iter()
+        .chain(Kind::FATAL.iter())
+        .map(|k| k.as_str())
+        .filter(|k| !total.frames.contains_key(k))
+        .collect();
+    if !kinds_missing.is_empty() {
+        text += &format!("  kinds not sent: {}\n", kinds_missing.join(", "));
+    }
     text += &table("opening handshakes (kind: answer)", &total.handshakes);
     text += &table("error frames received by code", &total.errors);
     text += &table("close frames received by code", &total.closes);
@@ -259,6 +294,7 @@ async fn main() -> anyhow::Result<()> {
         let report = serde_json::json!({
             "frames_target": args.frames,
             "frames_sent": sent,
+            "wire_frames_sent": wire_sent,
             "complete": complete,
             "seconds": secs,
             "frames_per_second": sent as f64 / secs.max(0.001),
@@ -267,6 +303,8 @@ async fn main() -> anyhow::Result<()> {
             "upgraded": total.upgraded,
             "deflate": total.deflate,
             "frames_by_kind": to_json(&total.frames),
+            "wire_frames_by_kind": to_json(&total.wire_frames),
+            "kinds_missing": kinds_missing,
             "handshakes": to_json(&total.handshakes),
             "errors_by_code": to_json(&total.errors),
             "closes_by_code": to_json(&total.closes),
