@@ -28,7 +28,7 @@ use crate::config::Config;
 use crate::protocol::{MsgId, User};
 
 /// A bus failure; reaches clients only as the `unavailable` error code.
-#[derive(Debug, thiserror::Error)]
+#[derive(Debug, Clone, thiserror::Error)]
 pub enum BusError {
     #[error("bus unavailable: {0}")]
     Unavailable(String),

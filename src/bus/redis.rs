@@ -28,7 +28,7 @@
 //! (WAIT), so a failover cannot lose an acknowledged message.
 
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::Duration;
 
 use bytes::Bytes;
@@ -100,6 +100,8 @@ struct Inner {
     /// topology watcher when `redis.replica_acks` is set: a publish waits for at most
     /// that many, so a master left without replicas (after a failover) still accepts.
     connected_replicas: std::sync::Mutex<std::collections::HashMap<String, u32>>,
+    /// With `redis.replica_acks`: one [`AckGate`] per master, so publishes share WAITs.
+    ack_gates: std::sync::Mutex<std::collections::HashMap<String, Arc<AckGate>>>,
     /// Restore presence on the next heartbeat too: the heartbeat found this node being
     /// reaped, and the reaper may still remove members restored before it finished.
     restore_again: AtomicBool,
@@ -112,6 +114,31 @@ struct Inner {
     restore: Script,
     members: Script,
     nodes: Script,
+}
+
+/// Shared WAITs of one master (see [`RedisBus::wait_for_replicas`]): publishes take
+/// a ticket once their reply has arrived; whoever holds `state` sends one WAIT covering
+/// every ticket taken so far, and the publishes it covered take its outcome.
+#[derive(Default)]
+struct AckGate {
+    /// Tickets taken.
+    issued: AtomicU64,
+    state: tokio::sync::Mutex<AckState>,
+}
+
+/// The last WAIT of an [`AckGate`]: the tickets it covered and its outcome.
+struct AckState {
+    covered: u64,
+    outcome: Result<(), BusError>,
+}
+
+impl Default for AckState {
+    fn default() -> Self {
+        AckState {
+            covered: 0,
+            outcome: Ok(()),
+        }
+    }
 }
 
 /// The receiving half: fred's broadcast of channel messages plus reconnect events, and
@@ -318,6 +345,7 @@ impl RedisBus {
             topology: topology_tx,
             restore_again: AtomicBool::new(false),
             connected_replicas: Default::default(),
+            ack_gates: Default::default(),
             options,
             publish: Script::from_lua(PUBLISH_LUA),
             join: Script::from_lua(JOIN_LUA),
@@ -450,34 +478,77 @@ impl RedisBus {
     /// With `redis.replica_acks`: waits until that many replicas of the node owning
     /// `key` have every write so far; fails (so the sender retries, with its `idem` key
     /// if it has one) when they do not confirm in time.
+    ///
+    /// WAIT blocks the connection it is sent on (Redis answers nothing else on it until
+    /// the WAIT ends), and all commands to a node share one pipelined connection. One
+    /// WAIT per publish would queue every command to that node behind the WAITs: with a
+    /// replica gone (a new master after a failover starts with none), each one lasts
+    /// `redis.replica_ack_timeout` and the node stops answering anything. So publishes
+    /// to one master share WAITs ([`AckGate`]): a WAIT sent after a publish's reply
+    /// covers that publish, and at most one is in flight per master.
     async fn wait_for_replicas(&self, key: &str) -> Result<(), BusError> {
         if self.inner.replica_acks == 0 {
             return Ok(());
         }
-        let master = if self.inner.cluster {
-            self.inner
-                .client
-                .cached_cluster_state()
-                .and_then(|state| {
-                    state
-                        .get_server(slot(key))
-                        .map(|s| format!("{}:{}", s.host, s.port))
-                })
-                .unwrap_or_default()
-        } else {
-            String::new()
-        };
-        let connected = self
+        let master = self.master_of(key);
+        let known = self
             .inner
             .connected_replicas
             .lock()
             .ok()
             .and_then(|m| m.get(&master).copied());
-        // Unknown yet: ask for them all.
+        let connected = match known {
+            Some(n) => Some(n),
+            // A master not counted yet (just promoted, or before the watcher's first
+            // round): ask it rather than WAIT for replicas it may not have.
+            None => self.replicas_of(key).await.inspect(|&n| {
+                if let Ok(mut map) = self.inner.connected_replicas.lock() {
+                    map.insert(master.clone(), n);
+                }
+            }),
+        };
         let want = connected.map_or(self.inner.replica_acks, |n| n.min(self.inner.replica_acks));
         if want == 0 {
             return Ok(());
         }
+        let gate = {
+            let Ok(mut gates) = self.inner.ack_gates.lock() else {
+                return Err(BusError::Unavailable("replica ack state poisoned".into()));
+            };
+            gates.entry(master.clone()).or_default().clone()
+        };
+        // This publish's reply has arrived: any WAIT sent from now on covers it.
+        let ticket = gate.issued.fetch_add(1, Ordering::AcqRel) + 1;
+        let mut state = gate.state.lock().await;
+        if state.covered >= ticket {
+            return state.outcome.clone();
+        }
+        let covered = gate.issued.load(Ordering::Acquire);
+        let outcome = self.wait_now(key, &master, want).await;
+        state.covered = covered;
+        state.outcome = outcome.clone();
+        outcome
+    }
+
+    /// The `host:port` of the master owning `key` (`""` off a cluster).
+    fn master_of(&self, key: &str) -> String {
+        if !self.inner.cluster {
+            return String::new();
+        }
+        self.inner
+            .client
+            .cached_cluster_state()
+            .and_then(|state| {
+                state
+                    .get_server(slot(key))
+                    .map(|s| format!("{}:{}", s.host, s.port))
+            })
+            .unwrap_or_default()
+    }
+
+    /// One WAIT for `want` replicas on the node owning `key` (see
+    /// [`RedisBus::wait_for_replicas`]).
+    async fn wait_now(&self, key: &str, master: &str, want: u32) -> Result<(), BusError> {
         let acked = self
             .command(
                 "WAIT",
@@ -497,7 +568,7 @@ impl RedisBus {
         // answered WAIT how many it has now: at most those are waited for.
         if let Some(live) = self.replicas_of(key).await {
             if let Ok(mut map) = self.inner.connected_replicas.lock() {
-                map.insert(master, live);
+                map.insert(master.to_string(), live);
             }
             let want_now = live.min(self.inner.replica_acks);
             if acked >= i64::from(want_now) {
