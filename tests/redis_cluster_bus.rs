@@ -447,6 +447,63 @@ async fn killing_the_rooms_master_loses_no_acknowledged_message() {
     .await;
 }
 
+/// WAIT blocks the connection it is sent on, and every command to a Redis node shares
+/// one pipelined connection. With the replica frozen (connected, acknowledging nothing)
+/// each WAIT lasts all of `redis.replica_ack_timeout`; one WAIT per publish queued every
+/// command behind them, so with a few members sending at once nothing else could reach
+/// Redis in time: a join elsewhere failed `unavailable`. Publishes to one master share
+/// one WAIT in flight, so a join waits behind one at most and succeeds, while the sends
+/// are refused as `unavailable` (no replica confirms them).
+#[tokio::test(flavor = "multi_thread")]
+async fn a_frozen_replica_does_not_stall_other_commands_behind_waits() {
+    let mut sentinel = RedisSentinel::start().await;
+    let nodes = gateways_on_sentinel(&sentinel).await;
+    let node = &nodes[0];
+    let mut senders = Vec::new();
+    for s in 0..12 {
+        let mut c = node.client().await;
+        c.join(ROOM, &format!("sender-{s}")).await;
+        senders.push(c);
+    }
+    sentinel.freeze_replica().await;
+    let stop = Arc::new(AtomicBool::new(false));
+    let mut tasks = Vec::new();
+    for (s, mut c) in senders.into_iter().enumerate() {
+        let stop = stop.clone();
+        tasks.push(tokio::spawn(async move {
+            let mut i = 0;
+            while !stop.load(Ordering::Relaxed) {
+                i += 1;
+                let reply = c
+                    .try_send_frame(json!({"room": ROOM, "text": format!("m-{s}-{i}")}))
+                    .await;
+                if reply["type"] != "ack" {
+                    assert_eq!(reply["code"], "unavailable", "{reply}");
+                }
+                c.discard_pending();
+            }
+        }));
+    }
+    // Let the sends pile up behind WAITs, then join other rooms (no WAIT of their own).
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    let mut refused = Vec::new();
+    for r in 0..5 {
+        let mut c = node.client().await;
+        let reply = c.try_join(&format!("quiet-{r}"), "joiner").await;
+        if reply["type"] != "joined" {
+            refused.push(reply);
+        }
+    }
+    stop.store(true, Ordering::Relaxed);
+    for t in tasks {
+        t.await.expect("sender");
+    }
+    assert!(
+        refused.is_empty(),
+        "joins refused while sends waited for a frozen replica: {refused:?}"
+    );
+}
+
 /// Move the busy room's slot to another master under traffic: the same guarantees, and
 /// the channel ends subscribed on the new owner only (nothing orphaned on the old one).
 #[tokio::test(flavor = "multi_thread")]

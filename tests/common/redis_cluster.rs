@@ -675,6 +675,24 @@ impl RedisSentinel {
         port
     }
 
+    /// SIGSTOPs the current replica (it stays connected but acknowledges nothing, so a
+    /// WAIT for it lasts its whole timeout) and returns its port. It is SIGKILLed on drop.
+    pub async fn freeze_replica(&mut self) -> u16 {
+        let master = self.master_port().await;
+        let replica = self
+            .data
+            .iter()
+            .find(|s| s.port != master && s.is_running())
+            .expect("a live replica");
+        let pid = replica.pid().expect("replica pid");
+        let status = std::process::Command::new("kill")
+            .args(["-STOP", &pid.to_string()])
+            .status()
+            .expect("run kill -STOP");
+        assert!(status.success(), "kill -STOP {pid} failed");
+        replica.port
+    }
+
     /// Waits until every live sentinel reports the same master, other than `old_port`, and
     /// that node answers `ROLE` as master; returns its port.
     pub async fn wait_failover(&self, old_port: u16) -> u16 {
