@@ -23,7 +23,7 @@ use std::time::Duration;
 use axum::extract::ws::Utf8Bytes;
 use bytes::Bytes;
 use dashmap::DashMap;
-use futures_util::FutureExt;
+use futures_util::{FutureExt, StreamExt};
 use prometheus::IntCounter;
 use tokio_util::sync::CancellationToken;
 use tracing::{Instrument, info, info_span, warn};
@@ -80,6 +80,8 @@ pub(crate) struct ControlOutcome {
 const CONTROL_TIMEOUT: Duration = Duration::from_secs(3);
 /// At most one typing indicator per user per room per this interval.
 const TYPING_INTERVAL: Duration = Duration::from_secs(1);
+/// How many rooms catch up from their history at once after a reconnect or failover.
+const CATCH_UP_CONCURRENCY: usize = 16;
 
 /// A message or presence frame for one room, encoded once per replica and shared by
 /// every local recipient.
@@ -968,16 +970,24 @@ impl Rooms {
         if waited.is_err() {
             warn!("bus command connection still down; catch-up may fail");
         }
-        let mut replayed = 0usize;
-        for (room, since) in cursors {
-            let mut result = self.inner.bus.catch_up(&room, since).await;
-            for attempt in 1..=3u64 {
-                if result.is_ok() {
-                    break;
+        // Rooms catch up side by side (a few at a time): one shard that cannot answer
+        // costs its rooms their retries, not every other room's catch-up after them.
+        let bus = &self.inner.bus;
+        let mut catch_ups = futures_util::stream::iter(cursors)
+            .map(|(room, since)| async move {
+                let mut result = bus.catch_up(&room, since).await;
+                for attempt in 1..=3u64 {
+                    if result.is_ok() {
+                        break;
+                    }
+                    tokio::time::sleep(Duration::from_millis(100 * attempt)).await;
+                    result = bus.catch_up(&room, since).await;
                 }
-                tokio::time::sleep(Duration::from_millis(100 * attempt)).await;
-                result = self.inner.bus.catch_up(&room, since).await;
-            }
+                (room, since, result)
+            })
+            .buffer_unordered(CATCH_UP_CONCURRENCY);
+        let mut replayed = 0usize;
+        while let Some((room, since, result)) = catch_ups.next().await {
             match result {
                 Ok(catch_up) => {
                     if !catch_up.complete {
