@@ -450,3 +450,39 @@ async fn tokens_never_appear_in_the_logs() {
         );
     }
 }
+
+/// A token's `exp` is any number its signer chose. One near `u64::MAX` seconds (the
+/// expiry in milliseconds overflowed: a panic in a debug build, an instant close in a
+/// release one) is a token that does not expire in practice: the user is welcomed and
+/// chats, and the gateway still serves everyone.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_token_expiring_at_the_end_of_time_is_welcomed_without_overflow() {
+    // With a leeway, as in production: the leeway is added to the expiry.
+    let cluster = Cluster::start(Bus::Memory, 1, |cfg| {
+        jwt_mode(cfg);
+        cfg.auth.jwt.leeway = Duration::from_secs(5);
+    })
+    .await;
+    let node = cluster.node(0);
+    let claims = serde_json::json!({"sub": "u-far", "name": "Far", "exp": u64::MAX - 1});
+    let far = jsonwebtoken::encode(
+        &jsonwebtoken::Header::new(jsonwebtoken::Algorithm::HS256),
+        &claims,
+        &jsonwebtoken::EncodingKey::from_secret(SECRET.as_bytes()).expect("key"),
+    )
+    .expect("sign");
+    let mut far_user = Client::connect(&format!("{}?token={far}", node.ws_url)).await;
+    far_user.join("general", "Far").await;
+    far_user.send("general", "still here").await;
+    far_user.discard_pending();
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    far_user.send("general", "and still here").await;
+    let mut other = Client::connect(&format!(
+        "{}?token={}",
+        node.ws_url,
+        token("u-2", "Bob", 60, None, None)
+    ))
+    .await;
+    other.join("general", "Bob").await;
+    other.send("general", "hello").await;
+}

@@ -611,10 +611,14 @@ impl Session {
             return;
         };
         let now_unix_ms = clock::unix_micros() / 1000;
-        let left_ms = (exp.saturating_mul(1000) + auth.jwt.leeway.as_millis() as u64)
+        // `exp` is the token's (signed, but any number): saturate rather than overflow.
+        let leeway_ms = u64::try_from(auth.jwt.leeway.as_millis()).unwrap_or(u64::MAX);
+        let left_ms = exp
+            .saturating_mul(1000)
+            .saturating_add(leeway_ms)
             .saturating_sub(now_unix_ms);
         let now = clock::monotonic_ms();
-        let expires = now + left_ms;
+        let expires = now.saturating_add(left_ms);
         let notice = expires.saturating_sub(auth.refresh_notice.as_millis() as u64);
         self.handle.ctl.set_token_expiry(expires, notice.max(now));
     }
