@@ -289,6 +289,8 @@ impl Rooms {
     pub(crate) fn readiness(&self) -> Result<(), &'static str> {
         if !self.inner.bus.is_connected() {
             Err("bus_down")
+        } else if self.inner.bus.is_stalled() {
+            Err("bus_stalled")
         } else if !self.inner.bus.is_registered() {
             Err("starting")
         } else if self.inner.resubscribing.load(Ordering::Acquire) {

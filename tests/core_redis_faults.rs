@@ -241,3 +241,42 @@ async fn members_of_a_room_that_cannot_catch_up_are_closed_to_resume() {
     let ack = bob.send("fine", "still here").await;
     assert_eq!(id_of(&bob.next_message().await), id_of(&ack));
 }
+
+/// A frozen Redis (SIGSTOP) keeps its connections open and answers nothing. Once a command
+/// has timed out with nothing answered since, the replica says so: `/readyz` is 503
+/// `bus_stalled` and sends are refused `unavailable` at once rather than each waiting for
+/// its own timeout. When Redis answers again, readiness returns and the members chat.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_frozen_redis_makes_the_replica_unready_until_it_answers_again() {
+    let c = Cluster::start(Bus::Redis, 2, defaults).await;
+    let (mut alice, mut bob) = alice_and_bob(&c).await;
+    let ack = alice.send(ROOM, "before").await;
+    assert_eq!(id_of(&bob.next_message().await), id_of(&ack));
+    let admin = c.node(0).admin_url.clone();
+
+    c.redis().freeze();
+    let reply = alice.try_send(ROOM, "into the silence").await;
+    assert_eq!(reply["code"], "unavailable", "{reply}");
+    eventually(Duration::from_secs(15), || async {
+        let (status, body) = http_get(&format!("{admin}/readyz"))
+            .await
+            .map_err(|e| e.to_string())?;
+        if status == 503 && body.contains("bus_stalled") {
+            Ok(())
+        } else {
+            Err(format!("{status} {body}"))
+        }
+    })
+    .await;
+    // Stalled: refused without waiting on the silent Redis (several in a row would take
+    // a command timeout each otherwise; the count is what is checked, not the time).
+    let texts: Vec<String> = (0..5).map(|i| format!("refused-{i}")).collect();
+    for text in &texts {
+        let reply = alice.try_send(ROOM, text).await;
+        assert_eq!(reply["code"], "unavailable", "{reply}");
+    }
+
+    c.redis().thaw();
+    wait_ready(&admin, Duration::from_secs(15)).await;
+    chat_restored(&mut alice, &mut bob, ROOM).await;
+}

@@ -214,6 +214,10 @@ pub(crate) trait Backend {
     /// Whether this node's liveness is recorded, so its members' presence can be reaped
     /// if it dies; joins wait for it.
     fn is_registered(&self) -> bool;
+    /// Whether the bus is connected but not answering (its commands fail at once meanwhile).
+    fn is_stalled(&self) -> bool {
+        false
+    }
     /// Appends the envelope to the room's history and publishes it with the id assigned
     /// atomically with the append; returns the id. With `idem`, a key already recorded
     /// for the room returns the recorded id and publishes nothing; the check, the publish
@@ -360,6 +364,10 @@ impl Bus {
 
     pub(crate) fn is_registered(&self) -> bool {
         each!(self, b => b.is_registered())
+    }
+
+    pub(crate) fn is_stalled(&self) -> bool {
+        each!(self, b => b.is_stalled())
     }
 
     pub(crate) async fn publish(

@@ -65,6 +65,8 @@ const COMMAND_TIMEOUT: Duration = Duration::from_secs(2);
 /// one reads but which fred allocates up front; the subscriber's channel messages get
 /// `redis.receive_buffer`.
 const COMMAND_CLIENT_EVENTS: usize = 16;
+/// How often the stall prober PINGs Redis while it is not answering.
+const PROBE_INTERVAL: Duration = Duration::from_millis(250);
 /// How often the topology watcher reads the slot map and the replica counts.
 const TOPOLOGY_INTERVAL: Duration = Duration::from_secs(1);
 
@@ -105,6 +107,8 @@ struct Inner {
     /// Restore presence on the next heartbeat too: the heartbeat found this node being
     /// reaped, and the reaper may still remove members restored before it finished.
     restore_again: AtomicBool,
+    /// Whether Redis answers commands (see [`Answering`]).
+    answering: Answering,
     options: Options,
     publish: Script,
     join: Script,
@@ -114,6 +118,96 @@ struct Inner {
     restore: Script,
     members: Script,
     nodes: Script,
+}
+
+/// Whether Redis answers: a connection can stay open while Redis answers nothing (a
+/// frozen or overloaded server, a network path that drops packets), and each command
+/// would then wait its whole [`COMMAND_TIMEOUT`]. A command that timed out with nothing
+/// answered since, and no answer for a [`COMMAND_TIMEOUT`], makes the bus *stalled*:
+/// readiness is false (`bus_stalled`) and commands fail at once (`unavailable`) instead
+/// of queueing behind the silence, while a prober PINGs every [`PROBE_INTERVAL`]; the
+/// first answer ends it. On a cluster one shard's silence is not a stall while others
+/// answer (its commands time out one by one, as before).
+struct Answering {
+    start: std::time::Instant,
+    /// Milliseconds since `start` of the last answer, and of the last timeout (0: none).
+    last_answer_ms: AtomicU64,
+    last_timeout_ms: AtomicU64,
+}
+
+impl Answering {
+    fn new() -> Self {
+        Answering {
+            start: std::time::Instant::now(),
+            last_answer_ms: AtomicU64::new(0),
+            last_timeout_ms: AtomicU64::new(0),
+        }
+    }
+
+    fn now_ms(&self) -> u64 {
+        u64::try_from(self.start.elapsed().as_millis()).unwrap_or(u64::MAX)
+    }
+
+    /// Records what a command's outcome says about Redis answering.
+    fn note<T>(&self, result: &Result<T, fred::error::Error>) {
+        match result {
+            Ok(_) => self.last_answer_ms.store(self.now_ms(), Ordering::Release),
+            // An error reply is an answer too.
+            Err(e) if e.kind() == &fred::error::ErrorKind::Timeout => {
+                self.last_timeout_ms.store(self.now_ms(), Ordering::Release)
+            }
+            Err(e) if is_reply_error(e) => {
+                self.last_answer_ms.store(self.now_ms(), Ordering::Release)
+            }
+            Err(_) => {}
+        }
+    }
+
+    /// A command timed out, nothing answered since, and nothing for a whole
+    /// [`COMMAND_TIMEOUT`].
+    fn stalled(&self) -> bool {
+        let answer = self.last_answer_ms.load(Ordering::Acquire);
+        let timeout = self.last_timeout_ms.load(Ordering::Acquire);
+        timeout > answer
+            && self.now_ms().saturating_sub(answer) >= COMMAND_TIMEOUT.as_millis() as u64
+    }
+}
+
+/// Whether a fred error is Redis's own error reply (so Redis answered), not a local
+/// failure (timeout, closed connection, ...).
+fn is_reply_error(e: &fred::error::Error) -> bool {
+    use fred::error::ErrorKind;
+    matches!(
+        e.kind(),
+        ErrorKind::Unknown
+            | ErrorKind::InvalidCommand
+            | ErrorKind::InvalidArgument
+            | ErrorKind::NotFound
+            | ErrorKind::Auth
+            | ErrorKind::Cluster
+            | ErrorKind::Parse
+    )
+}
+
+/// PINGs Redis every [`PROBE_INTERVAL`] while the bus is stalled (commands fail at once
+/// then, so only this finds out that Redis answers again). Ends with the bus.
+async fn probe_while_stalled(inner: std::sync::Weak<Inner>) {
+    loop {
+        tokio::time::sleep(PROBE_INTERVAL).await;
+        let Some(inner) = inner.upgrade() else {
+            return;
+        };
+        if inner.closing.load(Ordering::Acquire) {
+            return;
+        }
+        if !inner.answering.stalled() || !inner.client.is_connected() {
+            continue;
+        }
+        let client = inner.client.with_options(&inner.options);
+        let ping = CustomCommand::new_static("PING", ClusterHash::Random, false);
+        let result = client.custom::<Value, Value>(ping, Vec::new()).await;
+        inner.answering.note(&result);
+    }
 }
 
 /// Shared WAITs of one master (see [`RedisBus::wait_for_replicas`]): publishes take
@@ -346,6 +440,7 @@ impl RedisBus {
             restore_again: AtomicBool::new(false),
             connected_replicas: Default::default(),
             ack_gates: Default::default(),
+            answering: Answering::new(),
             options,
             publish: Script::from_lua(PUBLISH_LUA),
             join: Script::from_lua(JOIN_LUA),
@@ -359,6 +454,7 @@ impl RedisBus {
         if watched {
             tokio::spawn(watch_topology(Arc::downgrade(&inner)));
         }
+        tokio::spawn(probe_while_stalled(Arc::downgrade(&inner)));
         tokio::spawn(supervise(
             Arc::downgrade(&inner),
             Half::Commands,
@@ -435,9 +531,22 @@ impl RedisBus {
         key: &str,
         args: Vec<Value>,
     ) -> Result<Value, BusError> {
+        self.fail_if_stalled()?;
         let client = self.inner.client.with_options(&self.inner.options);
         let command = CustomCommand::new_static(name, ClusterHash::Custom(slot(key)), false);
-        Ok(client.custom::<Value, Value>(command, args).await?)
+        let result = client.custom::<Value, Value>(command, args).await;
+        self.inner.answering.note(&result);
+        Ok(result?)
+    }
+
+    /// `unavailable` at once while Redis does not answer (see [`Answering`]).
+    fn fail_if_stalled(&self) -> Result<(), BusError> {
+        if self.inner.answering.stalled() {
+            return Err(BusError::Unavailable(
+                "Redis is not answering (its last command timed out)".into(),
+            ));
+        }
+        Ok(())
     }
 
     /// Runs a script by SHA on the node owning its first key's slot, loading it first if
@@ -462,14 +571,19 @@ impl RedisBus {
         let mut with_sha = vec![Value::from(script.sha1().clone())];
         with_sha.extend(tail());
         let evalsha = CustomCommand::new_static("EVALSHA", hash.clone(), false);
-        match client.custom::<Value, Value>(evalsha, with_sha).await {
+        self.fail_if_stalled()?;
+        let result = client.custom::<Value, Value>(evalsha, with_sha).await;
+        self.inner.answering.note(&result);
+        match result {
             Err(e) if e.details().contains("NOSCRIPT") => {
                 // Redis lost its script cache (restart, failover): EVAL sends the body
                 // and caches it.
                 let mut with_body = vec![Value::from(script.lua().cloned().unwrap_or_default())];
                 with_body.extend(tail());
                 let eval = CustomCommand::new_static("EVAL", hash, false);
-                Ok(client.custom::<Value, Value>(eval, with_body).await?)
+                let result = client.custom::<Value, Value>(eval, with_body).await;
+                self.inner.answering.note(&result);
+                Ok(result?)
             }
             other => Ok(other?),
         }
@@ -902,6 +1016,10 @@ impl Backend for RedisBus {
 
     fn is_registered(&self) -> bool {
         self.inner.registered.load(Ordering::Acquire)
+    }
+
+    fn is_stalled(&self) -> bool {
+        self.inner.answering.stalled()
     }
 
     async fn publish(

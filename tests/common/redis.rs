@@ -71,6 +71,30 @@ impl RedisServer {
         );
     }
 
+    /// Freezes the server (SIGSTOP): its connections stay open and it answers nothing
+    /// until [`RedisServer::thaw`].
+    pub fn freeze(&self) {
+        self.signal("-STOP");
+    }
+
+    /// Lets a frozen server run again (SIGCONT).
+    pub fn thaw(&self) {
+        self.signal("-CONT");
+    }
+
+    fn signal(&self, which: &str) {
+        let pid = self
+            .child
+            .as_ref()
+            .and_then(Child::id)
+            .expect("redis-server is running");
+        let status = std::process::Command::new("kill")
+            .args([which, &pid.to_string()])
+            .status()
+            .expect("run kill");
+        assert!(status.success(), "kill {which} {pid} failed");
+    }
+
     /// Whether the server process is running (not stopped).
     pub fn is_running(&self) -> bool {
         self.child.is_some()
