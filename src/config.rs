@@ -31,6 +31,11 @@ pub enum ConfigError {
     /// The file or environment could not be read or parsed into the typed config.
     #[error("invalid configuration: {0}")]
     Load(#[from] config::ConfigError),
+    /// A table or key name in the file that no configuration key has.
+    #[error(
+        "invalid configuration: {key}: not a configuration key (keys are letters, digits and _)"
+    )]
+    NotAKey { key: String },
 }
 
 /// The whole configuration of one replica.
@@ -563,6 +568,9 @@ impl Config {
     pub fn load(file: Option<&Path>) -> Result<Self, ConfigError> {
         let mut builder = config::Config::builder();
         if let Some(path) = file {
+            if let Ok(text) = std::fs::read_to_string(path) {
+                check_file_keys(&text)?;
+            }
             builder = builder.add_source(config::File::from(path).format(config::FileFormat::Toml));
         }
         let (env, unknown) = environment_source(std::env::vars());
@@ -966,6 +974,47 @@ impl Config {
 }
 
 /// A validation failure naming its key.
+/// Refuses a configuration file with a table or key name that is not a plain name
+/// (letters, digits, `_`), before the `config` crate reads it: that crate takes a name
+/// such as `'i[4088888888]'` for a path into an array and allocates that many elements
+/// (an abort for lack of memory, found by the `config` fuzz target), and no key of
+/// roomcast is named otherwise. Text that is not TOML is left to the `config` crate's
+/// own parse error.
+pub(crate) fn check_file_keys(text: &str) -> Result<(), ConfigError> {
+    fn walk(prefix: &str, table: &toml::Table) -> Result<(), ConfigError> {
+        for (name, value) in table {
+            let key = if prefix.is_empty() {
+                name.clone()
+            } else {
+                format!("{prefix}.{name}")
+            };
+            let plain =
+                !name.is_empty() && name.chars().all(|c| c.is_ascii_alphanumeric() || c == '_');
+            if !plain {
+                return Err(ConfigError::NotAKey {
+                    key: format!("{key:?}"),
+                });
+            }
+            match value {
+                toml::Value::Table(inner) => walk(&key, inner)?,
+                toml::Value::Array(items) => {
+                    for item in items {
+                        if let toml::Value::Table(inner) = item {
+                            walk(&key, inner)?;
+                        }
+                    }
+                }
+                _ => {}
+            }
+        }
+        Ok(())
+    }
+    match toml::from_str::<toml::Table>(text) {
+        Ok(table) => walk("", &table),
+        Err(_) => Ok(()),
+    }
+}
+
 fn invalid(key: &'static str, reason: impl Into<String>) -> ConfigError {
     ConfigError::Invalid {
         key,
@@ -1111,6 +1160,29 @@ mod tests {
         cfg.server.compression_min_bytes = 0;
         let err = cfg.validate().expect_err("0 refused").to_string();
         assert!(err.contains("server.compression_min_bytes"), "{err}");
+    }
+
+    #[test]
+    fn a_key_that_is_not_a_plain_name_is_refused_before_loading() {
+        // The config fuzz target's find: the config crate reads `i[4088888888]` as an
+        // array index and aborted allocating 392 GB.
+        for text in [
+            "['i[4088888888]']",
+            "[server]\n'a[3]' = 1",
+            "\"redis.url\" = 'x'",
+            "[[x]]\n'b[1]' = 2",
+            "'' = 1",
+        ] {
+            let err = check_file_keys(text).expect_err(text).to_string();
+            assert!(err.contains("not a configuration key"), "{text}: {err}");
+        }
+        check_file_keys("[server]\nlisten = '0.0.0.0:8080'\n[auth.jwt]\nleeway = '5s'")
+            .expect("plain keys pass");
+        check_file_keys("not toml [").expect("a parse error is left to the config crate");
+        let err = crate::fuzzing::config_from_toml("['i[4088888888]']")
+            .expect_err("refused")
+            .to_string();
+        assert!(err.contains("not a configuration key"), "{err}");
     }
 
     #[test]

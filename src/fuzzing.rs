@@ -124,6 +124,7 @@ fn ready<T>(future: impl Future<Output = T>) -> Result<T, &'static str> {
 /// Parses a TOML configuration file's text into the typed [`Config`] as [`Config::load`]
 /// does (without the environment); not yet validated ([`Config::validate`]).
 pub fn config_from_toml(text: &str) -> Result<Config, ConfigError> {
+    crate::config::check_file_keys(text)?;
     Ok(config::Config::builder()
         .add_source(config::File::from_str(text, config::FileFormat::Toml))
         .build()?

@@ -410,6 +410,24 @@ async fn config_check_refuses_a_drain_spread_longer_than_the_timeout() {
     assert!(stderr.contains("drain.spread"), "{stderr}");
 }
 
+/// A table name the `config` crate would read as an array index (`i[4088888888]`, found by
+/// the config fuzz target: the process aborted allocating 392 GB) is refused as not a
+/// configuration key, exit 64, and so is a quoted dotted key.
+#[tokio::test(flavor = "multi_thread")]
+async fn config_check_refuses_a_key_that_is_not_a_plain_name() {
+    let dir = TempDir::new("badkey");
+    for (name, text) in [
+        ("index.toml", "['i[4088888888]']\n"),
+        ("dotted.toml", "\"redis.url\" = \"redis://x\"\n"),
+    ] {
+        let path = dir.file(name, text);
+        let out = run_binary(&["config", "--check", &path], &[], Duration::from_secs(30)).await;
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(64), "{name}: {stderr}");
+        assert!(stderr.contains("not a configuration key"), "{name}: {stderr}");
+    }
+}
+
 /// A port already in use is reported with the key to change (and its environment
 /// variable), and text logs written to a pipe or file carry no ANSI colour codes.
 #[tokio::test(flavor = "multi_thread")]
