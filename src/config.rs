@@ -36,6 +36,9 @@ pub enum ConfigError {
         "invalid configuration: {key}: not a configuration key (keys are letters, digits and _)"
     )]
     NotAKey { key: String },
+    /// An integer key above the largest integer TOML (and Redis) can carry.
+    #[error("invalid configuration: {key}: must be at most {max}", max = i64::MAX)]
+    TooLarge { key: String },
 }
 
 /// The whole configuration of one replica.
@@ -593,6 +596,7 @@ impl Config {
 
     /// Checks the values that types alone cannot, naming the first key at fault.
     pub fn validate(&self) -> Result<(), ConfigError> {
+        self.check_integer_range()?;
         for (key, value) in self.durations() {
             if value > MAX_DURATION {
                 return Err(invalid(
@@ -810,6 +814,26 @@ impl Config {
         }
         if hooks.publish.timeout.is_zero() {
             return Err(invalid("hooks.publish.timeout", "must be more than 0"));
+        }
+        Ok(())
+    }
+
+    /// Every integer key fits an `i64`: TOML's integers (so `roomcast config` renders a
+    /// configuration that loads again) and what reaches Redis as an integer
+    /// (`history.size` is a stream's `MAXLEN`). A larger one (`size = "17151391568418628495"`
+    /// as a string was accepted: found by the `config` fuzz target) is refused, naming it.
+    fn check_integer_range(&self) -> Result<(), ConfigError> {
+        let Ok(value) = serde_json::to_value(self) else {
+            return Ok(());
+        };
+        let too_large = |v: &serde_json::Value| v.is_u64() && v.as_i64().is_none();
+        for (key, v) in leaves(&value) {
+            let items = v
+                .as_array()
+                .map_or(std::slice::from_ref(v), |a| a.as_slice());
+            if items.iter().any(too_large) {
+                return Err(ConfigError::TooLarge { key });
+            }
         }
         Ok(())
     }
@@ -1082,7 +1106,19 @@ fn environment_source(
 
 /// Every configuration key in dotted form (`redis.url`, `limits.burst`, ...).
 fn known_keys() -> std::collections::HashSet<String> {
-    fn walk(prefix: &str, value: &serde_json::Value, out: &mut std::collections::HashSet<String>) {
+    match serde_json::to_value(Config::default()) {
+        Ok(value) => leaves(&value).into_iter().map(|(key, _)| key).collect(),
+        Err(_) => Default::default(),
+    }
+}
+
+/// The leaves of a configuration as JSON, each with its dotted key (a list is one leaf).
+fn leaves(value: &serde_json::Value) -> Vec<(String, &serde_json::Value)> {
+    fn walk<'a>(
+        prefix: &str,
+        value: &'a serde_json::Value,
+        out: &mut Vec<(String, &'a serde_json::Value)>,
+    ) {
         match value {
             serde_json::Value::Object(map) => {
                 for (k, v) in map {
@@ -1094,15 +1130,11 @@ fn known_keys() -> std::collections::HashSet<String> {
                     walk(&key, v, out);
                 }
             }
-            _ => {
-                out.insert(prefix.to_string());
-            }
+            _ => out.push((prefix.to_string(), value)),
         }
     }
-    let mut out = std::collections::HashSet::new();
-    if let Ok(value) = serde_json::to_value(Config::default()) {
-        walk("", &value, &mut out);
-    }
+    let mut out = Vec::new();
+    walk("", value, &mut out);
     out
 }
 
@@ -1134,14 +1166,9 @@ mod tests {
         let err = cfg.validate().unwrap_err().to_string();
         assert!(err.contains("presence.ttl"), "{err}");
         // As written in a file (crates/fuzz/seeds/config/huge-presence-refresh.toml).
-        let cfg: Config = config::Config::builder()
-            .add_source(config::File::from_str(
-                "[presence]\nrefresh = \"10000000000000000000s\"\n",
-                config::FileFormat::Toml,
-            ))
-            .build()
-            .and_then(|c| c.try_deserialize())
-            .expect("a huge duration still loads");
+        let cfg =
+            crate::fuzzing::config_from_toml("[presence]\nrefresh = \"10000000000000000000s\"\n")
+                .expect("a huge duration still loads");
         assert!(cfg.validate().is_err());
     }
 
@@ -1160,6 +1187,25 @@ mod tests {
         cfg.server.compression_min_bytes = 0;
         let err = cfg.validate().expect_err("0 refused").to_string();
         assert!(err.contains("server.compression_min_bytes"), "{err}");
+    }
+
+    #[test]
+    fn an_integer_past_i64_is_refused_naming_its_key() {
+        // The config fuzz target's find: accepted, then rendered as a TOML integer that
+        // does not load (and sent to Redis as a negative MAXLEN).
+        let cfg =
+            crate::fuzzing::config_from_toml("[history]\nsize = \"0000017151391568418628495\"")
+                .expect("loads");
+        let err = cfg.validate().expect_err("refused").to_string();
+        assert!(
+            err.contains("history.size: must be at most 9223372036854775807"),
+            "{err}"
+        );
+        let mut cfg = Config::default();
+        cfg.history.size = i64::MAX as usize;
+        cfg.validate().expect("i64::MAX itself is accepted");
+        let rendered = cfg.to_redacted_toml();
+        crate::fuzzing::config_from_toml(&rendered).expect("and loads again");
     }
 
     #[test]
@@ -1277,14 +1323,9 @@ mod tests {
             );
         }
         // As written in a file: loads (humantime takes it), then is refused.
-        let cfg: Config = config::Config::builder()
-            .add_source(config::File::from_str(
-                "[drain]\ntimeout = \"10000000000000000000s\"\n",
-                config::FileFormat::Toml,
-            ))
-            .build()
-            .and_then(|c| c.try_deserialize())
-            .expect("a huge duration still loads");
+        let cfg =
+            crate::fuzzing::config_from_toml("[drain]\ntimeout = \"10000000000000000000s\"\n")
+                .expect("a huge duration still loads");
         let err = cfg.validate().unwrap_err().to_string();
         assert!(err.contains("drain.timeout"), "{err}");
     }

@@ -424,7 +424,10 @@ async fn config_check_refuses_a_key_that_is_not_a_plain_name() {
         let out = run_binary(&["config", "--check", &path], &[], Duration::from_secs(30)).await;
         let stderr = String::from_utf8_lossy(&out.stderr);
         assert_eq!(out.status.code(), Some(64), "{name}: {stderr}");
-        assert!(stderr.contains("not a configuration key"), "{name}: {stderr}");
+        assert!(
+            stderr.contains("not a configuration key"),
+            "{name}: {stderr}"
+        );
     }
 }
 
